@@ -1,0 +1,264 @@
+"""Profiles: the latency table ``L[m, t, b]`` and quality table ``q[m, t]`` of one pool.
+
+A profile is a JSON file (human-readable, diff-friendly). Loading validates every field and
+raises :class:`ProfileError` naming the file, the field and the bad value, because a wrong
+table silently skews every experiment built on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bes_jax import PROFILES_DIR
+
+DEFAULT_PROFILE = "opt-a100-80gb"
+
+
+class ProfileError(ValueError):
+    """A profile file is malformed; the message names file, field and value."""
+
+    def __init__(self, source: str, field_path: str, value: Any, problem: str):
+        shown = repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        super().__init__(f"{source}: field '{field_path}' = {shown}: {problem}")
+        self.source, self.field, self.value, self.problem = source, field_path, value, problem
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    metric: str
+    deadline_s: float
+    prompt_len: int
+    output_len: int
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    params: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One pool on one kind of hardware. Tables are numpy arrays (float64)."""
+
+    name: str
+    hardware: dict
+    models: tuple[Model, ...]
+    tasks: tuple[Task, ...]
+    b_max: int
+    latency: np.ndarray  # [M, T, B_max] seconds for a whole batch of size b = index + 1
+    quality: np.ndarray  # [M, T] in [0, 1]
+    provenance: dict
+    source: str = "<memory>"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def deadlines(self) -> np.ndarray:
+        return np.array([t.deadline_s for t in self.tasks], dtype=np.float64)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    def model_index(self, name: str) -> int:
+        names = self.model_names
+        if name not in names:
+            raise KeyError(f"unknown model {name!r}; profile {self.name!r} has {names}")
+        return names.index(name)
+
+    def task_index(self, name: str) -> int:
+        names = self.task_names
+        if name not in names:
+            raise KeyError(f"unknown task {name!r}; profile {self.name!r} has {names}")
+        return names.index(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "hardware": self.hardware,
+            "models": [{"name": m.name, "params": m.params} for m in self.models],
+            "tasks": [
+                {"name": t.name, "metric": t.metric, "deadline_s": t.deadline_s,
+                 "prompt_len": t.prompt_len, "output_len": t.output_len}
+                for t in self.tasks
+            ],
+            "B_max": self.b_max,
+            "latency_s": np.round(self.latency, 9).tolist(),
+            "quality": np.round(self.quality, 6).tolist(),
+            "provenance": self.provenance,
+            **self.extra,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def identity(self) -> dict:
+        """What an exported policy records to say which profile it was trained on."""
+        return {"name": self.name, "hardware": self.hardware.get("name"),
+                "models": self.model_names, "tasks": self.task_names, "B_max": self.b_max}
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _req(d: dict, key: str, where: str, src: str):
+    if not isinstance(d, dict):
+        raise ProfileError(src, where or "<root>", d, "expected an object")
+    if key not in d:
+        raise ProfileError(src, f"{where}.{key}" if where else key, None, "missing required field")
+    return d[key]
+
+
+def _finite_number(x, src, path, positive=False, lo=None, hi=None) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ProfileError(src, path, x, "expected a number")
+    v = float(x)
+    if not math.isfinite(v):
+        raise ProfileError(src, path, x, "must be finite")
+    if positive and v <= 0:
+        raise ProfileError(src, path, x, "must be > 0")
+    if lo is not None and v < lo:
+        raise ProfileError(src, path, x, f"must be >= {lo}")
+    if hi is not None and v > hi:
+        raise ProfileError(src, path, x, f"must be <= {hi}")
+    return v
+
+
+def _positive_int(x, src, path) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
+        raise ProfileError(src, path, x, "expected a positive integer")
+    return x
+
+
+def _name(x, src, path) -> str:
+    if not isinstance(x, str) or not x.strip():
+        raise ProfileError(src, path, x, "expected a non-empty string")
+    return x
+
+
+def _unique(names, src, path):
+    seen = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ProfileError(src, f"{path}[{i}].name", n, "duplicate name")
+        seen.add(n)
+
+
+def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:
+    """Validate a parsed profile document and build a :class:`Profile`."""
+    src = source
+    if not isinstance(d, dict):
+        raise ProfileError(src, "<root>", type(d).__name__, "expected a JSON object")
+    name = _name(_req(d, "name", "", src), src, "name")
+    hardware = _req(d, "hardware", "", src)
+    if not isinstance(hardware, dict):
+        raise ProfileError(src, "hardware", hardware, "expected an object")
+    _name(_req(hardware, "name", "hardware", src), src, "hardware.name")
+
+    models_raw = _req(d, "models", "", src)
+    if not isinstance(models_raw, list) or not models_raw:
+        raise ProfileError(src, "models", models_raw, "expected a non-empty list")
+    models = []
+    for i, m in enumerate(models_raw):
+        p = f"models[{i}]"
+        models.append(Model(_name(_req(m, "name", p, src), src, f"{p}.name"),
+                            _positive_int(_req(m, "params", p, src), src, f"{p}.params")))
+    _unique([m.name for m in models], src, "models")
+
+    tasks_raw = _req(d, "tasks", "", src)
+    if not isinstance(tasks_raw, list) or not tasks_raw:
+        raise ProfileError(src, "tasks", tasks_raw, "expected a non-empty list")
+    tasks = []
+    for i, t in enumerate(tasks_raw):
+        p = f"tasks[{i}]"
+        tasks.append(Task(
+            name=_name(_req(t, "name", p, src), src, f"{p}.name"),
+            metric=_name(_req(t, "metric", p, src), src, f"{p}.metric"),
+            deadline_s=_finite_number(_req(t, "deadline_s", p, src), src, f"{p}.deadline_s", positive=True),
+            prompt_len=_positive_int(_req(t, "prompt_len", p, src), src, f"{p}.prompt_len"),
+            output_len=_positive_int(_req(t, "output_len", p, src), src, f"{p}.output_len"),
+        ))
+    _unique([t.name for t in tasks], src, "tasks")
+
+    b_max = _positive_int(_req(d, "B_max", "", src), src, "B_max")
+    M, T = len(models), len(tasks)
+
+    lat_raw = _req(d, "latency_s", "", src)
+    if not isinstance(lat_raw, list) or len(lat_raw) != M:
+        raise ProfileError(src, "latency_s", f"<{type(lat_raw).__name__} of len {len(lat_raw) if isinstance(lat_raw, list) else '-'}>",
+                           f"expected a list of {M} models x {T} tasks x {b_max} batch sizes")
+    lat = np.zeros((M, T, b_max))
+    for mi, per_task in enumerate(lat_raw):
+        if not isinstance(per_task, list) or len(per_task) != T:
+            raise ProfileError(src, f"latency_s[{mi}]", per_task, f"expected {T} task rows")
+        for ti, row in enumerate(per_task):
+            path = f"latency_s[{mi}][{ti}]"
+            if not isinstance(row, list) or len(row) != b_max:
+                raise ProfileError(src, path, row, f"expected {b_max} values (batch 1..B_max)")
+            for bi, v in enumerate(row):
+                lat[mi, ti, bi] = _finite_number(v, src, f"{path}[{bi}]", positive=True)
+            dec = np.nonzero(np.diff(lat[mi, ti]) < 0)[0]
+            if dec.size:
+                bi = int(dec[0]) + 1
+                raise ProfileError(src, f"{path}[{bi}]", row[bi],
+                                   f"latency must be non-decreasing in batch size (batch {bi} took {row[bi - 1]})")
+
+    q_raw = _req(d, "quality", "", src)
+    if not isinstance(q_raw, list) or len(q_raw) != M:
+        raise ProfileError(src, "quality", q_raw, f"expected {M} rows (one per model) of {T} values")
+    qual = np.zeros((M, T))
+    for mi, row in enumerate(q_raw):
+        if not isinstance(row, list) or len(row) != T:
+            raise ProfileError(src, f"quality[{mi}]", row, f"expected {T} values (one per task)")
+        for ti, v in enumerate(row):
+            qual[mi, ti] = _finite_number(v, src, f"quality[{mi}][{ti}]", lo=0.0, hi=1.0)
+
+    prov = _req(d, "provenance", "", src)
+    if not isinstance(prov, dict) or not prov:
+        raise ProfileError(src, "provenance", prov, "expected a non-empty object saying where each number came from")
+    for key in ("latency", "quality"):
+        if key not in prov:
+            raise ProfileError(src, f"provenance.{key}", None, "missing: say where these numbers came from")
+    known = {"name", "hardware", "models", "tasks", "B_max", "latency_s", "quality", "provenance"}
+    extra = {k: v for k, v in d.items() if k not in known}
+    return Profile(name, hardware, tuple(models), tuple(tasks), b_max, lat, qual, prov, src, extra)
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """A bare name means ``profiles/<name>.json``; anything else is a path."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists() or len(p.parts) > 1:
+        return p
+    return PROFILES_DIR / f"{name_or_path}.json"
+
+
+def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
+    path = resolve_profile_path(name_or_path)
+    src = str(path)
+    if not path.exists():
+        avail = sorted(q.stem for q in PROFILES_DIR.glob("*.json"))
+        raise ProfileError(src, "<file>", str(name_or_path), f"no such profile file (known profiles: {avail})")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(src, f"<line {e.lineno}, column {e.colno}>", e.msg, "not valid JSON") from None
+    return profile_from_dict(doc, src)

@@ -1,0 +1,120 @@
+"""Static description of a serving setup, shared by the JAX simulator and its reference twin.
+
+Plain Python, no logic beyond validation: both simulators read the same numbers from it and
+implement the semantics (docs/simulator.md) independently.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+PLACEMENTS = ("concurrent", "exclusive")
+DEADLINE_KINDS = ("hard", "soft")
+SOFT_DECAYS = ("linear", "exp")
+OBS_MODES = ("paper", "rich")
+
+
+class ConfigError(ValueError):
+    """A simulator config value is invalid; the message names the field and value."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    placement: str = "concurrent"
+    n_gpus: int = 4
+    #: replicas per model (None: one replica of every model on every GPU).
+    replicas: Optional[tuple[int, ...]] = None
+    queue_capacity: int = 64
+    drop_expired: bool = False
+    deadline_kind: str = "hard"
+    soft_decay: str = "linear"
+    soft_slack: float = 1.0
+    soft_tau: float = 0.5
+    miss_penalty: float = 0.0
+    latency_weight: float = 0.0
+    #: per-task deadlines in seconds (None: the profile's defaults), then scaled.
+    deadlines: Optional[tuple[float, ...]] = None
+    deadline_scale: float = 1.0
+    obs_mode: str = "paper"
+    ewma_alpha: float = 0.05
+    ref_rate: float = 100.0
+    episode_len: int = 1000
+    #: decisions remembered per environment (outcome ring); must exceed what can be in system.
+    outcome_slots: int = 2048
+
+    def __post_init__(self):
+        def bad(field_name, value, why):
+            raise ConfigError(f"sim config: field '{field_name}' = {value!r}: {why}")
+
+        if self.placement not in PLACEMENTS:
+            bad("placement", self.placement, f"must be one of {PLACEMENTS}")
+        if self.deadline_kind not in DEADLINE_KINDS:
+            bad("deadline_kind", self.deadline_kind, f"must be one of {DEADLINE_KINDS}")
+        if self.soft_decay not in SOFT_DECAYS:
+            bad("soft_decay", self.soft_decay, f"must be one of {SOFT_DECAYS}")
+        if self.obs_mode not in OBS_MODES:
+            bad("obs_mode", self.obs_mode, f"must be one of {OBS_MODES}")
+        for name in ("n_gpus", "queue_capacity", "episode_len", "outcome_slots"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                bad(name, v, "must be a positive integer")
+        for name in ("soft_slack", "soft_tau", "ref_rate", "deadline_scale"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):
+                bad(name, v, "must be > 0")
+        if not (0 < self.ewma_alpha <= 1):
+            bad("ewma_alpha", self.ewma_alpha, "must be in (0, 1]")
+        if self.miss_penalty < 0:
+            bad("miss_penalty", self.miss_penalty, "must be >= 0 (the miss value is -miss_penalty)")
+        if self.latency_weight < 0:
+            bad("latency_weight", self.latency_weight, "must be >= 0")
+        if self.drop_expired and self.deadline_kind != "hard":
+            bad("drop_expired", self.drop_expired, "only meaningful with deadline_kind='hard'")
+        if self.replicas is not None:
+            object.__setattr__(self, "replicas", tuple(int(r) for r in self.replicas))
+            if any(r < 0 for r in self.replicas) or sum(self.replicas) == 0:
+                bad("replicas", self.replicas, "need non-negative counts and at least one replica")
+        if self.deadlines is not None:
+            object.__setattr__(self, "deadlines", tuple(float(x) for x in self.deadlines))
+            if any(x <= 0 for x in self.deadlines):
+                bad("deadlines", self.deadlines, "every deadline must be > 0")
+
+    # --------------------------------------------------------------- derived layout
+    def replica_counts(self, n_models: int) -> tuple[int, ...]:
+        if self.replicas is None:
+            return (self.n_gpus,) * n_models
+        if len(self.replicas) != n_models:
+            raise ConfigError(f"sim config: field 'replicas' = {self.replicas!r}: "
+                              f"needs one count per model ({n_models})")
+        return self.replicas
+
+    def gpu_of_replica(self, model: int, k: int) -> int:
+        """Replica k of a model lives on GPU k mod n_gpus."""
+        return k % self.n_gpus
+
+    def task_deadlines(self, profile) -> tuple[float, ...]:
+        base = self.deadlines if self.deadlines is not None else tuple(profile.deadlines)
+        if len(base) != profile.n_tasks:
+            raise ConfigError(f"sim config: field 'deadlines' = {base!r}: needs one per task "
+                              f"({profile.n_tasks}: {profile.task_names})")
+        return tuple(float(x) * self.deadline_scale for x in base)
+
+    def in_system_bound(self, n_models: int, b_max: int) -> int:
+        """Most requests that can be queued or in flight at once."""
+        return sum(self.replica_counts(n_models)) * (self.queue_capacity + b_max)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sim_config_from_mapping(m) -> SimConfig:
+    """Build from a dict/OmegaConf node, rejecting unknown keys with their names."""
+    d = dict(m)
+    known = set(SimConfig.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"sim config: unknown field(s) {unknown}; known: {sorted(known)}")
+    for k in ("replicas", "deadlines"):
+        if d.get(k) is not None:
+            d[k] = tuple(d[k])
+    return SimConfig(**d)
