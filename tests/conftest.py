@@ -1,0 +1,41 @@
+"""Shared fixtures: small synthetic profiles so tests run fast and need no shipped file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bes_jax.profile import profile_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TRACES = SHARED / "traces"
+
+
+def synthetic_profile_dict(n_models=3, n_tasks=2, b_max=4, seed=0):
+    """A small valid profile: bigger models slower and better; latency grows with batch size."""
+    rng = np.random.default_rng(seed)
+    base = np.array([0.02, 0.06, 0.2, 0.5, 1.0])[:n_models]
+    lat = np.zeros((n_models, n_tasks, b_max))
+    for m in range(n_models):
+        for t in range(n_tasks):
+            per = base[m] * (1.0 + 0.3 * t) * (1 + 0.1 * rng.random())
+            lat[m, t] = per * (1.0 + 0.35 * np.arange(b_max))
+    qual = np.clip(0.4 + 0.12 * np.arange(n_models)[:, None] + 0.05 * np.arange(n_tasks)[None, :], 0, 1)
+    return {
+        "name": "synthetic",
+        "hardware": {"name": "synthetic"},
+        "models": [{"name": f"m{m}", "params": 10 ** (6 + m)} for m in range(n_models)],
+        "tasks": [{"name": f"t{t}", "metric": "acc", "deadline_s": float(3 * base[-1] * (1 + 0.3 * t)),
+                   "prompt_len": 64, "output_len": 8} for t in range(n_tasks)],
+        "B_max": b_max,
+        "latency_s": lat.tolist(),
+        "quality": qual.tolist(),
+        "provenance": {"latency": "synthetic test table", "quality": "synthetic test table"},
+    }
+
+
+@pytest.fixture(scope="session")
+def synthetic_profile():
+    return profile_from_dict(synthetic_profile_dict(), "synthetic.json")
