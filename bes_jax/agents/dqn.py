@@ -1,0 +1,208 @@
+"""Double DQN trained end to end inside `jit` (PureJaxRL/Stoix style).
+
+``make_train(cfg, env, base_params, workload_bank)`` returns pure functions: ``init(key)``,
+``train_chunk(ts)`` (a `lax.scan` over iterations; the host logs and checkpoints between
+chunks) and ``train(key)`` (the whole run in one program, `vmap`-able over seeds).
+
+Delayed rewards: the replay is a ring per environment with the same slot index as the
+simulator's outcome record (``decision % outcome_slots``). A transition is sampleable only
+once the simulator has realised its request's reward (`resolved_mask`), and it is trained on
+exactly that reward: nothing is estimated and nothing is attached to the wrong decision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from bes_jax.agents.network import QNetwork, normalize
+from bes_jax.env import ServingEnv, resolved_mask
+from bes_jax.env.params import EnvParams
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    n_envs: int = 16
+    iterations: int = 6000          # vectorised env steps (decisions = iterations * n_envs)
+    chunk_iterations: int = 500     # iterations per compiled chunk (host logs/checkpoints between)
+    updates_per_iteration: int = 1
+    batch_size: int = 128
+    gamma: float = 0.9
+    lr: float = 1e-3
+    max_grad_norm: float = 10.0
+    hidden: Sequence[int] = (64, 64)
+    eps_start: float = 1.0
+    eps_end: float = 0.02
+    eps_decay_fraction: float = 0.4
+    target_tau: float = 0.01        # Polyak factor; 1.0 with target_period > 1 gives hard copies
+    target_period: int = 1
+    learning_starts: int = 500      # resolved transitions needed before updates start
+    huber_delta: float = 1.0
+
+    def __post_init__(self):
+        for name in ("n_envs", "iterations", "chunk_iterations", "batch_size", "target_period",
+                     "updates_per_iteration"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"dqn config: field '{name}' = {v!r}: must be a positive integer")
+        if self.iterations % self.chunk_iterations:
+            raise ValueError(f"dqn config: field 'iterations' = {self.iterations}: must be a multiple of "
+                             f"chunk_iterations ({self.chunk_iterations})")
+        if not (0.0 <= self.gamma < 1.0):
+            raise ValueError(f"dqn config: field 'gamma' = {self.gamma}: must be in [0, 1)")
+        if not (0.0 < self.target_tau <= 1.0):
+            raise ValueError(f"dqn config: field 'target_tau' = {self.target_tau}: must be in (0, 1]")
+
+
+@struct.dataclass
+class ObsStats:
+    count: jnp.ndarray
+    mean: jnp.ndarray
+    var: jnp.ndarray
+
+
+@struct.dataclass
+class Replay:
+    obs: jnp.ndarray       # [N, H, D]
+    action: jnp.ndarray    # [N, H]
+    next_obs: jnp.ndarray  # [N, H, D]
+
+
+@struct.dataclass
+class TrainState:
+    params: dict
+    target_params: dict
+    opt_state: optax.OptState
+    obs_stats: ObsStats
+    env_state: object
+    obs: jnp.ndarray          # [N, D] pending observations
+    workload_index: jnp.ndarray  # [N] which workload of the bank each env runs
+    replay: Replay
+    iteration: jnp.ndarray
+    n_updates: jnp.ndarray
+    key: jax.Array
+
+
+def update_stats(stats: ObsStats, batch) -> ObsStats:
+    """Parallel Welford update with a batch of observations [n, D]."""
+    n = batch.shape[0]
+    b_mean = batch.mean(0)
+    b_var = batch.var(0)
+    tot = stats.count + n
+    delta = b_mean - stats.mean
+    mean = stats.mean + delta * n / tot
+    m2 = stats.var * stats.count + b_var * n + delta ** 2 * stats.count * n / tot
+    return ObsStats(tot, mean, m2 / tot)
+
+
+def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank):
+    """Build the pure training functions for one environment layout and a workload bank."""
+    N, H, D, A = cfg.n_envs, env.slots, env.obs_size, env.n_models
+    n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
+    net = QNetwork(A, tuple(cfg.hidden))
+    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+    params_axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
+    v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, params_axes))
+    v_resolved = jax.vmap(resolved_mask)
+    decay_iters = max(1, int(cfg.eps_decay_fraction * cfg.iterations))
+
+    def env_params(index):
+        return base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
+
+    def epsilon(it):
+        frac = jnp.clip(it / decay_iters, 0.0, 1.0)
+        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+
+    def q_values(params, stats, obs):
+        return net.apply(params, normalize(obs, stats.mean, stats.var))
+
+    def init(key) -> TrainState:
+        k_net, k_env, k_idx, k_run = jax.random.split(key, 4)
+        f = base_params.latency.dtype
+        params = net.init(k_net, jnp.zeros((1, D), f))
+        index = jax.random.randint(k_idx, (N,), 0, n_bank)
+        obs, env_state = v_reset(jax.random.split(k_env, N), env_params(index))
+        stats = update_stats(ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f)), obs)
+        replay = Replay(jnp.zeros((N, H, D), f), jnp.zeros((N, H), jnp.int32), jnp.zeros((N, H, D), f))
+        return TrainState(params, params, tx.init(params), stats, env_state, obs, index, replay,
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), k_run)
+
+    def loss_fn(params, target_params, stats, batch):
+        obs, action, reward, next_obs = batch
+        q = q_values(params, stats, obs)
+        q_a = jnp.take_along_axis(q, action[:, None], axis=1)[:, 0]
+        next_online = q_values(params, stats, next_obs)
+        next_target = q_values(target_params, stats, next_obs)
+        a_star = jnp.argmax(next_online, axis=1)
+        bootstrap = jnp.take_along_axis(next_target, a_star[:, None], axis=1)[:, 0]
+        target = jax.lax.stop_gradient(reward + cfg.gamma * bootstrap)
+        loss = optax.huber_loss(q_a, target, cfg.huber_delta).mean()
+        return loss, q_a.mean()
+
+    def update(ts: TrainState, key):
+        ready = v_resolved(ts.env_state)  # [N, H]
+        n_ready = ready.sum()
+        p = ready.reshape(-1).astype(jnp.float32)
+        idx = jax.random.choice(key, N * H, (cfg.batch_size,), p=p / jnp.maximum(p.sum(), 1.0))
+        e, h = idx // H, idx % H
+        reward = ts.env_state.outcomes.reward[e, h]
+        batch = (ts.replay.obs[e, h], ts.replay.action[e, h], reward, ts.replay.next_obs[e, h])
+        (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.target_params, ts.obs_stats, batch)
+        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+        new_params = optax.apply_updates(ts.params, updates)
+        go = n_ready >= cfg.learning_starts
+        n_updates = ts.n_updates + go.astype(jnp.int32)
+        tau = jnp.where((n_updates % cfg.target_period) == 0, cfg.target_tau, 0.0)
+        new_target = optax.incremental_update(new_params, ts.target_params, tau)
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)
+        ts = ts.replace(params=pick(new_params, ts.params), opt_state=pick(opt_state, ts.opt_state),
+                        target_params=pick(new_target, ts.target_params), n_updates=n_updates)
+        return ts, {"loss": jnp.where(go, loss, jnp.nan), "q_mean": q_mean, "n_ready": n_ready}
+
+    def iteration(ts: TrainState, _):
+        key, k_eps, k_rand, k_step, k_idx, k_upd = jax.random.split(ts.key, 6)
+        q = q_values(ts.params, ts.obs_stats, ts.obs)
+        greedy_a = jnp.argmax(q, axis=1)
+        explore = jax.random.uniform(k_eps, (N,)) < epsilon(ts.iteration)
+        random_a = jax.random.randint(k_rand, (N,), 0, A)
+        action = jnp.where(explore, random_a, greedy_a).astype(jnp.int32)
+        slot = ts.env_state.decision % H
+        next_obs, env_state, reward, done, info = v_step(
+            jax.random.split(k_step, N), ts.env_state, action, env_params(ts.workload_index))
+        rows = jnp.arange(N)
+        replay = Replay(ts.replay.obs.at[rows, slot].set(ts.obs),
+                        ts.replay.action.at[rows, slot].set(action),
+                        ts.replay.next_obs.at[rows, slot].set(next_obs))
+        # domain randomisation: a truncated episode continues on a freshly drawn workload
+        new_index = jax.random.randint(k_idx, (N,), 0, n_bank)
+        index = jnp.where(done, new_index, ts.workload_index)
+        ts = ts.replace(env_state=env_state, obs=next_obs, replay=replay, workload_index=index,
+                        obs_stats=update_stats(ts.obs_stats, next_obs), iteration=ts.iteration + 1, key=key)
+        ts, logs = jax.lax.scan(update, ts, jax.random.split(k_upd, cfg.updates_per_iteration))
+        logs = jax.tree.map(lambda x: x[-1], logs)
+        logs["realised_reward"] = reward.mean()
+        logs["epsilon"] = epsilon(ts.iteration)
+        return ts, logs
+
+    def train_chunk(ts: TrainState):
+        return jax.lax.scan(iteration, ts, None, length=cfg.chunk_iterations)
+
+    def train(key):
+        ts = init(key)
+        n_chunks = cfg.iterations // cfg.chunk_iterations
+        ts, logs = jax.lax.scan(lambda t, _: train_chunk(t), ts, None, length=n_chunks)
+        return ts, logs
+
+    def greedy_policy(params, stats):
+        """Router `act` for the current Q-network (used for evaluation)."""
+        def act(key, obs, state, env_params):
+            return jnp.argmax(q_values(params, stats, obs)).astype(jnp.int32)
+        return act
+
+    return init, train_chunk, train, greedy_policy, net

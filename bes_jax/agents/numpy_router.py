@@ -1,0 +1,78 @@
+"""Load an exported policy and route with numpy only (no JAX import): for serving on CPU.
+
+Makes exactly the JAX policy's decisions: same normalisation, same MLP, argmax with the
+first index winning ties.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class PolicyFormatError(ValueError):
+    """An exported policy directory is incomplete or inconsistent (names file, field, value)."""
+
+
+class Router:
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], meta: dict):
+        self.layers, self.meta = layers, meta
+        norm = meta["obs_norm"]
+        self.mean = np.asarray(norm["mean"], np.float32)
+        self.std = np.sqrt(np.asarray(norm["var"], np.float32) + np.float32(norm.get("eps", 1e-8)))
+        self.clip = float(norm.get("clip", 10.0))
+        self.obs_mode = meta["obs_mode"]
+        self.obs_size = int(meta["obs_size"])
+        self.model_names = list(meta["model_names"])
+        self.task_names = list(meta["task_names"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Router":
+        path = Path(path)
+        meta_file, weights_file = path / "metadata.json", path / "weights.npz"
+        for f in (meta_file, weights_file):
+            if not f.exists():
+                raise PolicyFormatError(f"{f}: missing (an exported policy directory holds metadata.json and weights.npz)")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as e:
+            raise PolicyFormatError(f"{meta_file}: not valid JSON at line {e.lineno}: {e.msg}") from None
+        for key in ("obs_mode", "obs_size", "obs_norm", "hidden", "model_names", "task_names"):
+            if key not in meta:
+                raise PolicyFormatError(f"{meta_file}: field '{key}' missing")
+        with np.load(weights_file) as z:
+            flat = {k: z[k] for k in z.files}
+        names = [f"hidden_{i}" for i in range(len(meta["hidden"]))] + ["out"]
+        layers = []
+        width = int(meta["obs_size"])
+        for n in names:
+            for part in ("kernel", "bias"):
+                if f"{n}/{part}" not in flat:
+                    raise PolicyFormatError(f"{weights_file}: array '{n}/{part}' missing")
+            k, b = flat[f"{n}/kernel"], flat[f"{n}/bias"]
+            if k.shape[0] != width or b.shape != (k.shape[1],):
+                raise PolicyFormatError(f"{weights_file}: array '{n}/kernel' has shape {k.shape}, "
+                                        f"expected ({width}, ...) with a matching bias")
+            layers.append((k.astype(np.float32), b.astype(np.float32)))
+            width = k.shape[1]
+        if width != len(meta["model_names"]):
+            raise PolicyFormatError(f"{weights_file}: output width {width} != number of models "
+                                    f"{len(meta['model_names'])} in metadata field 'model_names'")
+        return cls(layers, meta)
+
+    def q_values(self, obs) -> np.ndarray:
+        x = np.asarray(obs, np.float32)
+        if x.shape[-1] != self.obs_size:
+            raise ValueError(f"observation has {x.shape[-1]} features, policy expects {self.obs_size} ({self.obs_mode} mode)")
+        x = np.clip((x - self.mean) / self.std, -self.clip, self.clip)
+        for i, (k, b) in enumerate(self.layers):
+            x = x @ k + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return x
+
+    def act(self, obs) -> int | np.ndarray:
+        q = self.q_values(obs)
+        a = np.argmax(q, axis=-1)
+        return int(a) if np.ndim(a) == 0 else a

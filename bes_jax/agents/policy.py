@@ -1,0 +1,31 @@
+"""An exported policy as a jittable router (for `bes-eval router=policy router.path=DIR`)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from bes_jax.agents.export import unflatten_params
+from bes_jax.agents.network import QNetwork, normalize
+from bes_jax.agents.numpy_router import PolicyFormatError, Router as NumpyRouter
+from bes_jax.profile import Profile
+from bes_jax.routers.baselines import Router
+
+
+def load_policy_router(path, profile: Profile) -> Router:
+    npr = NumpyRouter.load(path)
+    meta = npr.meta
+    if npr.model_names != profile.model_names or npr.task_names != profile.task_names:
+        raise PolicyFormatError(
+            f"{path}/metadata.json: field 'model_names'/'task_names' = {npr.model_names}/{npr.task_names} "
+            f"do not match profile {profile.name!r} ({profile.model_names}/{profile.task_names})")
+    with np.load(f"{path}/weights.npz") as z:
+        params = unflatten_params({k: jnp.asarray(z[k]) for k in z.files})
+    net = QNetwork(len(npr.model_names), tuple(meta["hidden"]))
+    mean = jnp.asarray(meta["obs_norm"]["mean"], jnp.float32)
+    var = jnp.asarray(meta["obs_norm"]["var"], jnp.float32)
+
+    def act(key, obs, state, env_params):
+        x = normalize(obs.astype(jnp.float32), mean, var)
+        return jnp.argmax(net.apply(params, x)).astype(jnp.int32)
+
+    return Router(f"policy:{path}", act, obs_mode=npr.obs_mode)

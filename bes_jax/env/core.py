@@ -1,0 +1,292 @@
+"""The vectorized serving simulator: one routing decision per `step`, pure and jittable.
+
+Semantics: docs/simulator.md. Latency comes from the profile's dense table ``L[m, t, b]``
+gathered by index (Vidur/AlpaServe style); between two arrivals the event loop processes one
+server event per iteration in time order, so `vmap` over thousands of environments costs
+about the busiest environment's number of events per step.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bes_jax.env.params import EnvParams, default_float, make_env_params
+from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes
+from bes_jax.profile import Profile
+from bes_jax.sim_config import ConfigError, SimConfig
+from bes_jax.workloads import WorkloadParams, workload_init, workload_next
+
+
+class ServingEnv:
+    """Static layout (shapes) of a pool; all numbers live in `EnvParams`.
+
+    Replica ``r = m * R_max + k`` is replica ``k`` of model ``m``; it runs on GPU ``k mod n_gpus``.
+    """
+
+    def __init__(self, profile: Profile, cfg: SimConfig = SimConfig()):
+        self.profile, self.cfg = profile, cfg
+        self.n_models, self.n_tasks, self.b_max = profile.n_models, profile.n_tasks, profile.b_max
+        counts = cfg.replica_counts(self.n_models)
+        self.r_max = max(counts)
+        self.n_replicas = self.n_models * self.r_max
+        self.capacity = cfg.queue_capacity
+        self.slots = cfg.outcome_slots
+        bound = cfg.in_system_bound(self.n_models, self.b_max)
+        if self.slots <= bound:
+            raise ConfigError(
+                f"sim config: field 'outcome_slots' = {self.slots}: must exceed the most requests "
+                f"that can be in the system at once ({bound} = replicas x (queue_capacity + B_max)), "
+                "or unresolved decisions would be overwritten")
+        self.exclusive = cfg.placement == "exclusive"
+        gpu = np.array([cfg.gpu_of_replica(m, k) for m in range(self.n_models) for k in range(self.r_max)])
+        if self.exclusive:
+            self.n_servers = cfg.n_gpus
+            self.server_of = gpu
+            # replicas of each server in ascending replica index = (model, k) order: the
+            # exclusive tie-break "lowest model index" falls out of argmin's first-index rule.
+            members = [np.nonzero(gpu == g)[0] for g in range(cfg.n_gpus)]
+            width = max(len(x) for x in members)
+            self.server_members = np.stack([np.pad(x, (0, width - len(x)), constant_values=-1) for x in members])
+        else:
+            self.n_servers = self.n_replicas
+            self.server_of = np.arange(self.n_replicas)
+            self.server_members = np.arange(self.n_replicas)[:, None]
+        self.obs_size = self.n_tasks + self.n_models + 1 + (self.n_models + 1 if cfg.obs_mode == "rich" else 0)
+
+    # ------------------------------------------------------------------ params
+    def make_params(self, workload: WorkloadParams, **overrides) -> EnvParams:
+        params = make_env_params(self.profile, self.cfg, workload, self.r_max)
+        return params.replace(**overrides) if overrides else params
+
+    # ------------------------------------------------------------------ reset
+    @partial(jax.jit, static_argnums=0)
+    def reset(self, key: jax.Array, params: EnvParams):
+        f = default_float()
+        R, S, C, H, M = self.n_replicas, self.n_servers, self.capacity, self.slots, self.n_models
+        ws, t0, task0 = workload_init(key, params.workload)
+        nan = jnp.full((H,), jnp.nan, f)
+        outcomes = Outcomes(
+            decision=jnp.full((H,), -1, jnp.int32), arrival=nan, task=jnp.zeros((H,), jnp.int32),
+            model=jnp.full((H,), -1, jnp.int32), replica=jnp.full((H,), -1, jnp.int32),
+            start=nan, finish=nan, reward=nan, status=jnp.full((H,), EMPTY, jnp.int8))
+        state = EnvState(
+            queue=jnp.zeros((R, C), jnp.int32), queue_len=jnp.zeros((R,), jnp.int32),
+            inflight=jnp.zeros((R,), jnp.int32), busy=jnp.zeros((S,), bool),
+            free_at=jnp.zeros((S,), f), batch_replica=jnp.zeros((S,), jnp.int32),
+            batch_value=jnp.zeros((S,), f), now=jnp.asarray(t0, f), task=jnp.asarray(task0, jnp.int32),
+            decision=jnp.zeros((), jnp.int32), ewma_gap=(1.0 / params.ref_rate).astype(f),
+            episode_step=jnp.zeros((), jnp.int32), chosen_replica=jnp.zeros((M,), jnp.int32),
+            wait=jnp.zeros((M,), f), predicted_finish=jnp.zeros((M,), f), outcomes=outcomes, workload=ws)
+        state = self._predict(state, params)
+        return self.observe(state, params), state
+
+    # ------------------------------------------------------------------ step
+    @partial(jax.jit, static_argnums=0)
+    def step(self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
+        """Route the pending request to model `action`, advance to the next arrival.
+
+        Returns ``(obs, state, reward, done, info)``. ``reward`` is the sum of the values
+        realised during this step (completions, drops, a rejection): rewards are delayed, and
+        the per-decision values are in ``state.outcomes`` (see `resolved_mask`).
+        """
+        f = state.free_at.dtype
+        H, C = self.slots, self.capacity
+        action = jnp.asarray(action, jnp.int32)
+        r = state.chosen_replica[action]
+        i = state.decision
+        slot = i % H
+        miss = -params.miss_penalty
+        reject = (state.queue_len[r] >= C) | ~params.replica_valid[r]
+        o = state.outcomes
+        o = o.replace(
+            decision=o.decision.at[slot].set(i), arrival=o.arrival.at[slot].set(state.now),
+            task=o.task.at[slot].set(state.task), model=o.model.at[slot].set(action),
+            replica=o.replica.at[slot].set(r), start=o.start.at[slot].set(jnp.nan),
+            finish=o.finish.at[slot].set(jnp.where(reject, state.now, jnp.nan)),
+            reward=o.reward.at[slot].set(jnp.where(reject, miss, jnp.nan)),
+            status=o.status.at[slot].set(jnp.where(reject, REJECTED, QUEUED).astype(jnp.int8)))
+        accept = ~reject
+        qlen = state.queue_len[r]
+        queue = state.queue.at[r, jnp.minimum(qlen, C - 1)].set(jnp.where(accept, i, state.queue[r, jnp.minimum(qlen, C - 1)]))
+        queue_len = state.queue_len.at[r].add(accept.astype(jnp.int32))
+        s = jnp.asarray(self.server_of)[r]
+        idle = ~state.busy[s]
+        free_at = state.free_at.at[s].set(jnp.where(accept & idle, state.now, state.free_at[s]))
+        state = state.replace(outcomes=o, queue=queue, queue_len=queue_len, free_at=free_at)
+
+        ws, t_next, task_next = workload_next(key, state.workload, params.workload)
+        t_next = jnp.asarray(t_next, f)
+        state, realised = self._advance(state, params, t_next)
+        realised = realised + jnp.where(reject, miss, 0.0)
+
+        gap = t_next - state.now
+        ewma = params.ewma_alpha * gap + (1.0 - params.ewma_alpha) * state.ewma_gap
+        ep = state.episode_step + 1
+        done = ep >= params.episode_len
+        t_now = state.now
+        state = state.replace(
+            now=t_next, task=jnp.asarray(task_next, jnp.int32), decision=i + 1, ewma_gap=ewma.astype(f),
+            episode_step=jnp.where(done, 0, ep), workload=ws)
+        state = self._predict(state, params)
+        info = {"decision": i, "rejected": reject, "t_decision": t_now, "clock": t_next}
+        return self.observe(state, params), state, realised.astype(f), done, info
+
+    # ------------------------------------------------------------------ event loop
+    def _event_times(self, state: EnvState):
+        has_queue = (state.queue_len > 0)
+        members = jnp.asarray(self.server_members)
+        server_has_queue = jnp.where(members >= 0, has_queue[jnp.maximum(members, 0)], False).any(axis=1)
+        return jnp.where(state.busy | server_has_queue, state.free_at, jnp.inf)
+
+    def _advance(self, state: EnvState, params: EnvParams, t_limit):
+        """Process every server event with time <= t_limit, one per iteration, in time order."""
+        f = state.free_at.dtype
+
+        def cond(carry):
+            st, _ = carry
+            ev = self._event_times(st).min()
+            return (ev <= t_limit) & (ev < jnp.inf)
+
+        def body(carry):
+            st, realised = carry
+            ev = self._event_times(st)
+            s = jnp.argmin(ev)
+            T = ev[s]
+            was_busy = st.busy[s]
+            realised = realised + jnp.where(was_busy, st.batch_value[s], 0.0)
+            inflight = st.inflight.at[st.batch_replica[s]].set(
+                jnp.where(was_busy, 0, st.inflight[st.batch_replica[s]]))
+            st = st.replace(inflight=inflight)
+            r = self._pick_replica(st, s)
+            st, dropped_value = self._form_batch(st, params, s, r, T)
+            return st, realised + dropped_value
+
+        state, realised = jax.lax.while_loop(cond, body, (state, jnp.zeros((), f)))
+        return state, realised
+
+    def _pick_replica(self, st: EnvState, s):
+        if not self.exclusive:
+            return s
+        members = jnp.asarray(self.server_members)[s]
+        ok = members >= 0
+        m = jnp.maximum(members, 0)
+        has = ok & (st.queue_len[m] > 0)
+        head = st.outcomes.arrival[st.queue[m, 0] % self.slots]
+        return m[jnp.argmin(jnp.where(has, head, jnp.inf))]
+
+    def _form_batch(self, st: EnvState, params: EnvParams, s, r, T):
+        """FIFO batch formation on replica r at time T (docs/simulator.md, step 3)."""
+        H, C, B = self.slots, self.capacity, self.b_max
+        o = st.outcomes
+        ids = st.queue[r]
+        pos = jnp.arange(C)
+        valid = pos < st.queue_len[r]
+        slots = ids % H
+        arrival = o.arrival[slots]
+        task = o.task[slots]
+        d = params.deadline[task]
+        expired = params.drop_expired & valid & (T - arrival > d)
+        ok = valid & ~expired
+        take = ok & (jnp.cumsum(ok) <= B)
+        b = take.sum()
+        last = jnp.max(jnp.where(take, pos, -1))
+        removed = jnp.where(b == B, valid & (pos <= last), valid)
+        drop = removed & ~take
+        n_removed = removed.sum()
+        m = r // self.r_max
+        lat_by_task = params.latency[m, :, jnp.maximum(b - 1, 0)]
+        latency = jnp.max(jnp.where(take, lat_by_task[task], 0.0))
+        end = T + latency
+        value = self._value(params, params.quality[m, task], end - arrival, d)
+        miss = -params.miss_penalty
+        write = jnp.where(take | drop, slots, H)  # out-of-range index: dropped by the scatter
+        o = o.replace(
+            start=o.start.at[write].set(jnp.where(take, T, jnp.nan), mode="drop"),
+            finish=o.finish.at[write].set(jnp.where(take, end, T), mode="drop"),
+            reward=o.reward.at[write].set(jnp.where(take, value, miss), mode="drop"),
+            status=o.status.at[write].set(jnp.where(take, SERVED, DROPPED).astype(jnp.int8), mode="drop"))
+        queue = st.queue.at[r].set(jnp.take(ids, pos + n_removed, mode="fill", fill_value=0))
+        started = b > 0
+        st = st.replace(
+            outcomes=o, queue=queue, queue_len=st.queue_len.at[r].add(-n_removed),
+            inflight=st.inflight.at[r].set(b), busy=st.busy.at[s].set(started),
+            free_at=st.free_at.at[s].set(jnp.where(started, end, T)),
+            batch_replica=st.batch_replica.at[s].set(r),
+            batch_value=st.batch_value.at[s].set(jnp.sum(jnp.where(take, value, 0.0))))
+        return st, jnp.sum(jnp.where(drop, miss, 0.0))
+
+    @staticmethod
+    def _value(params: EnvParams, q, latency, d):
+        """Realised value of a served request (docs/simulator.md "Reward")."""
+        late = latency > d
+        over = (latency - d) / d
+        decay = jnp.where(params.soft_exp, jnp.exp(-over / params.soft_tau),
+                          jnp.clip(1.0 - over / params.soft_slack, 0.0, 1.0))
+        soft_value = jnp.where(late, q * decay, q)
+        hard_value = jnp.where(late, -params.miss_penalty, q)
+        return jnp.where(params.soft, soft_value, hard_value) - params.latency_weight * latency / d
+
+    # ------------------------------------------------------------------ routing view
+    def _predict(self, st: EnvState, params: EnvParams) -> EnvState:
+        """Per model: the replica the routing rule picks, predicted wait and completion."""
+        M, Rm, B, C = self.n_models, self.r_max, self.b_max, self.capacity
+        server = jnp.asarray(self.server_of)
+        count = (st.queue_len + st.inflight).reshape(M, Rm)
+        free = jnp.maximum(st.free_at[server], st.now).reshape(M, Rm)
+        valid = params.replica_valid.reshape(M, Rm)
+        big = jnp.iinfo(jnp.int32).max
+        count = jnp.where(valid, count, big)
+        best = count == count.min(axis=1, keepdims=True)
+        free_masked = jnp.where(best, free, jnp.inf)
+        best = best & (free_masked == free_masked.min(axis=1, keepdims=True))
+        k = jnp.argmax(best, axis=1)
+        r = jnp.arange(M) * Rm + k
+        q = st.queue_len[r]
+        s = server[r]
+        F = jnp.where(st.busy[s], st.free_at[s], st.now)
+        lat = params.latency[:, st.task, :]  # [M, B]
+        wait = (F - st.now) + (q // B) * lat[:, B - 1]
+        # our own batch: exactly a batch of one if the server is idle; otherwise assume it fills
+        # up (arrivals keep joining until it starts), which is what happens under load.
+        own = jnp.where(st.busy[s], lat[:, B - 1], lat[:, 0])
+        finish = st.now + wait + own
+        possible = params.replica_valid[r] & (q < C)
+        return st.replace(chosen_replica=r.astype(jnp.int32),
+                          wait=jnp.where(possible, wait, jnp.inf),
+                          predicted_finish=jnp.where(possible, finish, jnp.inf))
+
+    def observe(self, st: EnvState, params: EnvParams) -> jnp.ndarray:
+        f = st.free_at.dtype
+        M, Rm = self.n_models, self.r_max
+        onehot = jax.nn.one_hot(st.task, self.n_tasks, dtype=f)
+        in_system = (st.queue_len + st.inflight).reshape(M, Rm).sum(axis=1).astype(f)
+        denom = self.b_max * params.replica_count
+        load = jnp.where(params.replica_count > 0, in_system / jnp.maximum(denom, 1.0), 0.0)
+        rate = (1.0 / st.ewma_gap) / params.ref_rate
+        parts = [onehot, load, rate[None]]
+        if self.cfg.obs_mode == "rich":
+            d = params.deadline[st.task]
+            parts += [st.wait / d, d[None]]
+        return jnp.concatenate(parts).astype(f)
+
+    # ------------------------------------------------------------------ end of run
+    @partial(jax.jit, static_argnums=0)
+    def drain(self, state: EnvState, params: EnvParams) -> EnvState:
+        """Process every remaining event with no more arrivals: all requests get an outcome."""
+        state, _ = self._advance(state, params, jnp.asarray(jnp.inf, state.free_at.dtype))
+        return state
+
+
+def resolved_mask(state: EnvState) -> jnp.ndarray:
+    """[H] bool: slots whose outcome is realised by the current clock (for reward attachment)."""
+    o = state.outcomes
+    final = (o.status == SERVED) | (o.status == DROPPED) | (o.status == REJECTED)
+    return final & (o.finish <= state.now)
+
+
+def make_env(profile: Profile, cfg: SimConfig, workload: WorkloadParams):
+    env = ServingEnv(profile, cfg)
+    return env, env.make_params(workload)

@@ -1,0 +1,52 @@
+"""`EnvState`: queues, servers, the pending request and the outcome ring of one environment."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import struct
+
+# Outcome status codes (docs/simulator.md "Requests and outcomes").
+EMPTY, QUEUED, SERVED, DROPPED, REJECTED = 0, 1, 2, 3, 4
+
+
+@struct.dataclass
+class Outcomes:
+    """Per-decision record, a ring indexed by ``decision_id % outcome_slots``.
+
+    A learner attaches rewards from here: slot ``i % H`` is resolved once ``status`` is
+    SERVED/DROPPED/REJECTED and ``finish <= clock``; until then its reward is unknown.
+    """
+
+    decision: jnp.ndarray  # [H] int32 decision id stored in the slot (-1: never used)
+    arrival: jnp.ndarray   # [H]
+    task: jnp.ndarray      # [H] int32
+    model: jnp.ndarray     # [H] int32
+    replica: jnp.ndarray   # [H] int32
+    start: jnp.ndarray     # [H] batch start (NaN unless served)
+    finish: jnp.ndarray    # [H] time the outcome is realised
+    reward: jnp.ndarray    # [H]
+    status: jnp.ndarray    # [H] int8 code
+
+
+@struct.dataclass
+class EnvState:
+    # replicas
+    queue: jnp.ndarray         # [R, C] int32 decision ids, FIFO from index 0
+    queue_len: jnp.ndarray     # [R] int32
+    inflight: jnp.ndarray      # [R] int32 requests in the running batch of this replica
+    # servers (a replica in concurrent mode, a GPU in exclusive mode)
+    busy: jnp.ndarray          # [S] bool
+    free_at: jnp.ndarray       # [S] busy-until if busy, else the time it went idle
+    batch_replica: jnp.ndarray # [S] int32 replica of the running batch
+    batch_value: jnp.ndarray   # [S] summed reward of the running batch, realised at its end
+    # pending request (the one the next action routes)
+    now: jnp.ndarray           # its arrival time: the simulation clock
+    task: jnp.ndarray          # int32
+    decision: jnp.ndarray      # int32 its decision id
+    ewma_gap: jnp.ndarray      # EWMA of inter-arrival gaps
+    episode_step: jnp.ndarray  # int32 decisions taken in the current episode
+    # what the routing rule would do for the pending request, per model
+    chosen_replica: jnp.ndarray  # [M] int32
+    wait: jnp.ndarray            # [M] predicted wait before it could start (inf: impossible)
+    predicted_finish: jnp.ndarray  # [M] predicted completion time (inf: impossible)
+    outcomes: Outcomes
+    workload: object           # bes_jax.workloads.WorkloadState
