@@ -41,6 +41,10 @@ class ServingEnv:
                 f"that can be in the system at once ({bound} = replicas x (queue_capacity + B_max)), "
                 "or unresolved decisions would be overwritten")
         self.exclusive = cfg.placement == "exclusive"
+        # Formation looks at the first `window` queued requests: all of them when expired ones
+        # may be skipped, else only the B_max that can be taken (static: it sets shapes).
+        self.drop_expired = bool(cfg.drop_expired)
+        self.window = self.capacity if self.drop_expired else min(self.b_max, self.capacity)
         gpu = np.array([cfg.gpu_of_replica(m, k) for m in range(self.n_models) for k in range(self.r_max)])
         if self.exclusive:
             self.n_servers = cfg.n_gpus
@@ -73,7 +77,8 @@ class ServingEnv:
             model=jnp.full((H,), -1, jnp.int32), replica=jnp.full((H,), -1, jnp.int32),
             start=nan, finish=nan, reward=nan, status=jnp.full((H,), EMPTY, jnp.int8))
         state = EnvState(
-            queue=jnp.zeros((R, C), jnp.int32), queue_len=jnp.zeros((R,), jnp.int32),
+            queue=jnp.zeros((R, C), jnp.int32), queue_head=jnp.zeros((R,), jnp.int32),
+            queue_len=jnp.zeros((R,), jnp.int32),
             inflight=jnp.zeros((R,), jnp.int32), busy=jnp.zeros((S,), bool),
             free_at=jnp.zeros((S,), f), batch_replica=jnp.zeros((S,), jnp.int32),
             batch_value=jnp.zeros((S,), f), now=jnp.asarray(t0, f), task=jnp.asarray(task0, jnp.int32),
@@ -91,81 +96,150 @@ class ServingEnv:
         Returns ``(obs, state, reward, done, info)``. ``reward`` is the sum of the values
         realised during this step (completions, drops, a rejection): rewards are delayed, and
         the per-decision values are in ``state.outcomes`` (see `resolved_mask`).
+        `jax.vmap` of this works; `step_batch` is the same step for a batch of environments
+        with a faster event loop.
+        """
+        state, pending = self._route(key, state, action, params)
+        state, realised = self._advance(state, params, pending[0])
+        return self._finish(state, params, pending, realised)
+
+    def step_batch(self, keys, states: EnvState, actions, params: EnvParams, params_axis=None):
+        """`step` for a batch of environments (leading axis), with identical semantics.
+
+        Under `vmap`, a `while_loop` selects between the old and new value of its whole carry
+        (outcome record included) for every environment on every iteration; here the event
+        loop runs over the batch and each environment's iteration is a masked no-op once it
+        has no event left, which is many times faster. ``params_axis``: `vmap` in_axes for
+        ``params`` (None: shared by all environments).
+        """
+        states, pending = jax.vmap(self._route, in_axes=(0, 0, 0, params_axis))(keys, states, actions, params)
+        t_limit = pending[0]
+        v_next = jax.vmap(self._next_event, in_axes=(0, 0))
+        v_process = jax.vmap(self._process, in_axes=(0, params_axis, 0, 0))
+
+        def cond(carry):
+            _, T = v_next(carry[0], t_limit)
+            return jnp.any(T < jnp.inf)
+
+        def body(carry):
+            return v_process(carry[0], params, t_limit, carry[1])
+
+        realised = jnp.zeros(t_limit.shape, states.free_at.dtype)
+        states, realised = jax.lax.while_loop(cond, body, (states, realised))
+        return jax.vmap(self._finish, in_axes=(0, params_axis, 0, 0))(states, params, pending, realised)
+
+    def _route(self, key, state: EnvState, action, params: EnvParams):
+        """Place the pending request (or reject it) and draw the next arrival.
+
+        A request reaching an idle server starts a batch of one at once, here rather than as
+        an event of the loop: it is the most common event, and an idle server has empty
+        queues (every event up to the clock has been processed), so the batch is just it.
         """
         f = state.free_at.dtype
         H, C = self.slots, self.capacity
+        now = state.now
         action = jnp.asarray(action, jnp.int32)
         r = state.chosen_replica[action]
         i = state.decision
         slot = i % H
         miss = -params.miss_penalty
         reject = (state.queue_len[r] >= C) | ~params.replica_valid[r]
+        s = jnp.asarray(self.server_of)[r]
+        idle = ~(state.busy[s] & (state.free_at[s] > now))
+        start_now = ~reject & idle
+        enqueue = ~reject & ~idle
+        m = r // self.r_max
+        d = params.deadline[state.task]
+        latency = params.latency[action, state.task, 0]
+        value = self._value(params, params.quality[action, state.task], latency, d)
         o = state.outcomes
         o = o.replace(
-            decision=o.decision.at[slot].set(i), arrival=o.arrival.at[slot].set(state.now),
+            decision=o.decision.at[slot].set(i), arrival=o.arrival.at[slot].set(now),
             task=o.task.at[slot].set(state.task), model=o.model.at[slot].set(action),
-            replica=o.replica.at[slot].set(r), start=o.start.at[slot].set(jnp.nan),
-            finish=o.finish.at[slot].set(jnp.where(reject, state.now, jnp.nan)),
-            reward=o.reward.at[slot].set(jnp.where(reject, miss, jnp.nan)),
-            status=o.status.at[slot].set(jnp.where(reject, REJECTED, QUEUED).astype(jnp.int8)))
-        accept = ~reject
-        qlen = state.queue_len[r]
-        queue = state.queue.at[r, jnp.minimum(qlen, C - 1)].set(jnp.where(accept, i, state.queue[r, jnp.minimum(qlen, C - 1)]))
-        queue_len = state.queue_len.at[r].add(accept.astype(jnp.int32))
-        s = jnp.asarray(self.server_of)[r]
-        idle = ~state.busy[s]
-        free_at = state.free_at.at[s].set(jnp.where(accept & idle, state.now, state.free_at[s]))
-        state = state.replace(outcomes=o, queue=queue, queue_len=queue_len, free_at=free_at)
-
+            replica=o.replica.at[slot].set(r),
+            start=o.start.at[slot].set(jnp.where(start_now, now, jnp.nan)),
+            finish=o.finish.at[slot].set(jnp.where(reject, now, jnp.where(start_now, now + latency, jnp.nan))),
+            reward=o.reward.at[slot].set(jnp.where(reject, miss, jnp.where(start_now, value, jnp.nan))),
+            status=o.status.at[slot].set(
+                jnp.where(reject, REJECTED, jnp.where(start_now, SERVED, QUEUED)).astype(jnp.int8)))
+        tail = (state.queue_head[r] + state.queue_len[r]) % C
+        queue = state.queue.at[r, tail].set(jnp.where(enqueue, i, state.queue[r, tail]))
+        queue_len = state.queue_len.at[r].add(enqueue.astype(jnp.int32))
+        old = state.batch_replica[s]
+        inflight = state.inflight.at[old].set(jnp.where(start_now, 0, state.inflight[old]))
+        inflight = inflight.at[r].set(jnp.where(start_now, 1, inflight[r]))
+        put = lambda x, new: x.at[s].set(jnp.where(start_now, new, x[s]))
+        state = state.replace(
+            outcomes=o, queue=queue, queue_len=queue_len, inflight=inflight,
+            busy=put(state.busy, True), free_at=put(state.free_at, now + latency),
+            batch_replica=put(state.batch_replica, r), batch_value=put(state.batch_value, value))
         ws, t_next, task_next = workload_next(key, state.workload, params.workload)
-        t_next = jnp.asarray(t_next, f)
-        state, realised = self._advance(state, params, t_next)
-        realised = realised + jnp.where(reject, miss, 0.0)
+        pending = (jnp.asarray(t_next, f), jnp.asarray(task_next, jnp.int32), ws, reject)
+        return state, pending
 
+    def _finish(self, state: EnvState, params: EnvParams, pending, realised):
+        """Make the next request pending: rate estimate, episode counter, predictions, obs."""
+        f = state.free_at.dtype
+        t_next, task_next, ws, reject = pending
+        # batches that end in (now, t_next] with nothing queued behind them end silently
+        # (no loop event); their value is realised in this step all the same.
+        ending = state.busy & (state.free_at > state.now) & (state.free_at <= t_next)
+        realised = realised + jnp.sum(jnp.where(ending, state.batch_value, 0.0))
+        realised = realised + jnp.where(reject, -params.miss_penalty, 0.0)
         gap = t_next - state.now
         ewma = params.ewma_alpha * gap + (1.0 - params.ewma_alpha) * state.ewma_gap
         ep = state.episode_step + 1
         done = ep >= params.episode_len
-        t_now = state.now
+        info = {"decision": state.decision, "rejected": reject, "t_decision": state.now, "clock": t_next}
         state = state.replace(
-            now=t_next, task=jnp.asarray(task_next, jnp.int32), decision=i + 1, ewma_gap=ewma.astype(f),
+            now=t_next, task=task_next, decision=state.decision + 1, ewma_gap=ewma.astype(f),
             episode_step=jnp.where(done, 0, ep), workload=ws)
         state = self._predict(state, params)
-        info = {"decision": i, "rejected": reject, "t_decision": t_now, "clock": t_next}
         return self.observe(state, params), state, realised.astype(f), done, info
+
+    def running(self, st: EnvState):
+        """[R] requests in flight per replica at the clock (a batch that has ended counts 0)."""
+        server = jnp.asarray(self.server_of)
+        live = st.busy[server] & (st.free_at[server] > st.now)
+        return jnp.where(live, st.inflight, 0)
 
     # ------------------------------------------------------------------ event loop
     def _event_times(self, state: EnvState):
         has_queue = (state.queue_len > 0)
         members = jnp.asarray(self.server_members)
         server_has_queue = jnp.where(members >= 0, has_queue[jnp.maximum(members, 0)], False).any(axis=1)
-        return jnp.where(state.busy | server_has_queue, state.free_at, jnp.inf)
+        # a server's next batch forms when its running batch ends (or at once if idle); a
+        # batch ending with nothing queued behind it needs no event.
+        return jnp.where(server_has_queue, state.free_at, jnp.inf)
+
+    def _next_event(self, st: EnvState, t_limit):
+        """(server, time) of the earliest event; time is +inf if none is due by t_limit."""
+        ev = self._event_times(st)
+        s = jnp.argmin(ev)
+        T = ev[s]
+        return s, jnp.where(T <= t_limit, T, jnp.inf)
+
+    def _process(self, st: EnvState, params: EnvParams, t_limit, realised):
+        """Process the earliest due event (a masked no-op when none is due by t_limit)."""
+        s, T = self._next_event(st, t_limit)
+        active = T < jnp.inf
+        was_busy = active & st.busy[s]
+        realised = realised + jnp.where(was_busy, st.batch_value[s], 0.0)
+        br = st.batch_replica[s]
+        st = st.replace(inflight=st.inflight.at[br].set(jnp.where(was_busy, 0, st.inflight[br])))
+        r = self._pick_replica(st, s)
+        st, dropped_value = self._form_batch(st, params, s, r, T, active)
+        return st, realised + dropped_value
 
     def _advance(self, state: EnvState, params: EnvParams, t_limit):
         """Process every server event with time <= t_limit, one per iteration, in time order."""
-        f = state.free_at.dtype
-
         def cond(carry):
-            st, _ = carry
-            ev = self._event_times(st).min()
-            return (ev <= t_limit) & (ev < jnp.inf)
+            return self._next_event(carry[0], t_limit)[1] < jnp.inf
 
         def body(carry):
-            st, realised = carry
-            ev = self._event_times(st)
-            s = jnp.argmin(ev)
-            T = ev[s]
-            was_busy = st.busy[s]
-            realised = realised + jnp.where(was_busy, st.batch_value[s], 0.0)
-            inflight = st.inflight.at[st.batch_replica[s]].set(
-                jnp.where(was_busy, 0, st.inflight[st.batch_replica[s]]))
-            st = st.replace(inflight=inflight)
-            r = self._pick_replica(st, s)
-            st, dropped_value = self._form_batch(st, params, s, r, T)
-            return st, realised + dropped_value
+            return self._process(carry[0], params, t_limit, carry[1])
 
-        state, realised = jax.lax.while_loop(cond, body, (state, jnp.zeros((), f)))
-        return state, realised
+        return jax.lax.while_loop(cond, body, (state, jnp.zeros((), state.free_at.dtype)))
 
     def _pick_replica(self, st: EnvState, s):
         if not self.exclusive:
@@ -174,21 +248,21 @@ class ServingEnv:
         ok = members >= 0
         m = jnp.maximum(members, 0)
         has = ok & (st.queue_len[m] > 0)
-        head = st.outcomes.arrival[st.queue[m, 0] % self.slots]
+        head = st.outcomes.arrival[st.queue[m, st.queue_head[m]] % self.slots]
         return m[jnp.argmin(jnp.where(has, head, jnp.inf))]
 
-    def _form_batch(self, st: EnvState, params: EnvParams, s, r, T):
+    def _form_batch(self, st: EnvState, params: EnvParams, s, r, T, active):
         """FIFO batch formation on replica r at time T (docs/simulator.md, step 3)."""
         H, C, B = self.slots, self.capacity, self.b_max
         o = st.outcomes
-        ids = st.queue[r]
-        pos = jnp.arange(C)
-        valid = pos < st.queue_len[r]
+        pos = jnp.arange(self.window)
+        ids = st.queue[r][(st.queue_head[r] + pos) % C]
+        valid = active & (pos < st.queue_len[r])
         slots = ids % H
         arrival = o.arrival[slots]
         task = o.task[slots]
         d = params.deadline[task]
-        expired = params.drop_expired & valid & (T - arrival > d)
+        expired = valid & (T - arrival > d) if self.drop_expired else jnp.zeros_like(valid)
         ok = valid & ~expired
         take = ok & (jnp.cumsum(ok) <= B)
         b = take.sum()
@@ -208,14 +282,16 @@ class ServingEnv:
             finish=o.finish.at[write].set(jnp.where(take, end, T), mode="drop"),
             reward=o.reward.at[write].set(jnp.where(take, value, miss), mode="drop"),
             status=o.status.at[write].set(jnp.where(take, SERVED, DROPPED).astype(jnp.int8), mode="drop"))
-        queue = st.queue.at[r].set(jnp.take(ids, pos + n_removed, mode="fill", fill_value=0))
         started = b > 0
+        keep = lambda x, new: x.at[s].set(jnp.where(active, new, x[s]))
         st = st.replace(
-            outcomes=o, queue=queue, queue_len=st.queue_len.at[r].add(-n_removed),
-            inflight=st.inflight.at[r].set(b), busy=st.busy.at[s].set(started),
-            free_at=st.free_at.at[s].set(jnp.where(started, end, T)),
-            batch_replica=st.batch_replica.at[s].set(r),
-            batch_value=st.batch_value.at[s].set(jnp.sum(jnp.where(take, value, 0.0))))
+            outcomes=o, queue_head=st.queue_head.at[r].set((st.queue_head[r] + n_removed) % C),
+            queue_len=st.queue_len.at[r].add(-n_removed),
+            inflight=st.inflight.at[r].set(jnp.where(active, b, st.inflight[r])),
+            busy=keep(st.busy, started),
+            free_at=keep(st.free_at, jnp.where(started, end, T)),
+            batch_replica=keep(st.batch_replica, r),
+            batch_value=keep(st.batch_value, jnp.sum(jnp.where(take, value, 0.0))))
         return st, jnp.sum(jnp.where(drop, miss, 0.0))
 
     @staticmethod
@@ -234,7 +310,7 @@ class ServingEnv:
         """Per model: the replica the routing rule picks, predicted wait and completion."""
         M, Rm, B, C = self.n_models, self.r_max, self.b_max, self.capacity
         server = jnp.asarray(self.server_of)
-        count = (st.queue_len + st.inflight).reshape(M, Rm)
+        count = (st.queue_len + self.running(st)).reshape(M, Rm)
         free = jnp.maximum(st.free_at[server], st.now).reshape(M, Rm)
         valid = params.replica_valid.reshape(M, Rm)
         big = jnp.iinfo(jnp.int32).max
@@ -246,12 +322,13 @@ class ServingEnv:
         r = jnp.arange(M) * Rm + k
         q = st.queue_len[r]
         s = server[r]
-        F = jnp.where(st.busy[s], st.free_at[s], st.now)
+        busy = st.busy[s] & (st.free_at[s] > st.now)
+        F = jnp.where(busy, st.free_at[s], st.now)
         lat = params.latency[:, st.task, :]  # [M, B]
         wait = (F - st.now) + (q // B) * lat[:, B - 1]
         # our own batch: exactly a batch of one if the server is idle; otherwise assume it fills
         # up (arrivals keep joining until it starts), which is what happens under load.
-        own = jnp.where(st.busy[s], lat[:, B - 1], lat[:, 0])
+        own = jnp.where(busy, lat[:, B - 1], lat[:, 0])
         finish = st.now + wait + own
         possible = params.replica_valid[r] & (q < C)
         return st.replace(chosen_replica=r.astype(jnp.int32),
@@ -262,7 +339,7 @@ class ServingEnv:
         f = st.free_at.dtype
         M, Rm = self.n_models, self.r_max
         onehot = jax.nn.one_hot(st.task, self.n_tasks, dtype=f)
-        in_system = (st.queue_len + st.inflight).reshape(M, Rm).sum(axis=1).astype(f)
+        in_system = (st.queue_len + self.running(st)).reshape(M, Rm).sum(axis=1).astype(f)
         denom = self.b_max * params.replica_count
         load = jnp.where(params.replica_count > 0, in_system / jnp.maximum(denom, 1.0), 0.0)
         rate = (1.0 / st.ewma_gap) / params.ref_rate
@@ -278,6 +355,10 @@ class ServingEnv:
         """Process every remaining event with no more arrivals: all requests get an outcome."""
         state, _ = self._advance(state, params, jnp.asarray(jnp.inf, state.free_at.dtype))
         return state
+
+    def drain_batch(self, states: EnvState, params: EnvParams, params_axis=None) -> EnvState:
+        """`drain` for a batch of environments (leading axis)."""
+        return jax.vmap(self.drain, in_axes=(0, params_axis))(states, params)
 
 
 def resolved_mask(state: EnvState) -> jnp.ndarray:

@@ -31,7 +31,6 @@ class EnvParams:
     soft_tau: jnp.ndarray
     miss_penalty: jnp.ndarray
     latency_weight: jnp.ndarray
-    drop_expired: jnp.ndarray    # bool
     ewma_alpha: jnp.ndarray
     ref_rate: jnp.ndarray
     episode_len: jnp.ndarray     # int32
@@ -61,7 +60,6 @@ def make_env_params(profile: Profile, cfg: SimConfig, workload, r_max: int) -> E
         soft_tau=jnp.asarray(cfg.soft_tau, f),
         miss_penalty=jnp.asarray(cfg.miss_penalty, f),
         latency_weight=jnp.asarray(cfg.latency_weight, f),
-        drop_expired=jnp.asarray(bool(cfg.drop_expired)),
         ewma_alpha=jnp.asarray(cfg.ewma_alpha, f),
         ref_rate=jnp.asarray(cfg.ref_rate, f),
         episode_len=jnp.asarray(cfg.episode_len, jnp.int32),

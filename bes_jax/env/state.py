@@ -30,7 +30,8 @@ class Outcomes:
 @struct.dataclass
 class EnvState:
     # replicas
-    queue: jnp.ndarray         # [R, C] int32 decision ids, FIFO from index 0
+    queue: jnp.ndarray         # [R, C] int32 decision ids, a FIFO ring per replica
+    queue_head: jnp.ndarray    # [R] int32 ring index of the oldest queued request
     queue_len: jnp.ndarray     # [R] int32
     inflight: jnp.ndarray      # [R] int32 requests in the running batch of this replica
     # servers (a replica in concurrent mode, a GPU in exclusive mode)
