@@ -1,0 +1,62 @@
+"""bes-profile on a tiny pool: a valid profile with few batch sizes, interpolation, provenance."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bes_jax.profile import load_profile, profile_from_dict
+
+
+def test_fill_batch_sizes_is_monotone_interpolation():
+    from bes_jax.serving.profiler import fill_batch_sizes, parse_batch_sizes
+    assert parse_batch_sizes("all", 4) == [1, 2, 3, 4]
+    assert parse_batch_sizes("2", 6) == [1, 2, 6]
+    with pytest.raises(ValueError):
+        parse_batch_sizes("9", 8)
+    row = fill_batch_sizes({1: 1.0, 3: 3.0, 4: 2.5}, 4)
+    np.testing.assert_allclose(row, [1.0, 2.0, 3.0, 3.0])
+
+
+def test_committed_tiny_profile_is_valid():
+    p = load_profile("tiny-cpu")
+    assert p.model_names == ["tiny-s", "tiny-m", "tiny-l"]
+    assert p.task_names == ["arc_easy", "piqa", "winogrande", "lambada"]
+    # bigger model slower at batch 1, on every task; large alone meets its deadline at batch 1
+    assert (np.diff(p.latency[:, :, 0], axis=0) > 0).all()
+    assert (p.latency[2, :, 0] < p.deadlines).all() and (p.latency[2, :, -1] > p.deadlines).all()
+    assert (np.diff(p.quality, axis=0) > 0).all()
+    assert "tiny" in p.provenance["quality"] and p.provenance["tool"] == "bes-profile"
+
+
+def test_profiler_writes_valid_profile(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from bes_jax.serving.profiler import main
+    out = tmp_path / "p.json"
+    rc = main(["--pool", "tiny", "--tasks", "piqa,lambada", "--b-max", "4", "--batch-sizes", "1,4",
+               "--repeats", "1", "--warmup", "0", "--retries", "0", "--num-threads", "1",
+               "--lengths", "piqa=8:2,lambada=12:2", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    p = profile_from_dict(doc, str(out))
+    assert p.b_max == 4 and p.latency.shape == (3, 2, 4)
+    assert (np.diff(p.latency, axis=2) >= 0).all()
+    prov = p.provenance
+    assert prov["batch_sizes_measured"] == [1, 4] and prov["batch_sizes_interpolated"] == [2, 3]
+    assert "interpolated" in prov["latency"] and prov["repeats"] == 1
+    assert prov["weights"].startswith("random") and prov["pool_preset"] == "tiny"
+    assert prov["torch_version"] and p.hardware["name"]
+    assert p.quality[2, 0] == pytest.approx(0.7628)  # tiny-l borrows OPT-6.7B on PIQA
+    assert p.tasks[0].prompt_len == 8 and p.tasks[1].output_len == 2
+
+
+def test_profiler_rejects_bad_arguments(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from bes_jax.serving.profiler import main
+    assert main(["--tasks", "mmlu", "--out", str(tmp_path / "x.json")]) == 2
+    assert "mmlu" in capsys.readouterr().err
