@@ -35,14 +35,19 @@ class ServeSettings:
     ewma_alpha: Optional[float] = None  # None: the policy's training value, else 0.05
     ref_rate: Optional[float] = None  # None: the policy's training value, else 100
     seed: int = 0
+    #: Python's thread switch interval; short so a worker waiting for the GIL (held by the HTTP
+    #: event loop) resumes quickly; None leaves Python's default (5 ms)
+    gil_switch_interval_s: Optional[float] = 0.0005
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None,
+                 bes: Optional[dict] = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers or {}
+        self.bes = bes  # routing facts of a refused/failed request (chosen model, arrival)
 
 
 @dataclass
@@ -170,22 +175,28 @@ class Service:
         chosen = {}
 
         def choose(snap):
+            chosen["now"] = snap.now
             self.rate.observe(snap.now)
             m = explicit if explicit is not None else self.router.choose(snap, t)
             chosen["m"] = m
             return m
 
         names = self.profile.model_names
+
+        def facts():
+            m = chosen.get("m")
+            return {"model": names[m] if m is not None else None, "task": self.profile.task_names[t],
+                    "arrival_s": chosen.get("now")}
         try:
             req = self.pool.submit(t, ids, n_out, choose)
         except QueueFull as e:
             self._reject(chosen.get("m"))
             raise ApiError(503, f"overloaded: {e}; retry later", "overloaded", code="queue_full",
-                           headers={"Retry-After": str(self._retry_after(chosen["m"], t))})
+                           headers={"Retry-After": str(self._retry_after(chosen["m"], t))}, bes=facts())
         except ModelUnavailable as e:
             self._reject(chosen.get("m"))
             raise ApiError(503, f"unavailable: {e}", "unavailable", code="model_unavailable",
-                           headers={"Retry-After": "1"})
+                           headers={"Retry-After": "1"}, bes=facts())
         c, mt = self.counters, self.metrics
         c.accepted += 1
         mt.accepted.inc()
@@ -196,14 +207,14 @@ class Service:
             self.pool.cancel(req)
             self._fail(mname, "timeout")
             raise ApiError(504, f"request timed out after {self.settings.request_timeout_s} s "
-                           f"(model {mname}); it was not served", "timeout", code="timeout")
+                           f"(model {mname}); it was not served", "timeout", code="timeout", bes=facts())
         except WorkerCrashed as e:
             self._fail(mname, "failed")
             raise ApiError(503, f"worker failed: {e}; the replica is masked out of routing, retry",
-                           "worker_failed", code="worker_failed", headers={"Retry-After": "1"})
+                           "worker_failed", code="worker_failed", headers={"Retry-After": "1"}, bes=facts())
         except Exception as e:  # never leave an accepted request without an answer
             self._fail(mname, "failed")
-            raise ApiError(500, f"internal error: {e}", "internal_error")
+            raise ApiError(500, f"internal error: {e}", "internal_error", bes=facts())
         d = float(self.deadlines[t])
         lat = float(req.latency)
         met = lat <= d
@@ -258,6 +269,13 @@ class Service:
                                                    self.pool.queue_lengths().values(),
                                                    self.pool.inflight_counts().values())},
                 "tasks": self.profile.task_names, "default_task": self.default_task,
+                "profile_source": self.profile.source,
+                "pool": {"models": self.pool.model_names, "placement": self.pool.placement,
+                         "n_gpus": self.pool.n_gpus, "replicas": list(self.pool.replica_counts),
+                         "queue_capacity": self.pool.queue_capacity, "b_max": self.pool.b_max,
+                         "device": self.pool.device, "num_threads": self.pool.num_threads},
+                "deadlines_s": [float(x) for x in self.deadlines],
+                "deadline_scale": float(self.settings.deadline_scale),
                 "counters": self.counters.as_dict(), "uptime_s": self.pool.now()}
 
     def metrics_text(self) -> bytes:
@@ -292,8 +310,10 @@ def create_app(service: Service, *, manage_pool: bool = True):
     app.state.service = service
 
     def error(e: ApiError):
-        return JSONResponse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}},
-                            status_code=e.status, headers=e.headers)
+        body = {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
+        if e.bes is not None:
+            body["bes"] = e.bes
+        return JSONResponse(body, status_code=e.status, headers=e.headers)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -341,6 +361,9 @@ def build_service(cfg) -> Service:
     unknown = sorted(set(s) - set(ServeSettings.__dataclass_fields__))
     if unknown:
         raise ValueError(f"serve: unknown field(s) {unknown}; known: {sorted(ServeSettings.__dataclass_fields__)}")
+    if settings.gil_switch_interval_s:
+        import sys
+        sys.setswitchinterval(float(settings.gil_switch_interval_s))
     return Service(pool, profile, dict(c["router"]), settings)
 
 

@@ -1,0 +1,385 @@
+"""``bes-validate``: replay open-loop arrivals against a live ``bes-serve`` and against the
+simulator, and compare.
+
+1. Arrivals (times, tasks) come from ``bes_jax.workloads`` when it is installed (Poisson or a
+   trace), else from a seeded numpy Poisson process with a uniform (or given) task mix.
+2. Every request is sent at its time (``httpx.AsyncClient``, open loop: nothing waits for
+   earlier answers) with ``model: "auto"``; the server's router chooses. Recorded per request:
+   HTTP status, chosen model, the server's arrival time, latency (arrival to completion in the
+   pool) and deadline outcome, plus the client's end-to-end time.
+3. The same arrivals (the server's arrival clock) and the same per-request model choices run
+   through the plain-Python reference simulator (``bes_jax.reference``) with the profile the
+   server used and a ``SimConfig`` matching the server's pool (placement, devices, replicas,
+   queue capacity, deadlines).
+4. A report (``report.md``, ``report.json``, ``latency.png``) compares availability, latency
+   percentiles, per-model share and performance.
+
+Example: ``bes-serve pool=tiny router=greedy server.port=8000`` in one shell, then
+``bes-validate url=http://127.0.0.1:8000 rate=20 n_requests=600 out_dir=validate_out``.
+"""
+import asyncio
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bes_jax import CONF_DIR
+
+log = logging.getLogger("bes_jax.serving.validate")
+
+SERVED, DROPPED, REJECTED, QUEUED = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- arrivals
+
+def make_arrivals(n: int, rate: float, n_tasks: int, *, seed: int = 0, mix=None, trace_path=None):
+    """``(times, tasks, source)``: arrival times from 0 (s) and task indices."""
+    try:
+        from bes_jax import workloads as W
+        builder = None
+        if trace_path:
+            builder = W.trace(trace_path, target_mean_rate=rate)
+        elif hasattr(W, "poisson"):
+            builder = W.poisson(rate)
+        if builder is not None and hasattr(W, "sample_arrivals"):
+            import jax
+            wp = builder
+            if mix is not None and hasattr(W, "with_task_mix"):
+                wp = W.with_task_mix(wp, mix)
+            times, tasks = W.sample_arrivals(jax.random.PRNGKey(seed), wp, n)
+            times = np.asarray(times, np.float64)
+            tasks = np.asarray(tasks, np.int64) % n_tasks
+            return times - times[0], tasks, f"bes_jax.workloads ({'trace ' + str(trace_path) if trace_path else f'poisson({rate})'})"
+    except Exception as e:  # the workload module is optional here
+        if trace_path:
+            raise RuntimeError(f"trace replay needs bes_jax.workloads.trace: {e}") from e
+        log.info("bes_jax.workloads not usable (%s); numpy Poisson arrivals", e)
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=n)
+    gaps[0] = 0.0
+    p = np.full(n_tasks, 1.0 / n_tasks) if mix is None else np.asarray(mix, np.float64) / np.sum(mix)
+    return np.cumsum(gaps), rng.choice(n_tasks, size=n, p=p), f"numpy poisson({rate}), seed {seed}"
+
+
+def prompt_for(task_name: str, prompt_len: int, i: int) -> str:
+    """An ASCII prompt of exactly ``prompt_len`` bytes (= tokens for the byte tokenizer)."""
+    base = f"[{task_name} #{i}] Answer the question about the passage below. "
+    text = (base * (prompt_len // len(base) + 1))[:prompt_len]
+    return text
+
+
+# ----------------------------------------------------------------------------- load generator
+
+async def _drive(url: str, times, tasks, task_names, prompt_lens, out_lens, timeout: float):
+    import httpx
+    n = len(times)
+    rec = [None] * n
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        loop = asyncio.get_running_loop()
+
+        async def one(i):
+            t = int(tasks[i])
+            body = {"model": "auto", "task": task_names[t], "max_tokens": int(out_lens[t]),
+                    "prompt": prompt_for(task_names[t], int(prompt_lens[t]), i)}
+            sent = loop.time()
+            try:
+                r = await client.post("/v1/completions", json=body)
+                status = r.status_code
+                try:
+                    d = r.json()
+                except ValueError:
+                    d = {}
+            except Exception as e:  # a transport failure counts as a failed request
+                status, d = -1, {"error": {"message": str(e)}}
+            rec[i] = {"i": i, "task": t, "status": status, "e2e_s": loop.time() - sent,
+                      "send_s": sent - t0, "bes": d.get("bes") or {}, "error": (d.get("error") or {}).get("code")}
+
+        t0 = loop.time()
+        pending = []
+        for i in range(n):
+            delay = t0 + float(times[i]) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*pending)
+    return rec
+
+
+def run_load(url: str, times, tasks, task_names, prompt_lens, out_lens, timeout: float = 60.0):
+    return asyncio.run(_drive(url, times, tasks, task_names, prompt_lens, out_lens, timeout))
+
+
+# ----------------------------------------------------------------------------- simulator replay
+
+def replay_fallback(profile, cfg, times, tasks, actions):
+    """docs/simulator.md for fixed actions, no drops: used only when bes_jax.reference is absent."""
+    M = profile.n_models
+    B, C = profile.b_max, cfg.queue_capacity
+    R = cfg.replica_counts(M)
+    reps = [(m, k) for m in range(M) for k in range(R[m])]
+    if cfg.placement == "concurrent":
+        server_of = list(range(len(reps)))
+    else:
+        server_of = [cfg.gpu_of_replica(m, k) for (m, k) in reps]
+    S = max(server_of) + 1
+    busy = [False] * S
+    busy_until = [0.0] * S
+    running = [None] * S  # (replica, [requests])
+    queues = [[] for _ in reps]
+    n = len(times)
+    start, finish = np.full(n, np.nan), np.full(n, np.nan)
+    status = np.full(n, QUEUED)
+    dl = np.asarray(cfg.task_deadlines(profile))
+    del dl
+
+    def form(s, T):
+        cands = [r for r in range(len(reps)) if server_of[r] == s and queues[r]]
+        if not cands:
+            return
+        r = min(cands, key=lambda r: (times[queues[r][0]], reps[r][0], reps[r][1]))
+        b = min(len(queues[r]), B)
+        batch, queues[r][:] = queues[r][:b], queues[r][b:]
+        lam = max(profile.latency[reps[r][0], tasks[i], b - 1] for i in batch)
+        for i in batch:
+            start[i], finish[i] = T, T + lam
+        busy[s], busy_until[s], running[s] = True, T + lam, (r, batch)
+
+    def advance(t_next):
+        while True:
+            ev = [(busy_until[s], s) for s in range(S) if busy[s] and busy_until[s] <= t_next]
+            if not ev:
+                return
+            T, s = min(ev)
+            r, batch = running[s]
+            for i in batch:
+                status[i] = SERVED
+            busy[s], running[s] = False, None
+            form(s, T)
+
+    for i in range(n):
+        now = float(times[i])
+        advance(now)
+        m = int(actions[i])
+        cand = [r for r in range(len(reps)) if reps[r][0] == m]
+        if not cand:
+            status[i], finish[i] = REJECTED, now
+            continue
+
+        def key(r):
+            cnt = len(queues[r]) + (len(running[server_of[r]][1]) if running[server_of[r]] and running[server_of[r]][0] == r else 0)
+            free = max(busy_until[server_of[r]], now) if busy[server_of[r]] else now
+            return (cnt, free, r)
+        r = min(cand, key=key)
+        if len(queues[r]) >= C:
+            status[i], finish[i] = REJECTED, now
+            continue
+        queues[r].append(i)
+        if not busy[server_of[r]]:
+            form(server_of[r], now)
+    advance(math.inf)
+    return {"model": np.asarray(actions), "status": status, "start": start, "finish": finish,
+            "latency": finish - np.asarray(times)}
+
+
+def simulate(profile, sim_cfg, times, tasks, actions):
+    try:
+        from bes_jax.reference.simulator import ReferenceSimulator
+    except ImportError as e:
+        log.warning("bes_jax.reference.simulator unavailable (%s): using the built-in replay", e)
+        return replay_fallback(profile, sim_cfg, times, tasks, actions), "bes_jax.serving.validate.replay_fallback"
+    res = ReferenceSimulator(profile, sim_cfg).run(np.asarray(times), np.asarray(tasks), np.asarray(actions))
+    out = {k: np.asarray(res[k] if isinstance(res, dict) else getattr(res, k))
+           for k in ("model", "status", "start", "finish", "latency")}
+    return out, "bes_jax.reference.simulator.ReferenceSimulator"
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def summarise(profile, deadlines, tasks, models, served, latency, miss_value=0.0) -> dict:
+    n = len(tasks)
+    tasks = np.asarray(tasks)
+    models = np.asarray(models)
+    d = np.asarray(deadlines)[tasks]
+    lat = np.asarray(latency, np.float64)
+    on_time = served & (lat <= d)
+    q = profile.quality[np.clip(models, 0, profile.n_models - 1), tasks]
+    reward = np.where(on_time, q, -miss_value)
+    peak = profile.quality[:, tasks].max(axis=0)
+    sl = lat[served]
+    pct = (lambda p: float(np.percentile(sl, p)) if sl.size else float("nan"))
+    share = {m: float(np.mean(models == i)) for i, m in enumerate(profile.model_names)}
+    return {"n_requests": int(n), "n_served": int(served.sum()), "n_not_served": int(n - served.sum()),
+            "availability": float(on_time.mean()), "latency_p50": pct(50), "latency_p90": pct(90),
+            "latency_p99": pct(99), "latency_mean": float(sl.mean()) if sl.size else float("nan"),
+            "performance": float(reward.mean()), "pct_of_peak": float(reward.mean() / peak.mean()),
+            "per_model_share": share}
+
+
+def compare(live: dict, sim: dict) -> dict:
+    def rel(a, b):
+        return float((a - b) / b) if b else float("nan")
+    return {"availability_gap_points": 100 * (live["availability"] - sim["availability"]),
+            "latency_p50_rel": rel(live["latency_p50"], sim["latency_p50"]),
+            "latency_p99_rel": rel(live["latency_p99"], sim["latency_p99"]),
+            "performance_gap": live["performance"] - sim["performance"],
+            "availability_within_2_points": abs(live["availability"] - sim["availability"]) <= 0.02,
+            "p50_within_5_percent": abs(rel(live["latency_p50"], sim["latency_p50"])) <= 0.05}
+
+
+def plot(path, live_lat, sim_lat, models, served_live, served_sim, names):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for lat, ok, lab, ls in ((live_lat, served_live, "live server", "-"), (sim_lat, served_sim, "simulator", "--")):
+        x = np.sort(lat[ok] * 1000)
+        axes[0].plot(x, np.arange(1, x.size + 1) / max(1, x.size), ls, label=lab)
+    axes[0].set_xlabel("latency (ms)")
+    axes[0].set_ylabel("CDF")
+    axes[0].set_title("latency, all served requests")
+    axes[0].legend()
+    for i, n in enumerate(names):
+        sel_l, sel_s = served_live & (models == i), served_sim & (models == i)
+        if sel_l.any():
+            axes[1].hist(live_lat[sel_l] * 1000, bins=40, alpha=0.45, label=f"{n} live")
+        if sel_s.any():
+            axes[1].hist(sim_lat[sel_s] * 1000, bins=40, histtype="step", linewidth=1.5, label=f"{n} sim")
+    axes[1].set_xlabel("latency (ms)")
+    axes[1].set_title("per model")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(rep: dict) -> str:
+    L, S, C = rep["live"], rep["sim"], rep["comparison"]
+    rows = [("availability", "{:.2%}"), ("latency_p50", "{:.4f} s"), ("latency_p90", "{:.4f} s"),
+            ("latency_p99", "{:.4f} s"), ("latency_mean", "{:.4f} s"), ("performance", "{:.4f}"),
+            ("pct_of_peak", "{:.2%}"), ("n_served", "{}"), ("n_not_served", "{}")]
+    out = [f"# bes-validate report", "",
+           f"- server: {rep['url']} (router `{rep['router']}`, profile `{rep['profile']}`, pool {rep['pool']})",
+           f"- arrivals: {rep['arrivals']}, {rep['n_requests']} requests over {rep['duration_s']:.1f} s "
+           f"(offered {rep['offered_rate']:.1f} req/s)",
+           f"- simulator: {rep['simulator']} with {rep['sim_config']}",
+           f"- client end-to-end latency p50/p99: {rep['client_e2e_p50']:.4f} / {rep['client_e2e_p99']:.4f} s; "
+           f"HTTP statuses {rep['http_status']}", "",
+           "| metric | live | simulator |", "|---|---:|---:|"]
+    for k, f in rows:
+        out.append(f"| {k} | {f.format(L[k])} | {f.format(S[k])} |")
+    for m in L["per_model_share"]:
+        out.append(f"| share {m} | {L['per_model_share'][m]:.2%} | {S['per_model_share'][m]:.2%} |")
+    out += ["", f"- availability gap: {C['availability_gap_points']:+.2f} points "
+                f"({'within' if C['availability_within_2_points'] else 'NOT within'} 2 points)",
+            f"- p50 latency: {100 * C['latency_p50_rel']:+.1f}% "
+            f"({'within' if C['p50_within_5_percent'] else 'NOT within'} 5%); p99 {100 * C['latency_p99_rel']:+.1f}%",
+            f"- batch time on the live pool vs the profile (median ratio per model): {rep['service_ratio']}",
+            "", "![latency](latency.png)", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- main
+
+def validate(cfg) -> dict:
+    import httpx
+
+    from bes_jax.profile import load_profile
+    from bes_jax.sim_config import SimConfig
+    url = str(cfg.url).rstrip("/")
+    health = httpx.get(f"{url}/healthz", timeout=10).json()
+    prof_path = cfg.get("profile") or health["profile_source"]
+    profile = load_profile(prof_path)
+    if profile.model_names != health["pool"]["models"]:
+        raise SystemExit(f"bes-validate: profile {prof_path} has models {profile.model_names}, "
+                         f"the server {health['pool']['models']}")
+    names, T = profile.task_names, profile.n_tasks
+    times, tasks, src = make_arrivals(int(cfg.n_requests), float(cfg.rate), T, seed=int(cfg.seed),
+                                      mix=cfg.get("task_mix"), trace_path=cfg.get("trace_path"))
+    plens = [t.prompt_len for t in profile.tasks]
+    olens = [t.output_len for t in profile.tasks]
+    log.info("sending %d requests (%s) to %s", len(times), src, url)
+    wall0 = time.time()
+    rec = run_load(url, times, tasks, names, plens, olens, float(cfg.client_timeout_s))
+    wall = time.time() - wall0
+    after = httpx.get(f"{url}/healthz", timeout=10).json()
+
+    n = len(rec)
+    midx = {m: i for i, m in enumerate(profile.model_names)}
+    model = np.array([midx.get(r["bes"].get("model"), -1) for r in rec])
+    arr = np.array([r["bes"].get("arrival_s") if r["bes"].get("arrival_s") is not None else np.nan for r in rec], float)
+    lat = np.array([r["bes"].get("latency_s", np.nan) if r["status"] == 200 else np.nan for r in rec], float)
+    served_live = np.array([r["status"] == 200 for r in rec])
+    status = {}
+    for r in rec:
+        status[str(r["status"])] = status.get(str(r["status"]), 0) + 1
+    known = (model >= 0) & np.isfinite(arr)
+    if not known.all():
+        log.warning("%d requests have no routing facts (transport errors?); they count as misses live and are "
+                    "left out of the simulator replay", int((~known).sum()))
+    # the simulator replays the server's own arrival clock, in arrival order, with the same choices
+    order = np.argsort(np.where(known, arr, np.inf), kind="stable")
+    order = order[known[order]]
+    t_sim = arr[order] - arr[order][0]
+    p = health["pool"]
+    sim_cfg = SimConfig(placement=p["placement"], n_gpus=int(p["n_gpus"]), replicas=tuple(p["replicas"]),
+                        queue_capacity=int(p["queue_capacity"]), deadline_scale=float(health["deadline_scale"]),
+                        episode_len=max(1, n), outcome_slots=max(2048, n + 1))
+    res, sim_name = simulate(profile, sim_cfg, t_sim, tasks[order], model[order])
+    sim_lat = np.full(n, np.nan)
+    sim_served = np.zeros(n, bool)
+    sim_lat[order] = np.asarray(res["latency"], float)
+    sim_served[order] = np.asarray(res["status"]) == SERVED
+    deadlines = np.asarray(health["deadlines_s"], float)
+    live = summarise(profile, deadlines, tasks, model, served_live, np.nan_to_num(lat, nan=np.inf))
+    sim = summarise(profile, deadlines, tasks, model, sim_served, np.nan_to_num(sim_lat, nan=np.inf))
+    # how well the profile predicts the live batch times (service time of served requests)
+    ratio = {}
+    for i, m in enumerate(profile.model_names):
+        sel = [r for r in rec if r["status"] == 200 and r["bes"].get("model") == m]
+        if sel:
+            pr = [r["bes"]["service_s"] / max(profile.latency[i, r["task"], r["bes"]["batch_size"] - 1]
+                                                for _ in [0]) for r in sel]
+            ratio[m] = round(float(np.median(pr)), 3)
+    e2e = np.array([r["e2e_s"] for r in rec if r["status"] == 200])
+    rep = {
+        "url": url, "router": health["router"], "profile": profile.name, "profile_source": str(prof_path),
+        "pool": {k: p[k] for k in ("placement", "n_gpus", "replicas", "queue_capacity", "b_max", "device", "num_threads")},
+        "arrivals": src, "n_requests": n, "duration_s": float(times[-1]), "wall_s": wall,
+        "offered_rate": float(n / max(times[-1], 1e-9)), "simulator": sim_name, "sim_config": {
+            "placement": sim_cfg.placement, "n_gpus": sim_cfg.n_gpus, "replicas": list(sim_cfg.replicas),
+            "queue_capacity": sim_cfg.queue_capacity, "deadline_scale": sim_cfg.deadline_scale},
+        "http_status": status, "client_e2e_p50": float(np.percentile(e2e, 50)) if e2e.size else float("nan"),
+        "client_e2e_p99": float(np.percentile(e2e, 99)) if e2e.size else float("nan"),
+        "live": live, "sim": sim, "comparison": compare(live, sim), "service_ratio": ratio,
+        "server_counters_after": after.get("counters"),
+    }
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
+    (out / "requests.json").write_text(json.dumps(
+        [{**r, "sim_latency_s": None if not np.isfinite(sim_lat[r["i"]]) else float(sim_lat[r["i"]]),
+          "sim_served": bool(sim_served[r["i"]])} for r in rec]) + "\n")
+    plot(out / "latency.png", np.nan_to_num(lat, nan=0.0), np.nan_to_num(sim_lat, nan=0.0), model,
+         served_live, sim_served, profile.model_names)
+    (out / "report.md").write_text(markdown(rep))
+    return rep
+
+
+def _run(cfg) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    rep = validate(cfg)
+    print(markdown(rep))
+
+
+def main() -> None:
+    import hydra
+    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="validate")(_run)()
+
+
+if __name__ == "__main__":
+    main()
