@@ -108,7 +108,6 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
     params_axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
     v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
-    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, params_axes))
     v_resolved = jax.vmap(resolved_mask)
     decay_iters = max(1, int(cfg.eps_decay_fraction * cfg.iterations))
 
@@ -142,7 +141,7 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         a_star = jnp.argmax(next_online, axis=1)
         bootstrap = jnp.take_along_axis(next_target, a_star[:, None], axis=1)[:, 0]
         target = jax.lax.stop_gradient(reward + cfg.gamma * bootstrap)
-        loss = optax.huber_loss(q_a, target, cfg.huber_delta).mean()
+        loss = optax.huber_loss(q_a, target, delta=cfg.huber_delta).mean()
         return loss, q_a.mean()
 
     def update(ts: TrainState, key):
@@ -173,8 +172,8 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         random_a = jax.random.randint(k_rand, (N,), 0, A)
         action = jnp.where(explore, random_a, greedy_a).astype(jnp.int32)
         slot = ts.env_state.decision % H
-        next_obs, env_state, reward, done, info = v_step(
-            jax.random.split(k_step, N), ts.env_state, action, env_params(ts.workload_index))
+        next_obs, env_state, reward, done, info = env.step_batch(
+            jax.random.split(k_step, N), ts.env_state, action, env_params(ts.workload_index), params_axes)
         rows = jnp.arange(N)
         replay = Replay(ts.replay.obs.at[rows, slot].set(ts.obs),
                         ts.replay.action.at[rows, slot].set(action),

@@ -1,8 +1,11 @@
-"""Run a router through the simulator: one `lax.scan` per run, `vmap` over seeds and params."""
+"""Run a router through the simulator: a `lax.scan` over decisions of a batch of environments.
+
+Environments in the batch may share `params` or each have their own (``params_axis=0``: a
+rate or deadline sweep in one compiled program).
+"""
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -21,44 +24,49 @@ def eval_config(cfg: SimConfig, n_decisions: int) -> SimConfig:
     return dataclasses.replace(cfg, outcome_slots=slots, episode_len=max(cfg.episode_len, n_decisions))
 
 
-def make_run(env: ServingEnv, router: Router, n_decisions: int, drain: bool = True):
-    """``run(key, params) -> final EnvState`` after `n_decisions` routed requests."""
+def make_run(env: ServingEnv, router: Router, n_decisions: int, drain: bool = True, params_axis=None):
+    """``run(keys[N], params) -> final EnvState[N]`` after `n_decisions` routed requests each."""
+    v_act = jax.vmap(router.act, in_axes=(0, 0, 0, params_axis))
 
-    def run(key, params):
-        k_reset, k_steps = jax.random.split(key)
-        obs, state = env.reset(k_reset, params)
+    def run(keys, params):
+        n = keys.shape[0]
+        k_reset = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+        k_steps = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        obs, state = jax.vmap(env.reset, in_axes=(0, params_axis))(k_reset, params)
 
-        def body(carry, k):
+        def body(carry, t):
             obs, state = carry
-            k_act, k_step = jax.random.split(k)
-            action = router.act(k_act, obs, state, params)
-            obs, state, _, _, _ = env.step(k_step, state, action, params)
+            k = jax.vmap(lambda kk: jax.random.fold_in(kk, t))(k_steps)
+            k_act = jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(k)
+            k_step = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k)
+            action = v_act(k_act, obs, state, params)
+            obs, state, _, _, _ = env.step_batch(k_step, state, action, params, params_axis)
             return (obs, state), None
 
-        (obs, state), _ = jax.lax.scan(body, (obs, state), jax.random.split(k_steps, n_decisions))
-        return env.drain(state, params) if drain else state
+        (obs, state), _ = jax.lax.scan(body, (obs, state), jnp.arange(n_decisions))
+        return env.drain_batch(state, params, params_axis) if drain else state
 
     return run
 
 
-def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: float, n_windows: int):
-    """``evaluate(key, params) -> metrics`` (jittable; vmap it over seeds or params)."""
-    run = make_run(env, router, n_decisions)
+def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: float, n_windows: int,
+                  params_axis=None):
+    """``evaluate(keys[N], params) -> metrics[N]`` (jittable)."""
+    run = make_run(env, router, n_decisions, params_axis=params_axis)
 
-    def evaluate(key, params):
-        state = run(key, params)
-        return run_metrics(state.outcomes, params.quality, params.deadline, jnp.inf,
-                           env.cfg.n_gpus, window_s, n_windows)
+    def evaluate(keys, params):
+        state = run(keys, params)
+        metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows)
+        return jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
 
     return evaluate
 
 
 def evaluate_router(profile: Profile, cfg: SimConfig, router: Router, workload, n_decisions: int,
-                    seeds=(0,), window_s: float = 10.0, n_windows: int = 2048, env_params_overrides=None):
-    """Host helper: metrics of one router on one workload, for each seed (SPEC names)."""
+                    seeds=(0,), window_s: float = 10.0, n_windows: int = 2048):
+    """Host helper: SPEC metrics of one router on one workload, one report per seed."""
     env = ServingEnv(profile, eval_config(cfg, n_decisions))
-    params = env.make_params(workload, **(env_params_overrides or {}))
-    evaluate = jax.jit(jax.vmap(make_evaluate(env, router, n_decisions, window_s, n_windows), in_axes=(0, None)))
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    m = evaluate(keys, params)
+    params = env.make_params(workload)
+    evaluate = jax.jit(make_evaluate(env, router, n_decisions, window_s, n_windows))
+    m = evaluate(jnp.stack([jax.random.PRNGKey(s) for s in seeds]), params)
     return [to_report(jax.tree.map(lambda x: x[i], m), profile.model_names, window_s) for i in range(len(seeds))]

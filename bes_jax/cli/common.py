@@ -1,0 +1,75 @@
+"""Helpers shared by the Hydra CLIs: profile, simulator config, workloads, tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bes_jax.profile import Profile, load_profile
+from bes_jax.sim_config import SimConfig, sim_config_from_mapping
+
+TABLE_COLUMNS = (("performance", "perf", "{:.4f}"), ("pct_of_peak", "%peak", "{:.3f}"),
+                 ("availability", "avail", "{:.3f}"), ("frac_windows_ge_96", "win>=96", "{:.3f}"),
+                 ("frac_windows_ge_98", "win>=98", "{:.3f}"), ("latency_p50", "p50 s", "{:.3f}"),
+                 ("latency_p99", "p99 s", "{:.3f}"), ("n_rejected", "rej", "{:d}"), ("n_dropped", "drop", "{:d}"))
+
+
+def load_profile_for(cfg: DictConfig) -> Profile:
+    return load_profile(cfg.profile)
+
+
+def sim_config_from(node) -> SimConfig:
+    return sim_config_from_mapping(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+
+
+def _mix(node, profile: Profile):
+    mix = node.get("mix")
+    if mix is None:
+        return None
+    mix = np.asarray(OmegaConf.to_container(mix) if isinstance(mix, (DictConfig,)) or hasattr(mix, "_content") else mix, np.float64)
+    return mix
+
+
+def build_workload(node, profile: Profile, **pad):
+    """WorkloadParams from a ``conf/workload/*.yaml`` node (`kind` picks the builder)."""
+    from bes_jax import workloads as W
+
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    kind = node.get("kind")
+    mix = node.get("mix")
+    mix = None if mix is None else np.asarray(mix, np.float64)
+    common = dict(n_tasks=profile.n_tasks, mix=mix, **pad)
+    if kind == "poisson":
+        return W.poisson(float(node["rate"]), **common)
+    if kind == "gamma":
+        return W.gamma(float(node["rate"]), float(node["cv"]), **common)
+    if kind == "schedule":
+        return W.schedule(list(node["rates"]), float(node["window_s"]), cv=float(node.get("cv", 1.0)), **common)
+    if kind == "maf":
+        return W.maf(_path(node["path"]), target_mean_rate=node.get("rate"), time_scale=float(node.get("time_scale", 1.0)),
+                     minutes=node.get("minutes"), cv=float(node.get("cv", 1.0)), **common)
+    if kind == "trace":
+        return W.trace(_path(node["path"]), target_mean_rate=node.get("rate"), column=node.get("column"), **common)
+    raise ValueError(f"workload.kind = {kind!r}: choose poisson, gamma, schedule, maf or trace")
+
+
+def _path(p) -> str:
+    path = Path(str(p))
+    if not path.exists():
+        raise FileNotFoundError(f"workload.path = {str(p)!r}: no such file (relative paths are taken from the "
+                                f"directory bes-eval/bes-train runs in: {Path.cwd().name}/)")
+    return str(path)
+
+
+def format_table(reports: list[dict], names: list[str]) -> str:
+    head = f"{'router':<22}" + "".join(f"{h:>10}" for _, h, _ in TABLE_COLUMNS) + "  share"
+    lines = [head, "-" * len(head)]
+    for rep, name in zip(reports, names):
+        cells = []
+        for key, _, fmt in TABLE_COLUMNS:
+            v = rep.get(key)
+            cells.append(f"{'-':>10}" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{fmt.format(v):>10}")
+        share = " ".join(f"{s:.2f}" for s in rep.get("per_model_share", {}).values())
+        lines.append(f"{name:<22}" + "".join(cells) + "  " + share)
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""`bes-train`: the main job. Train a Double-DQN router end to end in JAX, resume from
+checkpoints, evaluate on held-out workloads against every baseline, plot, export.
+
+Outputs in Hydra's run directory: ``checkpoints/``, ``policy/`` (weights.npz +
+metadata.json), ``results.json``, ``train.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bes_jax import CONF_DIR
+
+log = logging.getLogger("bes-train")
+
+
+def _out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_training_bank(fam, profile, cfg_sim, capacity_large: float, seed: int):
+    """Stacked WorkloadParams: Poisson, Gamma and MAF slices at randomised rates and mixes."""
+    from bes_jax import workloads as W
+
+    rng = np.random.default_rng(seed)
+    T = profile.n_tasks
+    counts = W.load_maf_minute_counts(fam.maf_path)
+    lo_min, hi_min = fam.maf_minutes
+    pads = dict(pad_windows=int(fam.maf_slice_minutes), pad_trace=1, pad_mix=1)
+    bank = []
+    for i in range(int(fam.bank_size)):
+        rate = capacity_large * float(np.exp(rng.uniform(*np.log(fam.rate_range))))
+        mix = None
+        if fam.dirichlet_alpha > 0 and rng.random() < 0.5:
+            mix = rng.dirichlet(np.full(T, float(fam.dirichlet_alpha)))
+        kind = i % 3
+        if kind == 0:
+            wp = W.poisson(rate, n_tasks=T, mix=mix, **pads)
+        elif kind == 1:
+            wp = W.gamma(rate, float(rng.uniform(*fam.cv_range)), n_tasks=T, mix=mix, **pads)
+        else:
+            start = int(rng.integers(lo_min, hi_min - fam.maf_slice_minutes))
+            seg = counts[start:start + int(fam.maf_slice_minutes)]
+            scale = float(rng.uniform(*fam.time_scale_range))
+            wp = W.schedule(list(seg / seg.mean() * rate), 60.0 / scale, cv=1.0, n_tasks=T, mix=mix, **pads)
+        bank.append(wp)
+    return W.stack_workloads(bank)
+
+
+def build_eval_workloads(ev, profile, capacity_large: float) -> dict:
+    from bes_jax.cli.common import build_workload
+
+    out = {}
+    for name, node in ev.workloads.items():
+        node = OmegaConf.to_container(node, resolve=True)
+        node["rate"] = float(node.pop("rate_x")) * capacity_large
+        out[name] = (node, build_workload(node, profile))
+    return out
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from bes_jax.agents.dqn import DQNConfig, make_train
+    from bes_jax.agents.export import export_policy
+    from bes_jax.agents.trainer import run_training
+    from bes_jax.cli.common import format_table, sim_config_from
+    from bes_jax.env import ServingEnv
+    from bes_jax.eval.capacity import static_capacity
+    from bes_jax.eval.metrics import SCALAR_METRICS, to_report
+    from bes_jax.eval.rollout import eval_config, make_evaluate
+    from bes_jax.profile import load_profile
+    from bes_jax.routers import Router, baseline_routers
+
+    t_start = time.perf_counter()
+    profile = load_profile(cfg.profile)
+    sim_cfg = sim_config_from(cfg.sim)
+    dqn_dict = OmegaConf.to_container(cfg.dqn, resolve=True)
+    dqn_cfg = DQNConfig(**{**dqn_dict, "hidden": tuple(dqn_dict["hidden"])})
+    caps = static_capacity(profile, sim_cfg)
+    cap_large = float(caps[-1])
+    _out(f"profile {profile.name}: static capacity (req/s) "
+         + ", ".join(f"{m}={c:.1f}" for m, c in zip(profile.model_names, caps)))
+
+    bank = build_training_bank(cfg.train_family, profile, sim_cfg, cap_large, int(cfg.seed))
+    env = ServingEnv(profile, sim_cfg)
+    base_params = env.make_params(jax.tree.map(lambda x: x[0], bank))
+    init, train_chunk, _, greedy_policy, net = make_train(dqn_cfg, env, base_params, bank)
+
+    evals = build_eval_workloads(cfg.eval, profile, cap_large)
+    prog_n = int(cfg.progress.n_decisions)
+    prog_env = ServingEnv(profile, eval_config(sim_cfg, prog_n))
+    prog_params = prog_env.make_params(evals[cfg.progress.workload][1])
+
+    def learned_router(params, stats):
+        return Router("learned", greedy_policy(params, stats))
+
+    @jax.jit
+    def progress_eval(params, stats, keys):
+        ev = make_evaluate(prog_env, learned_router(params, stats), prog_n, float(cfg.eval.window_s), 4096)
+        return ev(keys, prog_params)["performance"].mean()
+
+    prog_keys = jnp.stack([jax.random.PRNGKey(7)])
+    n_chunks = dqn_cfg.iterations // dqn_cfg.chunk_iterations
+    decisions_per_chunk = dqn_cfg.chunk_iterations * dqn_cfg.n_envs
+
+    def on_chunk(c, ts, logs, seconds):
+        perf = float(progress_eval(ts.params, ts.obs_stats, prog_keys))
+        _out(f"[chunk {c + 1:>3}/{n_chunks}] decisions {int(ts.iteration) * dqn_cfg.n_envs:>9,d} | "
+             f"{decisions_per_chunk / seconds:>9,.0f} env steps/s | "
+             f"{dqn_cfg.chunk_iterations * dqn_cfg.updates_per_iteration / seconds:>7,.0f} grad steps/s | "
+             f"loss {float(np.nanmean(np.asarray(logs['loss']))):.4f} | eps {float(logs['epsilon'][-1]):.3f} | "
+             f"eval performance ({cfg.progress.workload}) {perf:.4f}")
+        return {"eval_performance": perf, "decisions": int(ts.iteration) * dqn_cfg.n_envs}
+
+    fingerprint = {"profile": profile.identity(), "sim": sim_cfg.to_dict(), "dqn": dqn_dict, "seed": int(cfg.seed),
+                   "train_family": OmegaConf.to_container(cfg.train_family, resolve=True)}
+    ts, history = run_training(init, train_chunk, n_chunks, jax.random.PRNGKey(int(cfg.seed)), run_dir / "checkpoints",
+                               fingerprint=fingerprint, on_chunk=on_chunk, keep=int(cfg.checkpoint_keep), log=_out)
+    t_train = time.perf_counter() - t_start
+
+    policy_dir = export_policy(run_dir / "policy", ts.params, ts.obs_stats.mean, ts.obs_stats.var,
+                               obs_mode=sim_cfg.obs_mode, hidden=dqn_cfg.hidden, profile=profile,
+                               sim_config=sim_cfg.to_dict(), train_config=fingerprint)
+    _out(f"policy exported to {policy_dir}")
+
+    # ---------------------------------------------------------------- held-out evaluation
+    routers = [learned_router(ts.params, ts.obs_stats)] + baseline_routers(profile)
+    n_eval = int(cfg.eval.n_decisions)
+    eval_env = ServingEnv(profile, eval_config(sim_cfg, n_eval))
+    keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in cfg.eval.seeds])
+    results = {}
+    for wname, (node, wp) in evals.items():
+        params = eval_env.make_params(wp)
+        rows = {}
+        for router in routers:
+            ev = jax.jit(make_evaluate(eval_env, router, n_eval, float(cfg.eval.window_s), 4096))
+            m = ev(keys, params)
+            reps = [to_report(jax.tree.map(lambda x: x[i], m), profile.model_names, float(cfg.eval.window_s))
+                    for i in range(len(cfg.eval.seeds))]
+            rows[router.name] = {
+                k: {"mean": float(np.mean([r[k] for r in reps])), "std": float(np.std([r[k] for r in reps]))}
+                for k in SCALAR_METRICS}
+            rows[router.name]["per_model_share"] = {
+                mn: float(np.mean([r["per_model_share"][mn] for r in reps])) for mn in profile.model_names}
+        results[wname] = {"workload": node, "routers": rows}
+        _out(f"\nheld-out workload {wname} (mean over {len(cfg.eval.seeds)} seeds, {n_eval} requests each):")
+        flat = [{k: v["mean"] if isinstance(v, dict) and "mean" in v else v for k, v in r.items()} for r in rows.values()]
+        for f_ in flat:
+            for k in ("n_rejected", "n_dropped"):
+                f_[k] = int(round(f_[k]))
+        _out(format_table(flat, list(rows)))
+    summary = {"profile": profile.name, "train_seconds": t_train, "history": history, "results": results,
+               "policy_dir": str(policy_dir)}
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from bes_jax.eval.plots import plot_training
+    png = plot_training(history, results, run_dir / "train.png")
+    _out(f"\nplot saved to {png}; results in {run_dir / 'results.json'}; total {time.perf_counter() - t_start:.0f} s")
+    return summary
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="train")
+def _main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run_train(cfg, run_dir)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"bes-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
