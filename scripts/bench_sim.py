@@ -1,0 +1,118 @@
+"""Decisions/s of the JAX simulator vs the plain-Python reference on the same work.
+
+Greedy router, default profile, a bursty MAF-derived workload. For each N the program is
+compiled once (time shown apart) and then timed on a fresh run. The reference simulator runs
+the same router on arrivals drawn from the same workload. The last line is one JSON object.
+
+    python scripts/bench_sim.py [--n-envs 1 64 1024 8192] [--steps 200] [--threads auto]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-envs", type=int, nargs="+", default=[1, 64, 1024, 8192])
+    ap.add_argument("--steps", type=int, default=200, help="decisions per environment in the timed run")
+    ap.add_argument("--reference-decisions", type=int, default=20000)
+    ap.add_argument("--profile", default="opt-a100-80gb")
+    ap.add_argument("--rate-x", type=float, default=3.0, help="mean rate, x the static OPT-6.7B capacity")
+    ap.add_argument("--write-docs", action="store_true", help="append the figures to docs/benchmarks.md")
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bes_jax import REPO_ROOT
+    from bes_jax import workloads as W
+    from bes_jax.env import ServingEnv
+    from bes_jax.eval.capacity import static_capacity
+    from bes_jax.profile import load_profile
+    from bes_jax.reference.simulator import ReferenceSimulator
+    from bes_jax.routers import greedy_action
+    from bes_jax.sim_config import SimConfig
+
+    profile = load_profile(args.profile)
+    cfg = SimConfig()
+    rate = args.rate_x * float(static_capacity(profile, cfg)[-1])
+    maf = REPO_ROOT.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv"
+    wp = W.maf(str(maf), target_mean_rate=rate, time_scale=6.0, minutes=[0, 60], n_tasks=profile.n_tasks)
+    env = ServingEnv(profile, cfg)
+    params = env.make_params(wp)
+    device = jax.devices()[0]
+    print(f"machine: {machine_name()}; jax {jax.__version__} on {device.platform} ({device.device_kind})")
+    print(f"workload: MAF minutes 0-60, mean {rate:.1f} req/s (x{args.rate_x} static OPT-6.7B capacity); greedy router")
+
+    def make(n):
+        v_greedy = jax.vmap(greedy_action, in_axes=(0, None))
+
+        def run(key):
+            keys = jax.random.split(key, n)
+            _, st = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+
+            def body(st, k):
+                a = v_greedy(st, params)
+                _, st, r, _, _ = env.step_batch(jax.random.split(k, n), st, a, params)
+                return st, r.sum()
+
+            st, rs = jax.lax.scan(body, st, jax.random.split(keys[0], args.steps))
+            return rs.sum(), st.decision.sum()
+        return jax.jit(run)
+
+    rows = []
+    for n in args.n_envs:
+        f = make(n)
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(jax.random.PRNGKey(0)))
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, decided = jax.block_until_ready(f(jax.random.PRNGKey(1)))
+        run_s = time.perf_counter() - t0
+        dps = int(decided) / run_s
+        rows.append({"n_envs": n, "compile_and_first_run_s": compile_s, "run_s": run_s, "decisions_per_s": dps})
+        print(f"JAX  N={n:>6}: compile+first run {compile_s:6.2f} s | timed run {run_s:7.3f} s | {dps:>12,.0f} decisions/s")
+
+    times, tasks = W.sample_arrivals(jax.random.PRNGKey(3), wp, args.reference_decisions)
+    ref = ReferenceSimulator(profile, cfg)
+    t0 = time.perf_counter()
+    ref.run(np.asarray(times, np.float64), np.asarray(tasks), "greedy", drain=False)
+    ref_s = time.perf_counter() - t0
+    ref_dps = args.reference_decisions / ref_s
+    print(f"reference (heapq, 1 process): {args.reference_decisions} decisions in {ref_s:.2f} s | {ref_dps:,.0f} decisions/s")
+    best = max(rows, key=lambda r: r["decisions_per_s"])
+    ratio = best["decisions_per_s"] / ref_dps
+    print(f"best JAX: N={best['n_envs']} at {best['decisions_per_s']:,.0f} decisions/s = {ratio:,.0f}x the reference")
+    if args.write_docs:
+        doc = REPO_ROOT / "docs" / "benchmarks.md"
+        lines = [f"\n### bench_sim ({time.strftime('%Y-%m-%d')}; {machine_name()}; jax {jax.__version__} "
+                 f"{device.platform}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})\n",
+                 "| N envs | compile + first run (s) | timed run (s) | decisions/s |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['n_envs']} | {r['compile_and_first_run_s']:.2f} | {r['run_s']:.3f} | {r['decisions_per_s']:,.0f} |" for r in rows]
+        lines += ["", f"Reference simulator: {ref_dps:,.0f} decisions/s. Best JAX / reference: **{ratio:,.0f}x**.", ""]
+        with doc.open("a") as fh:
+            fh.write("\n".join(lines))
+    print(json.dumps({"decisions_per_s": best["decisions_per_s"], "n_envs": best["n_envs"], "ratio_vs_reference": ratio}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
