@@ -180,3 +180,22 @@ def test_crash_masks_replica_and_answers_queued(pool_factory):
         p.submit(0, [1], 1, lambda s: 1)
     g.release.release()
     assert p.submit(0, [1], 1, lambda s: 0).future.result(timeout=10).token_ids == [5]
+
+
+def test_process_executor_and_a_killed_model_process():
+    p = Pool(["tiny-s", "tiny-m"], replicas=[1, 1], b_max=2, queue_capacity=4, num_threads=1,
+             executor="process").start()
+    try:
+        ids = p.tokenizer.encode("ping")
+        res = p.submit(0, ids, 3, lambda s: 0).future.result(timeout=30)
+        assert len(res.token_ids) == 3
+        # same weights (seeded) and same decode as in-process
+        assert res.token_ids == p.generate(0, [ids], 3)[0]
+        p.replicas[1].runner.proc.kill()  # a real crash, not an injected one
+        p.replicas[1].runner.proc.wait(10)
+        with pytest.raises(WorkerCrashed):
+            p.submit(0, ids, 2, lambda s: 1).future.result(timeout=30)
+        assert p.alive_models().tolist() == [True, False]
+        assert p.submit(0, ids, 2, lambda s: 0).future.result(timeout=30).token_ids
+    finally:
+        p.stop()

@@ -180,14 +180,20 @@ def test_crash_is_masked_and_queued_requests_answered(served):
     svc, srv, client, gate = served
     gate.close(2)
     try:
-        svc.pool.inject_fault("tiny-l")
-        with ThreadPoolExecutor(3) as ex:
-            futs = [ex.submit(post, client, {"model": "tiny-l", "prompt": f"doomed {i}"}) for i in range(3)]
-            time.sleep(0.3)
+        with ThreadPoolExecutor(4) as ex:
+            first = ex.submit(post, client, {"model": "tiny-l", "prompt": "in flight"})
+            time.sleep(0.2)
+            queued = [ex.submit(post, client, {"model": "tiny-l", "prompt": f"queued {i}"}) for i in range(3)]
+            deadline = time.time() + 10
+            while svc.pool.queue_lengths()["tiny-l"] < 3 and time.time() < deadline:
+                time.sleep(0.02)
+            svc.pool.inject_fault("tiny-l")  # the next batch (the three queued) crashes
             gate.release()
-            res = [f.result(10) for f in futs]
+            assert first.result(10).status_code == 200
+            res = [f.result(10) for f in queued]
         assert [r.status_code for r in res] == [503] * 3
         assert {r.json()["error"]["code"] for r in res} == {"worker_failed"}
+        assert all(r.json()["bes"]["model"] == "tiny-l" for r in res)
     finally:
         gate.release()
     r = post(client, {"model": "tiny-l", "prompt": "again"})
@@ -244,7 +250,7 @@ def test_hydra_config_policy_router(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name="serve", overrides=["pool=tiny", "router=policy",
                                                       f"router.path={tmp_path / 'pol'}", "pool.warmup=false",
-                                                      "server.port=0"])
+                                                      "server.port=0", "pool.executor=thread"])
     assert cfg.server.host == "127.0.0.1" and cfg.pool.placement == "exclusive"
     svc = build_service(cfg)
     assert svc.router.obs_mode == "rich" and svc.rate.alpha == 0.1 and svc.rate.ref_rate == 50.0

@@ -206,6 +206,7 @@ class _Replica:
         self.alive = True
         self.fault: Optional[str] = None
         self.thread: Optional[threading.Thread] = None
+        self.runner: Optional[_ChildRunner] = None
         self.batches = 0
 
 
@@ -215,6 +216,116 @@ class _Server:
         self.busy = False
         self.free_at = 0.0  # busy_until while busy; the time it last went idle otherwise
         self.replicas: list[_Replica] = []
+
+
+# ----------------------------------------------------------------------------- running a batch
+
+def greedy_decode(model, prompts: Sequence[Sequence[int]], n_out: int, dev: str) -> list[list[int]]:
+    """Greedy decode of exactly ``n_out`` new tokens for a left-padded batch (KV cache)."""
+    import torch
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    out = []
+    with torch.inference_mode():
+        res = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        for step in range(n_out):
+            nxt = res.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+            out.append(nxt)
+            if step == n_out - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            res = model(input_ids=nxt, attention_mask=mask, past_key_values=res.past_key_values, use_cache=True)
+    return torch.cat(out, dim=1).cpu().tolist() if out else [[] for _ in prompts]
+
+
+def load_model(spec: ModelSpec, weights: str, source: Optional[str], dtype: str, device: str, seed: int):
+    import torch
+    from transformers import OPTForCausalLM
+    dt = getattr(torch, dtype)
+    if weights == "pretrained":
+        model = OPTForCausalLM.from_pretrained(source, dtype=dt)
+    else:
+        torch.manual_seed(seed)
+        model = OPTForCausalLM(spec.opt_config()).to(dt)
+    return model.to(device).eval()
+
+
+def _child_main(rx, tx) -> None:
+    """A model process: receives ``(load_args, num_threads)``, loads the model, then runs
+    ``(prompts, n_out)`` batches until ``None`` or end of input."""
+    import torch
+    load_args, num_threads = rx.recv()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        model = load_model(*load_args)
+        dev = load_args[4]
+        tx.send(("ready", None))
+    except Exception as e:  # reported to the parent, which refuses to start
+        tx.send(("err", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        try:
+            msg = rx.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        prompts, n_out = msg
+        try:
+            tx.send(("ok", greedy_decode(model, prompts, n_out, dev)))
+        except Exception as e:
+            tx.send(("err", f"{type(e).__name__}: {e}"))
+
+
+class _ChildRunner:
+    """One model process per replica (``executor: process``): batches run outside this
+    interpreter, so the HTTP event loop and the model never compete for one GIL. The process is
+    ``python -m bes_jax.serving.pool`` talking over two pipes (no re-import of the caller's main)."""
+
+    def __init__(self, load_args: tuple, num_threads: int):
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+        c_r, p_w = os.pipe()  # parent -> child
+        p_r, c_w = os.pipe()  # child -> parent
+        self.proc = subprocess.Popen([sys.executable, "-m", "bes_jax.serving.pool", str(c_r), str(c_w)],
+                                     pass_fds=(c_r, c_w))
+        os.close(c_r)
+        os.close(c_w)
+        self.tx, self.rx = Connection(p_w, readable=False), Connection(p_r, writable=False)
+        self.tx.send((load_args, num_threads))
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        if not self.rx.poll(timeout):
+            raise RuntimeError("model process did not start in time")
+        kind, info = self.rx.recv()
+        if kind != "ready":
+            raise RuntimeError(f"model process failed to load: {info}")
+
+    def run(self, prompts, n_out: int):
+        self.tx.send(([list(p) for p in prompts], int(n_out)))
+        kind, val = self.rx.recv()  # EOFError if the process died
+        if kind != "ok":
+            raise RuntimeError(f"model process: {val}")
+        return val
+
+    def close(self) -> None:
+        try:
+            self.tx.send(None)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except Exception:
+            self.proc.kill()
+        self.tx.close()
+        self.rx.close()
 
 
 # ----------------------------------------------------------------------------- the pool
@@ -265,11 +376,14 @@ class Pool:
                  sources: Optional[dict] = None, placement: str = "exclusive", n_gpus: int = 1,
                  replicas: Optional[Sequence[int]] = None, queue_capacity: int = 64, b_max: int = 8,
                  device: str = "auto", dtype: str = "auto", num_threads: int = 0, seed: int = 0,
-                 latency: Optional[np.ndarray] = None,
+                 latency: Optional[np.ndarray] = None, executor: str = "thread",
                  preset: str = "custom"):
         import torch
         if placement not in PLACEMENTS:
             raise ValueError(f"pool.placement = {placement!r}: must be one of {PLACEMENTS}")
+        if executor not in ("thread", "process"):
+            raise ValueError(f"pool.executor = {executor!r}: must be 'thread' or 'process'")
+        self.executor = executor
         if weights not in ("random", "pretrained"):
             raise ValueError(f"pool.weights = {weights!r}: must be 'random' or 'pretrained'")
         for n in model_names:
@@ -318,10 +432,16 @@ class Pool:
         # models (one set of weights per model and device; replicas on one device share it)
         self._models: dict[tuple[int, int], object] = {}
         self.tokenizer = self._load_tokenizer()
-        for r in self.replicas:
-            key = (r.model, r.device_index)
-            if key not in self._models:
-                self._models[key] = self._load_model(r.model, r.device_index)
+        if executor == "process":
+            for r in self.replicas:  # start every model process, then wait for all of them
+                r.runner = _ChildRunner(self._load_args(r.model, r.device_index), self.num_threads)
+            for r in self.replicas:
+                r.runner.wait_ready()
+        else:
+            for r in self.replicas:
+                key = (r.model, r.device_index)
+                if key not in self._models:
+                    self._models[key] = self._load_model(r.model, r.device_index)
 
         self._cv = threading.Condition()
         self._t0 = time.monotonic()
@@ -350,48 +470,36 @@ class Pool:
             return HFTokenizer(self._source(0))
         return ByteTokenizer(min(s.vocab for s in self.specs))
 
+    def _load_args(self, m: int, device_index: int) -> tuple:
+        src = self._source(m) if self.weights == "pretrained" else None
+        return (self.specs[m], self.weights, src, str(self.dtype).replace("torch.", ""),
+                self._torch_device(device_index), self.seed + m)
+
     def _load_model(self, m: int, device_index: int):
-        import torch
-        from transformers import OPTForCausalLM
-        if self.weights == "pretrained":
-            model = OPTForCausalLM.from_pretrained(self._source(m), dtype=self.dtype)
-        else:
-            torch.manual_seed(self.seed + m)
-            model = OPTForCausalLM(self.specs[m].opt_config()).to(self.dtype)
-        return model.to(self._torch_device(device_index)).eval()
+        return load_model(*self._load_args(m, device_index))
 
     def max_prompt_tokens(self, n_out: int) -> int:
         return min(s.max_positions for s in self.specs) - int(n_out)
 
     # ------------------------------------------------------------------ generation
     def generate(self, m: int, prompts: Sequence[Sequence[int]], n_out: int, device_index: int = 0) -> list[list[int]]:
-        """Greedy decode of exactly ``n_out`` new tokens for a left-padded batch."""
-        import torch
-        model = self._models[(m, device_index)]
-        dev = self._torch_device(device_index)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            if len(p):
-                ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-                mask[i, width - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        out = []
-        with torch.inference_mode():
-            res = model(input_ids=ids, attention_mask=mask, use_cache=True)
-            for step in range(n_out):
-                nxt = res.logits[:, -1, :].argmax(dim=-1, keepdim=True)
-                out.append(nxt)
-                if step == n_out - 1:
-                    break
-                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-                res = model(input_ids=nxt, attention_mask=mask, past_key_values=res.past_key_values, use_cache=True)
-        toks = torch.cat(out, dim=1).cpu().tolist() if out else [[] for _ in prompts]
-        return toks
+        """Greedy decode of exactly ``n_out`` new tokens for a left-padded batch (in this process)."""
+        if (m, device_index) not in self._models:
+            self._models[(m, device_index)] = self._load_model(m, device_index)
+        return greedy_decode(self._models[(m, device_index)], prompts, n_out, self._torch_device(device_index))
+
+    def _run_batch(self, r: "_Replica", prompts, n_out: int):
+        if r.runner is not None:
+            return r.runner.run(prompts, n_out)
+        return self.generate(r.model, prompts, n_out, r.device_index)
 
     def warmup(self, prompt_len: int = 16, n_out: int = 2) -> None:
         prompt = [ByteTokenizer.offset + 65] * prompt_len
+        if self.executor == "process":
+            for r in self.replicas:
+                for b in sorted({1, self.b_max}):
+                    r.runner.run([prompt] * b, n_out)
+            return
         for (m, dev) in self._models:
             for b in sorted({1, self.b_max}):
                 self.generate(m, [prompt] * b, n_out, dev)
@@ -424,6 +532,8 @@ class Pool:
         for r in self.replicas:
             if r.thread is not None:
                 r.thread.join(timeout)
+            if r.runner is not None:
+                r.runner.close()
 
     # ------------------------------------------------------------------ state for routing
     def snapshot(self, now: Optional[float] = None) -> Snapshot:
@@ -559,7 +669,7 @@ class Pool:
             try:
                 if fault:
                     raise RuntimeError(fault)
-                toks = self.generate(r.model, [q.prompt_ids for q in batch], n_out, r.device_index)
+                toks = self._run_batch(r, [q.prompt_ids for q in batch], n_out)
                 err = None
             except Exception as e:  # the replica is lost: mask it and answer its requests
                 err = e
@@ -620,4 +730,11 @@ def build_pool(cfg, profile=None) -> Pool:
                 queue_capacity=int(cfg.get("queue_capacity", 64)), b_max=int(b_max or 8),
                 device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "auto"),
                 num_threads=int(cfg.get("num_threads", 0) or 0), seed=int(cfg.get("seed", 0)),
-                latency=latency, preset=str(cfg.get("preset", "custom")))
+                latency=latency, executor=str(cfg.get("executor", "thread")),
+                preset=str(cfg.get("preset", "custom")))
+
+
+if __name__ == "__main__":  # a model process of ``executor: process``
+    import sys
+    from multiprocessing.connection import Connection
+    _child_main(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
