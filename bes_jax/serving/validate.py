@@ -30,7 +30,8 @@ from bes_jax import CONF_DIR
 
 log = logging.getLogger("bes_jax.serving.validate")
 
-SERVED, DROPPED, REJECTED, QUEUED = 0, 1, 2, 3
+#: outcome codes, the same as bes_jax.env.state (not imported: that pulls in JAX)
+EMPTY, QUEUED, SERVED, DROPPED, REJECTED = 0, 1, 2, 3, 4
 
 
 # ----------------------------------------------------------------------------- arrivals
@@ -186,14 +187,20 @@ def replay_fallback(profile, cfg, times, tasks, actions):
 
 
 def simulate(profile, sim_cfg, times, tasks, actions):
+    """Per-request ``model, status, start, finish, latency`` (status in this module's codes)."""
     try:
-        from bes_jax.reference.simulator import ReferenceSimulator
-    except ImportError as e:
+        from bes_jax.reference import simulator as ref
+        ReferenceSimulator = ref.ReferenceSimulator
+    except (ImportError, AttributeError) as e:
         log.warning("bes_jax.reference.simulator unavailable (%s): using the built-in replay", e)
         return replay_fallback(profile, sim_cfg, times, tasks, actions), "bes_jax.serving.validate.replay_fallback"
     res = ReferenceSimulator(profile, sim_cfg).run(np.asarray(times), np.asarray(tasks), np.asarray(actions))
     out = {k: np.asarray(res[k] if isinstance(res, dict) else getattr(res, k))
            for k in ("model", "status", "start", "finish", "latency")}
+    served_code = getattr(ref, "SERVED", SERVED)
+    st = out["status"]
+    out["status"] = np.where(st == served_code, SERVED, np.where(st == getattr(ref, "REJECTED", REJECTED), REJECTED,
+                                                                np.where(st == getattr(ref, "DROPPED", DROPPED), DROPPED, QUEUED)))
     return out, "bes_jax.reference.simulator.ReferenceSimulator"
 
 
