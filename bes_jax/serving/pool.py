@@ -163,6 +163,7 @@ class Request:
     start: float = float("nan")
     finish: float = float("nan")
     batch_size: int = 0
+    compute: float = float("nan")  # seconds the model spent decoding this request's batch
     future: Future = field(default_factory=Future)
 
     @property
@@ -278,7 +279,9 @@ def _child_main(rx, tx) -> None:
             return
         prompts, n_out = msg
         try:
-            tx.send(("ok", greedy_decode(model, prompts, n_out, dev)))
+            t0 = time.perf_counter()
+            toks = greedy_decode(model, prompts, n_out, dev)
+            tx.send(("ok", (toks, time.perf_counter() - t0)))
         except Exception as e:
             tx.send(("err", f"{type(e).__name__}: {e}"))
 
@@ -309,11 +312,13 @@ class _ChildRunner:
             raise RuntimeError(f"model process failed to load: {info}")
 
     def run(self, prompts, n_out: int):
+        """Tokens of the batch; ``self.last_compute`` is the decode time inside the process."""
         self.tx.send(([list(p) for p in prompts], int(n_out)))
         kind, val = self.rx.recv()  # EOFError if the process died
         if kind != "ok":
             raise RuntimeError(f"model process: {val}")
-        return val
+        toks, self.last_compute = val
+        return toks
 
     def close(self) -> None:
         try:
@@ -683,8 +688,10 @@ class Pool:
                 r.batches += 1
                 if err is None:
                     self._measured[r.model].append(took)
+                    compute = r.runner.last_compute if r.runner is not None else took
                     for q in batch:
                         q.finish = now
+                        q.compute = compute
                 else:
                     log.error("worker %s replica %d crashed: %s", self.model_names[r.model], r.k, err)
                     r.alive = False

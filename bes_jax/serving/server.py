@@ -243,7 +243,8 @@ class Service:
                     else self.router.name, "replica": self.pool.replicas[req.replica].k,
                     "arrival_s": req.arrival, "queue_wait_s": float(req.queue_wait),
                     "service_s": float(req.finish - req.start), "latency_s": lat, "deadline_s": d,
-                    "deadline_met": bool(met), "batch_size": req.batch_size},
+                    "deadline_met": bool(met), "batch_size": req.batch_size,
+                    "compute_s": float(req.compute)},
         }
 
     def _reject(self, m):

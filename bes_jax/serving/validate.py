@@ -285,6 +285,8 @@ def markdown(rep: dict) -> str:
             f"- p50 latency: {100 * C['latency_p50_rel']:+.1f}% "
             f"({'within' if C['p50_within_5_percent'] else 'NOT within'} 5%); p99 {100 * C['latency_p99_rel']:+.1f}%",
             f"- batch time on the live pool vs the profile (median ratio per model): {rep['service_ratio']}",
+            f"- of which model compute vs the profile (median ratio): {rep['compute_ratio']}; "
+            f"hand-off outside the model (median ms): {rep['handoff_ms']}",
             "", "![latency](latency.png)", ""]
     return "\n".join(out)
 
@@ -344,13 +346,16 @@ def validate(cfg) -> dict:
     live = summarise(profile, deadlines, tasks, model, served_live, np.nan_to_num(lat, nan=np.inf))
     sim = summarise(profile, deadlines, tasks, model, sim_served, np.nan_to_num(sim_lat, nan=np.inf))
     # how well the profile predicts the live batch times (service time of served requests)
-    ratio = {}
+    ratio, compute_ratio, handoff = {}, {}, {}
     for i, m in enumerate(profile.model_names):
         sel = [r for r in rec if r["status"] == 200 and r["bes"].get("model") == m]
         if sel:
-            pr = [r["bes"]["service_s"] / max(profile.latency[i, r["task"], r["bes"]["batch_size"] - 1]
-                                                for _ in [0]) for r in sel]
-            ratio[m] = round(float(np.median(pr)), 3)
+            prof_l = np.array([profile.latency[i, r["task"], r["bes"]["batch_size"] - 1] for r in sel])
+            svc = np.array([r["bes"]["service_s"] for r in sel])
+            comp = np.array([r["bes"].get("compute_s", np.nan) for r in sel], float)
+            ratio[m] = round(float(np.median(svc / prof_l)), 3)
+            compute_ratio[m] = round(float(np.median(comp / prof_l)), 3)
+            handoff[m] = round(float(np.median(svc - comp)) * 1000, 3)
     e2e = np.array([r["e2e_s"] for r in rec if r["status"] == 200])
     rep = {
         "url": url, "router": health["router"], "profile": profile.name, "profile_source": str(prof_path),
@@ -362,6 +367,7 @@ def validate(cfg) -> dict:
         "http_status": status, "client_e2e_p50": float(np.percentile(e2e, 50)) if e2e.size else float("nan"),
         "client_e2e_p99": float(np.percentile(e2e, 99)) if e2e.size else float("nan"),
         "live": live, "sim": sim, "comparison": compare(live, sim), "service_ratio": ratio,
+        "compute_ratio": compute_ratio, "handoff_ms": handoff,
         "server_counters_after": after.get("counters"),
     }
     out = Path(cfg.out_dir)
