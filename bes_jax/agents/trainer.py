@@ -13,9 +13,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import logging
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+# orbax logs every save step at INFO through absl; progress lines are ours to print.
+logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 class CheckpointError(RuntimeError):
