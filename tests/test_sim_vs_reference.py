@@ -40,6 +40,7 @@ def arrivals(rng, kind, n, rate):
         phase = (np.arange(n) // 20) % 2
         gaps = rng.exponential(np.where(phase == 1, 0.2 / rate, 3.0 / rate))
     times = np.round(np.cumsum(gaps) / Q) * Q
+    times -= times[0]  # trace replay starts its clock at the first arrival
     return times, rng.integers(0, 2, n)
 
 

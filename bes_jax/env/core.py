@@ -20,6 +20,9 @@ from bes_jax.sim_config import ConfigError, SimConfig
 from bes_jax.workloads import WorkloadParams, workload_init, workload_next
 
 
+WAIT_CAP = 10.0  # rich observation: predicted wait in deadlines, capped
+
+
 class ServingEnv:
     """Static layout (shapes) of a pool; all numbers live in `EnvParams`.
 
@@ -80,7 +83,7 @@ class ServingEnv:
             queue=jnp.zeros((R, C), jnp.int32), queue_head=jnp.zeros((R,), jnp.int32),
             queue_len=jnp.zeros((R,), jnp.int32),
             inflight=jnp.zeros((R,), jnp.int32), busy=jnp.zeros((S,), bool),
-            free_at=jnp.zeros((S,), f), batch_replica=jnp.zeros((S,), jnp.int32),
+            free_at=jnp.zeros((S,), f), batch_replica=jnp.asarray(self.server_members[:, 0], jnp.int32),
             batch_value=jnp.zeros((S,), f), now=jnp.asarray(t0, f), task=jnp.asarray(task0, jnp.int32),
             decision=jnp.zeros((), jnp.int32), ewma_gap=(1.0 / params.ref_rate).astype(f),
             episode_step=jnp.zeros((), jnp.int32), chosen_replica=jnp.zeros((M,), jnp.int32),
@@ -166,7 +169,8 @@ class ServingEnv:
         queue = state.queue.at[r, tail].set(jnp.where(enqueue, i, state.queue[r, tail]))
         queue_len = state.queue_len.at[r].add(enqueue.astype(jnp.int32))
         old = state.batch_replica[s]
-        inflight = state.inflight.at[old].set(jnp.where(start_now, 0, state.inflight[old]))
+        ended = start_now & state.busy[s]  # the server's previous batch (if any) has ended
+        inflight = state.inflight.at[old].set(jnp.where(ended, 0, state.inflight[old]))
         inflight = inflight.at[r].set(jnp.where(start_now, 1, inflight[r]))
         put = lambda x, new: x.at[s].set(jnp.where(start_now, new, x[s]))
         state = state.replace(
@@ -346,7 +350,7 @@ class ServingEnv:
         parts = [onehot, load, rate[None]]
         if self.cfg.obs_mode == "rich":
             d = params.deadline[st.task]
-            parts += [st.wait / d, d[None]]
+            parts += [jnp.minimum(st.wait / d, WAIT_CAP), d[None]]  # a full queue reads as WAIT_CAP
         return jnp.concatenate(parts).astype(f)
 
     # ------------------------------------------------------------------ end of run
