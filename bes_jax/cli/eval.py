@@ -18,6 +18,8 @@ from bes_jax import CONF_DIR
 from bes_jax.cli.common import build_workload, format_table, load_profile_for, sim_config_from
 from bes_jax.profile import ProfileError
 
+# jax reports missing TPU/GPU plugins at INFO; not news on a CPU machine.
+logging.getLogger("jax").setLevel(logging.WARNING)
 log = logging.getLogger("bes-eval")
 
 

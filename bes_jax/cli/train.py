@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bes_jax import CONF_DIR
 
+# jax reports missing TPU/GPU plugins at INFO; not news on a CPU machine.
+logging.getLogger("jax").setLevel(logging.WARNING)
 log = logging.getLogger("bes-train")
 
 
