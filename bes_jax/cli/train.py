@@ -69,35 +69,89 @@ def build_eval_workloads(ev, profile, capacity_large: float) -> dict:
     return out
 
 
-def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: int, seeds, window_s: float,
+                               echo=None) -> dict:
+    """Every router on every held-out workload, mean and std over evaluation seeds."""
     import jax
     import jax.numpy as jnp
 
-    from bes_jax.agents.dqn import DQNConfig, make_train
-    from bes_jax.agents.export import export_policy
-    from bes_jax.agents.trainer import run_training
-    from bes_jax.cli.common import format_table, sim_config_from
+    from bes_jax.cli.common import format_table
     from bes_jax.env import ServingEnv
-    from bes_jax.eval.capacity import static_capacity
     from bes_jax.eval.metrics import SCALAR_METRICS, to_report
     from bes_jax.eval.rollout import eval_config, make_evaluate
-    from bes_jax.profile import load_profile
-    from bes_jax.routers import Router, baseline_routers
 
-    t_start = time.perf_counter()
+    eval_env = ServingEnv(profile, eval_config(sim_cfg, n_eval))
+    keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+    results = {}
+    for wname, (node, wp) in evals.items():
+        params = eval_env.make_params(wp)
+        rows = {}
+        for router in routers:
+            m = jax.jit(make_evaluate(eval_env, router, n_eval, window_s, 4096))(keys, params)
+            reps = [to_report(jax.tree.map(lambda x: x[i], m), profile.model_names, window_s) for i in range(len(seeds))]
+            rows[router.name] = {k: {"mean": float(np.mean([r[k] for r in reps])), "std": float(np.std([r[k] for r in reps]))}
+                                 for k in SCALAR_METRICS}
+            rows[router.name]["per_model_share"] = {
+                mn: float(np.mean([r["per_model_share"][mn] for r in reps])) for mn in profile.model_names}
+        results[wname] = {"workload": node, "routers": rows}
+        if echo is not None:
+            echo(f"\nheld-out workload {wname} (mean over {len(seeds)} seeds, {n_eval} requests each):")
+            flat = [{k: v["mean"] if isinstance(v, dict) and "mean" in v else v for k, v in r.items()} for r in rows.values()]
+            for f_ in flat:
+                for k in ("n_rejected", "n_dropped"):
+                    f_[k] = int(round(f_[k]))
+            echo(format_table(flat, list(rows)))
+    return results
+
+
+def setup_training(cfg: DictConfig) -> dict:
+    """Profile, simulator, learner functions and workload bank for a train config."""
+    import jax
+
+    from bes_jax.agents.dqn import DQNConfig, make_train
+    from bes_jax.cli.common import sim_config_from
+    from bes_jax.env import ServingEnv
+    from bes_jax.eval.capacity import static_capacity
+    from bes_jax.profile import load_profile
+
     profile = load_profile(cfg.profile)
     sim_cfg = sim_config_from(cfg.sim)
     dqn_dict = OmegaConf.to_container(cfg.dqn, resolve=True)
     dqn_cfg = DQNConfig(**{**dqn_dict, "hidden": tuple(dqn_dict["hidden"])})
     caps = static_capacity(profile, sim_cfg)
-    cap_large = float(caps[-1])
-    _out(f"profile {profile.name}: static capacity (req/s) "
-         + ", ".join(f"{m}={c:.1f}" for m, c in zip(profile.model_names, caps)))
-
-    bank = build_training_bank(cfg.train_family, profile, sim_cfg, cap_large, int(cfg.seed))
+    bank = build_training_bank(cfg.train_family, profile, sim_cfg, float(caps[-1]), int(cfg.seed))
     env = ServingEnv(profile, sim_cfg)
     base_params = env.make_params(jax.tree.map(lambda x: x[0], bank))
-    init, train_chunk, _, greedy_policy, net = make_train(dqn_cfg, env, base_params, bank)
+    return {"profile": profile, "sim_cfg": sim_cfg, "dqn_cfg": dqn_cfg, "dqn_dict": dqn_dict, "capacity": caps,
+            "cap_large": float(caps[-1]), "bank": bank, "env": env, "base_params": base_params,
+            "fns": make_train(dqn_cfg, env, base_params, bank)}
+
+
+def compose_train_config(overrides=()) -> DictConfig:
+    """The bes-train config with Hydra overrides, for scripts (no run directory)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from bes_jax.agents.export import export_policy
+    from bes_jax.agents.trainer import run_training
+    from bes_jax.env import ServingEnv
+    from bes_jax.eval.rollout import eval_config, make_evaluate
+    from bes_jax.routers import Router, baseline_routers
+
+    t_start = time.perf_counter()
+    setup = setup_training(cfg)
+    profile, sim_cfg, dqn_cfg, dqn_dict = setup["profile"], setup["sim_cfg"], setup["dqn_cfg"], setup["dqn_dict"]
+    env, cap_large = setup["env"], setup["cap_large"]
+    init, train_chunk, _, greedy_policy, net = setup["fns"]
+    _out(f"profile {profile.name}: static capacity (req/s) "
+         + ", ".join(f"{m}={c:.1f}" for m, c in zip(profile.model_names, setup["capacity"])))
 
     evals = build_eval_workloads(cfg.eval, profile, cap_large)
     prog_n = int(cfg.progress.n_decisions)
@@ -138,35 +192,13 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # ---------------------------------------------------------------- held-out evaluation
     routers = [learned_router(ts.params, ts.obs_stats)] + baseline_routers(profile)
-    n_eval = int(cfg.eval.n_decisions)
-    eval_env = ServingEnv(profile, eval_config(sim_cfg, n_eval))
-    keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in cfg.eval.seeds])
-    results = {}
-    for wname, (node, wp) in evals.items():
-        params = eval_env.make_params(wp)
-        rows = {}
-        for router in routers:
-            ev = jax.jit(make_evaluate(eval_env, router, n_eval, float(cfg.eval.window_s), 4096))
-            m = ev(keys, params)
-            reps = [to_report(jax.tree.map(lambda x: x[i], m), profile.model_names, float(cfg.eval.window_s))
-                    for i in range(len(cfg.eval.seeds))]
-            rows[router.name] = {
-                k: {"mean": float(np.mean([r[k] for r in reps])), "std": float(np.std([r[k] for r in reps]))}
-                for k in SCALAR_METRICS}
-            rows[router.name]["per_model_share"] = {
-                mn: float(np.mean([r["per_model_share"][mn] for r in reps])) for mn in profile.model_names}
-        results[wname] = {"workload": node, "routers": rows}
-        _out(f"\nheld-out workload {wname} (mean over {len(cfg.eval.seeds)} seeds, {n_eval} requests each):")
-        flat = [{k: v["mean"] if isinstance(v, dict) and "mean" in v else v for k, v in r.items()} for r in rows.values()]
-        for f_ in flat:
-            for k in ("n_rejected", "n_dropped"):
-                f_[k] = int(round(f_[k]))
-        _out(format_table(flat, list(rows)))
+    results = evaluate_against_baselines(profile, sim_cfg, routers, evals, int(cfg.eval.n_decisions),
+                                         list(cfg.eval.seeds), float(cfg.eval.window_s), echo=_out)
     summary = {"profile": profile.name, "train_seconds": t_train, "history": history, "results": results,
                "policy_dir": str(policy_dir)}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     from bes_jax.eval.plots import plot_training
-    png = plot_training(history, results, run_dir / "train.png")
+    png = plot_training(history, results, run_dir / "train.png", progress_workload=str(cfg.progress.workload))
     _out(f"\nplot saved to {png}; results in {run_dir / 'results.json'}; total {time.perf_counter() - t_start:.0f} s")
     return summary
 
