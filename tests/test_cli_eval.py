@@ -1,0 +1,66 @@
+"""`bes-eval` as a user runs it: both simulators on a real trace agree request by request."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TRACES
+
+AZURE = TRACES / "AzureLLMInferenceTrace_code.csv"
+pytestmark = pytest.mark.skipif(not AZURE.exists(), reason="../shared/traces not present")
+
+
+def bes_eval(*overrides, cwd=REPO):
+    cmd = [sys.executable, "-c", "from bes_jax.cli.eval import main; main()", *overrides]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trace_slice(tmp_path_factory):
+    """A slice of the Azure code trace (header + 1500 requests), as a user would pass it."""
+    lines = AZURE.read_text().splitlines()
+    path = tmp_path_factory.mktemp("trace") / "azure_slice.csv"
+    path.write_text("\n".join(lines[:1501]) + "\n")
+    return path
+
+
+def test_both_simulators_agree_per_request(trace_slice, tmp_path):
+    out = {}
+    for sim in ("jax", "reference"):
+        r = bes_eval("router=greedy", "workload=trace", f"workload.path={trace_slice}", "workload.rate=250",
+                     f"simulator={sim}", "n_decisions=1200", f"out={tmp_path / sim}.json",
+                     f"requests_out={tmp_path / sim}.csv")
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[sim] = (json.loads((tmp_path / f"{sim}.json").read_text()),
+                    np.genfromtxt(tmp_path / f"{sim}.csv", delimiter=",", names=True))
+    (mj, rj), (mr, rr) = out["jax"], out["reference"]
+    for k in rj.dtype.names:
+        np.testing.assert_allclose(rj[k], rr[k], rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=k)
+    for k in ("performance", "availability", "pct_of_peak", "latency_p50", "latency_p99", "n_rejected"):
+        assert np.isclose(mj[k], mr[k], rtol=1e-9), k
+    assert mj["n_requests"] == 1200 and "frac_windows_ge_96" in mj and "per_model_share" in mj
+
+
+def test_greedy_beats_static_large_under_load(trace_slice, tmp_path):
+    avail = {}
+    for router in (["router=greedy"], ["router=static", "router.model=opt-6.7b"]):
+        r = bes_eval(*router, "workload=trace", f"workload.path={trace_slice}", "workload.rate=400",
+                     "simulator=jax", "n_decisions=1200", f"out={tmp_path / 'm'}.json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        avail[router[-1]] = json.loads((tmp_path / "m.json").read_text())["availability"]
+    assert avail["router=greedy"] > avail["router.model=opt-6.7b"] + 0.3, avail
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp\n0.5\n0.7\nsoon\n")
+    r = bes_eval("workload=trace", f"workload.path={bad}", "n_decisions=10")
+    assert r.returncode == 2 and "bad.csv" in r.stderr and "line 4" in r.stderr and "soon" in r.stderr, r.stderr
+    r = bes_eval("router=static", "router.model=opt-175b", "n_decisions=10")
+    assert r.returncode == 2 and "opt-175b" in r.stderr and "opt-6.7b" in r.stderr, r.stderr
