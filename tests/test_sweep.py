@@ -1,0 +1,28 @@
+"""Rate sweeps in one vmapped program, and max_sustainable_rate."""
+from __future__ import annotations
+
+import numpy as np
+
+from bes_jax.eval.capacity import static_capacity
+from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
+from bes_jax.routers import greedy, static
+from bes_jax.sim_config import SimConfig
+
+CFG = SimConfig(queue_capacity=8, outcome_slots=512)
+
+
+def test_sweep_availability_falls_with_rate(synthetic_profile):
+    out = sweep_rates(synthetic_profile, CFG, static(2), [2.0, 20.0, 200.0], n_decisions=600, seeds=(0, 1))
+    a = out["availability"].mean(1)
+    assert out["availability"].shape == (3, 2)
+    assert a[0] > 0.95 and a[2] < 0.2 and a[0] >= a[1] >= a[2]
+
+
+def test_max_sustainable_rate_greedy_beats_static_large(synthetic_profile):
+    cap = static_capacity(synthetic_profile, CFG)
+    kw = dict(n_decisions=800, seeds=(0,), threshold=0.95, n_grid=8)
+    large = max_sustainable_rate(synthetic_profile, CFG, static(2), cap[-1] / 8, cap[0] * 2, **kw)
+    best = max_sustainable_rate(synthetic_profile, CFG, greedy(), cap[-1] / 8, cap[0] * 2, **kw)
+    assert 0 < large["max_sustainable_rate"] < best["max_sustainable_rate"], (large, best)
+    i = int(np.searchsorted(large["rates"], large["max_sustainable_rate"]))
+    assert large["availability"][i] >= 0.95
