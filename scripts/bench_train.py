@@ -1,7 +1,7 @@
 """Training speed: environment steps/s and gradient steps/s, and wall time until the policy beats
 the best static router on a held-out workload; for 1 seed and for N vmapped seeds.
 
-    python scripts/bench_train.py [--seeds 1 8] [--write-docs] [overrides like dqn.n_envs=32]
+    python scripts/bench_train.py [--seeds 1,8] [--write-docs] [overrides like dqn.n_envs=32]
 
 The last line is one JSON object (1-seed figures, plus per-N results).
 """
@@ -15,7 +15,7 @@ import time
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8], help="comma-separated seed counts")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 policy with the baselines on held-out MAF-derived and Azure workloads; writes docs/results.md
 (the learner section) and docs/results_learner.json.
 
-    python scripts/learner_results.py [--seeds 0 1 2] [overrides like dqn.iterations=12000]
+    python scripts/learner_results.py [--seeds 0,1,2] [overrides like dqn.iterations=12000]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="comma-separated")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
@@ -73,7 +73,7 @@ def main(argv=None):
            "workloads": {w: per_seed[0][w]["workload"] for w in evals}, "results": table}
     (REPO_ROOT / "docs" / "results_learner.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = ["## Learned router vs baselines (held-out unpredictable workloads)", "",
-             f"`python scripts/learner_results.py --seeds {' '.join(map(str, args.seeds))}"
+             f"`python scripts/learner_results.py --seeds {','.join(map(str, args.seeds))}"
              f"{' ' + ' '.join(args.overrides) if args.overrides else ''}` — default profile "
              f"(`{s['profile'].name}`), hard deadlines, default `bes-train` config, {len(args.seeds)} training seeds "
              f"(trained in one vmapped program, {train_s:.0f} s on this machine); each policy evaluated on "
