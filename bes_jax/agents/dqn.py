@@ -28,12 +28,12 @@ from bes_jax.env.params import EnvParams
 @dataclass(frozen=True)
 class DQNConfig:
     n_envs: int = 16
-    iterations: int = 6000          # vectorised env steps (decisions = iterations * n_envs)
+    iterations: int = 12000         # vectorised env steps (decisions = iterations * n_envs)
     chunk_iterations: int = 500     # iterations per compiled chunk (host logs/checkpoints between)
     updates_per_iteration: int = 1
     batch_size: int = 128
     gamma: float = 0.9
-    lr: float = 1e-3
+    lr: float = 3e-4
     max_grad_norm: float = 10.0
     hidden: Sequence[int] = (64, 64)
     eps_start: float = 1.0
