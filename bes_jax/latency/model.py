@@ -1,23 +1,26 @@
-"""Analytic latency of batched OPT generation on one GPU, calibrated on measured rows.
+"""Analytic latency of batched OPT/GPT generation on one GPU, calibrated on measured rows.
 
-Per operator, time is the max of bytes moved over (efficiency x memory bandwidth) and FLOPs
-over (efficiency x peak fp16 FLOP/s), roofline style; a prefill pass processes the whole
-prompt, then ``output_len - 1`` decode steps each read all weights and the KV cache. A fixed
-overhead per layer per step (kernel launches, synchronisation) and per step is added: a pure
-roofline underestimates measured FasterTransformer latencies by 1.7-1.9x for large shapes and
-more for small ones (OPT_FACTS.md). The four constants are fitted on the measured A100 rows.
+A request batch runs one prefill pass over the prompts, then ``output_len - 1`` decode passes
+(the prefill produces the first token). Every pass runs, per layer, the operators of a
+pre-LayerNorm decoder; each operator takes the roofline time ``max(bytes / (e_bw * BW),
+FLOPs / (e_f * P))``. Decode attention reads the KV cache at its own efficiency ``e_kv``. Fixed
+costs are added per layer per pass (kernel launches, synchronisation) and per sequence per layer
+per pass. ``BW`` and ``P`` are datasheet numbers; the five constants are fitted by
+:func:`calibrate` on the FasterTransformer A100-80GB rows in ``../shared/docs/``. The equations,
+the fit and its leave-one-model-out check are in docs/latency_model.md.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bes_jax import REPO_ROOT
 
-BYTES = 2  # fp16
+BYTES = 2  # fp16 weights, activations and KV cache
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,26 @@ class Arch:
     ffn: int
     vocab: int = 50272
 
+    def __post_init__(self):
+        if self.heads * self.head_dim != self.hidden:
+            raise ValueError(f"heads x head_dim = {self.heads} x {self.head_dim} != hidden {self.hidden}")
+
+    @property
+    def weight_bytes(self) -> int:
+        """fp16 bytes of the matmul weights (layers + tied LM head); biases and norms ignored."""
+        h = self.hidden
+        return (self.layers * (4 * h * h + 2 * h * self.ffn) + h * self.vocab) * BYTES
+
 
 @dataclass(frozen=True)
 class GPU:
     name: str
-    bandwidth: float  # bytes/s
-    peak_flops: float  # fp16 dense FLOP/s
+    bandwidth: float  # memory bandwidth, bytes/s
+    peak_flops: float  # dense fp16 tensor FLOP/s
 
 
-# OPT paper (Zhang et al. 2022, arXiv 2205.01068) Table 1; GPT shapes of the calibration CSV.
+# OPT paper (Zhang et al. 2022, arXiv 2205.01068) Table 1 via OPT_FACTS.md; the GPT-350M and
+# GPT-1.3B shapes of the calibration CSV (FasterTransformer docs/gpt_guide.md; FFN = 4 x hidden).
 ARCHS = {
     "opt-125m": Arch(12, 12, 64, 768, 3072),
     "opt-350m": Arch(24, 16, 64, 1024, 4096),
@@ -49,7 +63,7 @@ ARCHS = {
     "gpt-1.3b": Arch(24, 32, 64, 2048, 8192),
 }
 
-# Vendor datasheets (OPT_FACTS.md).
+# Vendor datasheets (OPT_FACTS.md): memory bandwidth and dense fp16/bf16 tensor throughput.
 GPUS = {
     "a100-40gb": GPU("a100-40gb", 1555e9, 312e12),
     "a100-80gb": GPU("a100-80gb", 2039e9, 312e12),
@@ -59,107 +73,233 @@ GPUS = {
 
 @dataclass(frozen=True)
 class Constants:
-    bw_eff: float      # fraction of datasheet bandwidth achieved streaming weights
-    flop_eff: float    # fraction of datasheet FLOP/s achieved by the matmuls
-    kv_cost: float     # KV-cache reads take kv_cost x (bytes / datasheet bandwidth)
-    layer_s: float     # overhead per layer per forward pass (s)
-    step_s: float      # overhead per forward pass (s)
-    seq_layer_s: float  # overhead per sequence per layer per forward pass (s)
+    bw_eff: float       # e_bw: fraction of datasheet bandwidth reached by weight/activation streams
+    flop_eff: float     # e_f: fraction of datasheet fp16 FLOP/s reached by the matmuls
+    kv_eff: float       # e_kv: fraction of datasheet bandwidth reached by decode attention (KV reads)
+    layer_s: float      # c_layer: fixed cost per layer per pass (s)
+    seq_layer_s: float  # c_seq: fixed cost per sequence per layer per pass (s)
 
 
-# Fitted by `calibrate()` on ../shared/docs/fastertransformer_a100_80gb_latency.csv (all rows);
-# docs/latency_model.md lists the fit and the leave-one-model-out check.
-CALIBRATED = Constants(bw_eff=0.725, flop_eff=0.55, kv_cost=1.9538, layer_s=9.736e-05, step_s=4.06e-06,
-                       seq_layer_s=3.834e-06)
+# Written by `python scripts/make_profile.py --report` from `calibrate(load_rows())`;
+# tests/test_latency_model.py checks that re-fitting reproduces them.
+CALIBRATED = Constants(bw_eff=0.734, flop_eff=0.606, kv_eff=0.4671, layer_s=9.772e-05, seq_layer_s=3.513e-06)
 
-CSV_PATH = REPO_ROOT.parent / "shared" / "docs" / "fastertransformer_a100_80gb_latency.csv"
+# Priors of the fit (see calibrate): typical achieved fractions of datasheet numbers on A100
+# for streaming kernels (~80% of HBM bandwidth) and fp16 cuBLAS GEMMs (~60% of tensor peak),
+# each with a log-normal spread of PRIOR_SIGMA. They matter only where the rows cannot separate
+# an efficiency from a fixed cost (a fit on one model shape alone).
+PRIOR_BW_EFF, PRIOR_FLOP_EFF, PRIOR_SIGMA = 0.8, 0.6, 0.2
+ROW_SIGMA = 0.05  # relative error expected of one measured row (measurement + model noise)
+
+CSV_NAME = "fastertransformer_a100_80gb_latency.csv"
+CSV_PATH = REPO_ROOT.parent / "shared" / "docs" / CSV_NAME  # ../shared/docs/ from the repo
 
 
-def _terms(a: Arch, g: GPU, c: Constants, batch: int, prompt_len: int, output_len: int):
-    """Roofline time of weights/matmuls (and prefill attention), and the linear features
-    [KV-read seconds at datasheet bandwidth, passes x layers, passes, passes x layers x batch]."""
+def resolve_arch(arch: Arch | str) -> Arch:
+    if isinstance(arch, Arch):
+        return arch
+    if arch not in ARCHS:
+        raise KeyError(f"unknown model {arch!r}; known: {sorted(ARCHS)}")
+    return ARCHS[arch]
+
+
+def resolve_gpu(gpu: GPU | str, extra: dict[str, GPU] | None = None) -> GPU:
+    if isinstance(gpu, GPU):
+        return gpu
+    known = {**GPUS, **(extra or {})}
+    if gpu not in known:
+        raise KeyError(f"unknown gpu {gpu!r}; known: {sorted(known)}")
+    return known[gpu]
+
+
+def _roof(bytes_, flops, g: GPU, bw_eff: float, flop_eff: float) -> float:
+    return max(bytes_ / (bw_eff * g.bandwidth), flops / (flop_eff * g.peak_flops))
+
+
+def _pass_roofline(a: Arch, g: GPU, c: Constants, tokens: int, seqs: int) -> dict[str, float]:
+    """Roofline seconds of one forward pass over `tokens` new tokens of `seqs` sequences,
+    without attention (which depends on the phase). Per layer: QKV, out proj, FFN up, FFN down
+    (weights + input/output activations vs 2 x tokens x weights FLOPs), and the memory-bound
+    element-wise work (2 LayerNorms, bias/ReLU, 2 residual adds). Then the LM head, for the last
+    position of each sequence only (logits written and read once by sampling)."""
     h, f, L, V = a.hidden, a.ffn, a.layers, a.vocab
-    weights = L * (4 * h * h + 2 * h * f) * BYTES + h * V * BYTES
+    T, e, p = tokens, c.bw_eff, c.flop_eff
+    matmuls = 0.0
+    for n_in, n_out in ((h, 3 * h), (h, h), (h, f), (f, h)):
+        w = n_in * n_out
+        matmuls += _roof((w + T * (n_in + n_out)) * BYTES, 2 * T * w, g, e, p)
+    elementwise = T * (2 * 2 * h + 2 * f + 2 * 3 * h) * BYTES / (e * g.bandwidth)
+    lm_head = _roof((h * V + seqs * (h + 2 * V)) * BYTES, 2 * seqs * h * V, g, e, p)
+    return {"matmuls": L * matmuls, "elementwise": L * elementwise, "lm_head": lm_head}
 
-    def linear_time(tokens):
-        flops = 2 * tokens * L * (4 * h * h + 2 * h * f) + 2 * batch * h * V
-        act = tokens * L * (4 * h + 2 * f) * BYTES * 2
-        return max((weights + act) / (c.bw_eff * g.bandwidth), flops / (c.flop_eff * g.peak_flops))
 
-    roof = linear_time(batch * prompt_len)
-    roof += 2 * 2 * batch * prompt_len * prompt_len * h * L / (c.flop_eff * g.peak_flops)  # prefill attention
-    kv_seconds = 0.0
-    for k in range(1, output_len):
-        roof += linear_time(batch)
-        kv_seconds += batch * (prompt_len + k) * 2 * h * L * BYTES / g.bandwidth
-    passes = output_len
-    return roof, np.array([kv_seconds, passes * L, passes, passes * L * batch])
+def breakdown(arch: Arch | str, gpu: GPU | str, batch: int, prompt_len: int, output_len: int,
+              c: Constants = CALIBRATED) -> dict[str, float]:
+    """Seconds per component of generating `output_len` tokens for `batch` prompts of
+    `prompt_len` tokens; the values sum to :func:`predict`."""
+    a, g = resolve_arch(arch), resolve_gpu(gpu)
+    for k, v in (("batch", batch), ("prompt_len", prompt_len), ("output_len", output_len)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{k}={v!r}: must be an integer >= 1")
+    b, p, o = int(batch), int(prompt_len), int(output_len)
+    h, L = a.hidden, a.layers
+    steps = o - 1
+    pre = _pass_roofline(a, g, c, b * p, b)
+    dec = _pass_roofline(a, g, c, b, b)
+    # Prefill attention: QK^T and scores x V over the full p x p square (4 b p^2 h FLOPs) vs
+    # reading Q, K, V, writing the context and the KV cache.
+    pre_attn = L * _roof(b * p * (4 * h + 2 * h) * BYTES, 4 * b * p * p * h, g, c.bw_eff, c.flop_eff)
+    # Decode step k (1..o-1) reads the cached K and V of p + k positions: 2 h (p + k) values per
+    # sequence per layer; summed over the steps in closed form. Memory-bound (1 FLOP per byte).
+    kv_positions = steps * p + steps * (steps + 1) // 2
+    kv_bytes = L * b * 2 * h * kv_positions * BYTES
+    dec_attn = max(kv_bytes / (c.kv_eff * g.bandwidth), kv_bytes / (c.flop_eff * g.peak_flops))
+    passes = o
+    return {
+        "prefill_matmuls": pre["matmuls"] + pre["lm_head"],
+        "prefill_attention": pre_attn,
+        "prefill_elementwise": pre["elementwise"],
+        "decode_matmuls": steps * (dec["matmuls"] + dec["lm_head"]),
+        "decode_attention_kv": dec_attn,
+        "decode_elementwise": steps * dec["elementwise"],
+        "overhead_per_layer": passes * L * c.layer_s,
+        "overhead_per_sequence": passes * L * b * c.seq_layer_s,
+    }
 
 
 def predict(arch: Arch | str, gpu: GPU | str, batch: int, prompt_len: int, output_len: int,
             c: Constants = CALIBRATED) -> float:
-    """Predicted end-to-end latency (s) of generating `output_len` tokens for a batch."""
-    a = ARCHS[arch] if isinstance(arch, str) else arch
-    g = GPUS[gpu] if isinstance(gpu, str) else gpu
-    if batch < 1 or prompt_len < 1 or output_len < 1:
-        raise ValueError(f"batch={batch}, prompt_len={prompt_len}, output_len={output_len}: all must be >= 1")
-    roof, feats = _terms(a, g, c, batch, prompt_len, output_len)
-    return roof + float(feats @ np.array([c.kv_cost, c.layer_s, c.step_s, c.seq_layer_s]))
+    """Predicted end-to-end latency (s) of generating `output_len` tokens for a batch of `batch`
+    prompts of `prompt_len` tokens."""
+    return float(sum(breakdown(arch, gpu, batch, prompt_len, output_len, c).values()))
 
 
-def load_rows(path: Path = CSV_PATH) -> list[dict]:
-    with Path(path).open() as fh:
-        rows = list(csv.DictReader(fh))
-    return [{"model": r["model_shape"].lower(), "batch": int(r["batch"]), "input_len": int(r["input_len"]),
-             "output_len": int(r["output_len"]), "measured_s": float(r["ft_latency_ms"]) / 1e3} for r in rows]
+# ----------------------------------------------------------------------------- calibration
+
+def load_rows(path: str | Path = CSV_PATH) -> list[dict]:
+    """Rows of the calibration CSV: model (lower-case shape name), batch, input_len, output_len,
+    measured_s. The shape columns must agree with :data:`ARCHS`."""
+    path = Path(path)
+    with path.open() as fh:
+        raw = list(csv.DictReader(fh))
+    rows = []
+    for i, r in enumerate(raw):
+        model = r["model_shape"].lower()
+        a = ARCHS.get(model)
+        shape = (int(r["layers"]), int(r["heads"]), int(r["head_dim"]), int(r["hidden"]))
+        if a is None or shape != (a.layers, a.heads, a.head_dim, a.hidden):
+            raise ValueError(f"{path.name} row {i + 2}: shape {model} {shape} does not match ARCHS")
+        rows.append({"model": model, "batch": int(r["batch"]), "input_len": int(r["input_len"]),
+                     "output_len": int(r["output_len"]), "measured_s": float(r["ft_latency_ms"]) / 1e3})
+    return rows
 
 
-def calibrate(rows: list[dict], gpu: str = "a100-80gb") -> Constants:
-    """Fit the constants minimising squared relative error: a grid over the two roofline
-    efficiencies, non-negative least squares for the four linear terms."""
-    best = None
-    meas = np.array([r["measured_s"] for r in rows])
-    for bw in np.linspace(0.6, 0.95, 15):  # plausible achieved fractions: keeps the fit identifiable
-        for fe in np.linspace(0.35, 0.8, 10):
-            c0 = Constants(bw, fe, 0.0, 0.0, 0.0, 0.0)
-            parts = [_terms(ARCHS[r["model"]], GPUS[gpu], c0, r["batch"], r["input_len"], r["output_len"]) for r in rows]
-            base = np.array([p[0] for p in parts])
-            A = np.array([p[1] for p in parts]) / meas[:, None]
-            y = (meas - base) / meas
-            coef = _nnls(A, y)
-            err = np.sum((A @ coef - y) ** 2)
-            if best is None or err < best[0]:
-                best = (err, Constants(float(bw), float(fe), *map(float, coef)))
-    return best[1]
+_LINEAR = ("kv_eff", "layer_s", "seq_layer_s")  # enter the latency linearly (kv as 1 / kv_eff)
+
+
+def _design(rows, gpu: GPU, bw_eff: float, flop_eff: float):
+    """Latency of each row = base + A @ [1/kv_eff, layer_s, seq_layer_s]."""
+    unit = Constants(bw_eff, flop_eff, 1.0, 1.0, 1.0)
+    base, A = [], []
+    for r in rows:
+        d = breakdown(r["model"], gpu, r["batch"], r["input_len"], r["output_len"], unit)
+        A.append([d.pop("decode_attention_kv"), d.pop("overhead_per_layer"), d.pop("overhead_per_sequence")])
+        base.append(sum(d.values()))
+    return np.array(base), np.array(A)
 
 
 def _nnls(A, y):
-    """Non-negative least squares by active-set elimination (few columns)."""
+    """Non-negative least squares by active-set elimination (three columns)."""
     active = list(range(A.shape[1]))
-    while True:
-        coef = np.zeros(A.shape[1])
+    coef = np.zeros(A.shape[1])
+    while active:
         sol, *_ = np.linalg.lstsq(A[:, active], y, rcond=None)
-        coef[active] = sol
-        if (sol >= 0).all() or not active:
+        if (sol >= 0).all():
+            coef[active] = sol
             return coef
         active.pop(int(np.argmin(sol)))
+    return coef
 
 
-def errors(rows: list[dict], c: Constants, gpu: str = "a100-80gb") -> np.ndarray:
+def _objective(rows, gpu, meas, bw_eff, flop_eff):
+    base, A = _design(rows, gpu, bw_eff, flop_eff)
+    Ar, yr = A / meas[:, None], (meas - base) / meas  # relative error is linear in the coefficients
+    coef = _nnls(Ar, yr)
+    rel = Ar @ coef - yr
+    prior = (math.log(bw_eff / PRIOR_BW_EFF) ** 2 + math.log(flop_eff / PRIOR_FLOP_EFF) ** 2) / PRIOR_SIGMA ** 2
+    return float(np.sum((rel / ROW_SIGMA) ** 2) + prior), coef
+
+
+def calibrate(rows: list[dict], gpu: GPU | str = "a100-80gb") -> Constants:
+    """Fit the five constants to measured rows (maximum a posteriori).
+
+    Objective: sum over rows of (relative error / ROW_SIGMA)^2 plus log-normal priors on the two
+    roofline efficiencies. For given (e_bw, e_f) the latency is linear in 1/e_kv, c_layer and
+    c_seq, which are solved exactly by non-negative least squares; (e_bw, e_f) are found by a
+    grid search (step 0.02 over [0.3, 1] x [0.2, 1]) refined twice on finer local grids.
+    """
+    g = resolve_gpu(gpu)
+    meas = np.array([r["measured_s"] for r in rows])
+    best = None
+
+    def search(bws, fes):
+        nonlocal best
+        for bw in bws:
+            for fe in fes:
+                if not (0 < bw <= 1 and 0 < fe <= 1):
+                    continue
+                obj, coef = _objective(rows, g, meas, float(bw), float(fe))
+                if best is None or obj < best[0]:
+                    best = (obj, float(bw), float(fe), coef)
+
+    search(np.arange(0.30, 1.0001, 0.02), np.arange(0.20, 1.0001, 0.02))
+    for step in (0.004, 0.001):
+        _, bw0, fe0, _ = best
+        search(bw0 + step * np.arange(-5, 6), fe0 + step * np.arange(-5, 6))
+    _, bw, fe, (kv_cost, layer_s, seq_s) = best
+    return Constants(round(bw, 3), round(fe, 3), _sig(1.0 / kv_cost if kv_cost > 0 else math.inf),
+                     _sig(layer_s), _sig(seq_s))
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def errors(rows: list[dict], c: Constants = CALIBRATED, gpu: GPU | str = "a100-80gb") -> np.ndarray:
+    """Relative error (predicted / measured - 1) of each row."""
     pred = np.array([predict(r["model"], gpu, r["batch"], r["input_len"], r["output_len"], c) for r in rows])
     meas = np.array([r["measured_s"] for r in rows])
     return pred / meas - 1.0
 
 
-def load_gpus(path) -> dict[str, GPU]:
+def leave_one_model_out(rows: list[dict]) -> dict[str, tuple[Constants, np.ndarray]]:
+    """For each model shape in `rows`: constants fitted on the other shapes' rows, and the
+    relative errors of predicting the held-out shape's rows (in row order)."""
+    out = {}
+    for m in sorted({r["model"] for r in rows}):
+        c = calibrate([r for r in rows if r["model"] != m])
+        out[m] = (c, errors([r for r in rows if r["model"] == m], c))
+    return out
+
+
+def constants_dict(c: Constants = CALIBRATED) -> dict[str, float]:
+    return asdict(c)
+
+
+def load_gpus(path: str | Path) -> dict[str, GPU]:
     """Extra GPUs from YAML: ``name: {bandwidth_gbps: ..., peak_tflops: ...}``."""
     import yaml
 
     doc = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of GPU name -> {{bandwidth_gbps, peak_tflops}}")
     out = {}
     for name, spec in doc.items():
         try:
-            out[name] = GPU(name, float(spec["bandwidth_gbps"]) * 1e9, float(spec["peak_tflops"]) * 1e12)
+            bw, pk = float(spec["bandwidth_gbps"]), float(spec["peak_tflops"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: GPU {name!r}: need bandwidth_gbps and peak_tflops numbers ({e})") from None
+            raise ValueError(f"{path}: GPU {name!r}: need bandwidth_gbps and peak_tflops numbers ({e!r})") from None
+        if not (bw > 0 and pk > 0 and math.isfinite(bw) and math.isfinite(pk)):
+            raise ValueError(f"{path}: GPU {name!r}: bandwidth_gbps={bw}, peak_tflops={pk}: must be positive")
+        out[str(name)] = GPU(str(name), bw * 1e9, pk * 1e12)
     return out

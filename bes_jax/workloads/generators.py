@@ -1,82 +1,138 @@
 """Arrival generation inside `jit`: one cheap, fixed-cost draw per simulator step.
 
 Schedules: the gap after an arrival at time t is drawn with the rate of the window holding
-t (an approximation of a non-homogeneous process that is exact for constant rates):
-exponential when cv = 1, else Gamma with shape 1/cv^2 and mean 1/rate. Gamma uses
-Marsaglia-Tsang with four vectorised candidates (no while loop, so `vmap` stays cheap;
-the chance that all four are rejected is below 1e-5, and then the mode is used) and the
-U^(1/a) boost for shape < 1. Traces replay their timestamps cyclically.
+``start_offset + t`` (an approximation of a non-homogeneous process that is exact for
+constant rates): exponential when cv = 1, else Gamma with shape 1/cv^2 and mean 1/rate.
+If that window's rate is 0, the process restarts at the start of the next window with a
+positive rate. Gamma uses Marsaglia-Tsang with a few vectorised candidates (no while loop,
+so `vmap` stays cheap) and the U^(1/a) boost for shape < 1. Traces replay their
+timestamps cyclically from the position given by ``start_offset``.
+
+Both branches (schedule and trace) are computed for every environment and one is picked
+with `jnp.where`, so environments of different kinds share one compiled program.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 from bes_jax.workloads.params import TRACE, WorkloadParams, WorkloadState
 
+#: Marsaglia-Tsang candidates per draw; the acceptance rate is >= 0.95 for the shapes used
+#: (shape < 1 is drawn at shape + 1), so all four fail with probability < 1e-5, and then the
+#: mode of the distribution is returned (a negligible bias).
 N_CANDIDATES = 4
 
 
-def _gamma_unit_mean(key, shape):
-    """A Gamma(shape, 1/shape) draw (mean 1) at fixed cost."""
+def _float():
+    return jnp.result_type(float)
+
+
+def _gamma_and_exp(key, shape):
+    """A Gamma(shape, scale=1/shape) draw and an Exp(1) draw, both mean 1, from one key."""
+    f = _float()
+    shape = jnp.asarray(shape, f)
     k_n, k_u = jax.random.split(key)
-    normals = jax.random.normal(k_n, (N_CANDIDATES,))
-    u = jax.random.uniform(k_u, (N_CANDIDATES + 2,), minval=1e-12, maxval=1.0)
+    normals = jax.random.normal(k_n, (N_CANDIDATES,), f)
+    u = jax.random.uniform(k_u, (N_CANDIDATES + 2,), f, minval=1e-12, maxval=1.0)
     a = jnp.where(shape < 1.0, shape + 1.0, shape)
     d = a - 1.0 / 3.0
     c = 1.0 / jnp.sqrt(9.0 * d)
     v = (1.0 + c * normals) ** 3
-    ok = (v > 0) & (jnp.log(u[:N_CANDIDATES]) < 0.5 * normals ** 2 + d - d * v + d * jnp.log(jnp.maximum(v, 1e-30)))
-    first = jnp.argmax(ok)
-    x = jnp.where(ok.any(), d * v[first], d)
-    x = jnp.where(shape < 1.0, x * u[N_CANDIDATES] ** (1.0 / shape), x)
-    return x / shape, u[N_CANDIDATES + 1]
+    log_v = jnp.log(jnp.maximum(v, 1e-30))
+    ok = (v > 0) & (jnp.log(u[:N_CANDIDATES]) < 0.5 * normals ** 2 + d - d * v + d * log_v)
+    x = jnp.where(ok.any(), d * v[jnp.argmax(ok)], d)
+    x = jnp.where(shape < 1.0, x * u[N_CANDIDATES] ** (1.0 / shape), x)  # Gamma(a) = Gamma(a+1) U^(1/a)
+    return x / shape, -jnp.log(u[N_CANDIDATES + 1])
 
 
-def _window(t, wp: WorkloadParams):
-    return (jnp.floor((wp.start_offset + t) / wp.window_s).astype(jnp.int32)) % jnp.maximum(wp.n_windows, 1)
+def gamma_unit_mean(key, shape):
+    """One Gamma(shape, scale=1/shape) draw (mean 1, CV 1/sqrt(shape)) at fixed cost.
+
+    Jittable, vmappable over `key` and `shape`; `shape` > 0.
+    """
+    return _gamma_and_exp(key, shape)[0]
 
 
-def _task(u, t, wp: WorkloadParams):
+def _rate_base(t_prev, wp: WorkloadParams):
+    """``(base, rate)``: the gap is drawn at `rate` and added to `base` (the previous arrival,
+    or the start of the next window with a positive rate if the current one has rate 0)."""
+    n = jnp.maximum(wp.n_windows, 1)
+    x = wp.start_offset + t_prev
+    w_abs = jnp.floor(x / wp.window_s)
+    w = w_abs.astype(jnp.int32) % n
+    rate = wp.rates[w]
+    pos = jnp.arange(wp.rates.shape[0])
+    ahead = jnp.where((pos < n) & (wp.rates > 0), (pos - w) % n, jnp.iinfo(jnp.int32).max)
+    k = jnp.min(ahead)  # windows until the next positive rate (0: the current window)
+    k = jnp.where(k == jnp.iinfo(jnp.int32).max, 0, k)
+    next_rate = wp.rates[(w + k) % n]
+    next_start = (w_abs + k) * wp.window_s - wp.start_offset
+    zero = rate <= 0
+    return jnp.where(zero, next_start, t_prev), jnp.where(zero, next_rate, rate)
+
+
+def _mix_task(u, t, wp: WorkloadParams):
+    """Task drawn with uniform `u` from the mix row of the window holding ``start_offset + t``."""
     row = (jnp.floor((wp.start_offset + t) / wp.mix_window_s).astype(jnp.int32)) % jnp.maximum(wp.n_mix, 1)
     cdf = jnp.cumsum(wp.mix[row])
-    return jnp.minimum(jnp.sum(cdf < u * cdf[-1]), wp.mix.shape[-1] - 1).astype(jnp.int32)
+    return jnp.minimum(jnp.sum(cdf <= u * cdf[-1]), wp.mix.shape[-1] - 1).astype(jnp.int32)
+
+
+def _trace_start(wp: WorkloadParams, offset):
+    """Number of valid trace entries before `offset`: a fixed-step binary search (no loop)."""
+    n_pad = wp.trace_times.shape[0]
+    lo = jnp.zeros((), jnp.int32)
+    hi = jnp.asarray(wp.trace_len, jnp.int32)
+    for _ in range(max(1, math.ceil(math.log2(n_pad + 1)))):
+        mid = (lo + hi) // 2
+        go_right = wp.trace_times[jnp.minimum(mid, n_pad - 1)] < offset
+        active = lo < hi
+        lo = jnp.where(active & go_right, mid + 1, lo)
+        hi = jnp.where(active & ~go_right, mid, hi)
+    return lo
 
 
 def _trace_arrival(j, wp: WorkloadParams):
     """Time and listed task of the j-th replayed arrival (j counts from the start offset)."""
     L = jnp.maximum(wp.trace_len, 1)
-    i0 = jnp.sum((wp.trace_times < wp.start_offset) & (jnp.arange(wp.trace_times.shape[0]) < L))
-    k = i0 + j
+    period = jnp.maximum(wp.trace_period, jnp.finfo(wp.trace_period.dtype).tiny)
+    lap0 = jnp.floor(wp.start_offset / period)
+    offset = wp.start_offset - lap0 * period  # position inside the first lap
+    k = _trace_start(wp, offset) + j
     lap = k // L
     i = k % L
-    return wp.trace_times[i] + lap * wp.trace_period - wp.start_offset, wp.trace_tasks[i]
+    return wp.trace_times[i] + lap.astype(period.dtype) * period - offset, wp.trace_tasks[i]
 
 
 def _draw(key, t_prev, j, wp: WorkloadParams):
     k_gap, k_task = jax.random.split(key)
-    rate = wp.rates[_window(t_prev, wp)]
-    unit, u_exp = _gamma_unit_mean(k_gap, 1.0 / wp.cv ** 2)
-    unit = jnp.where(wp.cv == 1.0, -jnp.log(u_exp), unit)
-    t_sched = t_prev + unit / jnp.maximum(rate, 1e-12)
+    f = t_prev.dtype
+    base, rate = _rate_base(t_prev, wp)
+    unit_gamma, unit_exp = _gamma_and_exp(k_gap, 1.0 / wp.cv ** 2)
+    unit = jnp.where(wp.cv == 1.0, unit_exp, unit_gamma)
+    t_sched = base + unit / jnp.maximum(rate, jnp.finfo(f).tiny)
     t_trace, listed = _trace_arrival(j, wp)
     is_trace = wp.kind == TRACE
-    t = jnp.where(is_trace, t_trace, t_sched)
-    drawn = _task(jax.random.uniform(k_task), t, wp)
+    t = jnp.where(is_trace, t_trace, t_sched).astype(f)
+    drawn = _mix_task(jax.random.uniform(k_task, (), f), t, wp)
     task = jnp.where(is_trace & (listed >= 0), listed, drawn)
-    return t, task
+    return t, task.astype(jnp.int32)
 
 
 def workload_init(key, wp: WorkloadParams):
-    """First arrival: ``(state, t0, task0)``."""
-    f = jnp.result_type(float)
-    t, task = _draw(key, jnp.zeros((), f), jnp.zeros((), jnp.int32), wp)
-    t = t.astype(f)
+    """First arrival: ``(state, t0, task0)``.
+
+    Schedules: t0 is one gap after time 0 (the env starts mid-process at `start_offset`).
+    Traces: t0 is the first trace entry at or after `start_offset`, minus `start_offset`.
+    """
+    t, task = _draw(key, jnp.zeros((), _float()), jnp.zeros((), jnp.int32), wp)
     return WorkloadState(t, jnp.ones((), jnp.int32)), t, task
 
 
 def workload_next(key, ws: WorkloadState, wp: WorkloadParams):
-    """Next arrival after ``ws``: ``(state, t, task)``."""
+    """Next arrival after ``ws``: ``(state, t, task)``; pure and fixed-cost."""
     t, task = _draw(key, ws.t, ws.idx, wp)
-    t = t.astype(ws.t.dtype)
     return WorkloadState(t, ws.idx + 1), t, task

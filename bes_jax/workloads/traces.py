@@ -2,15 +2,20 @@
 
 Every malformed input raises :class:`TraceError` naming the file, the line and the value:
 a silently mis-parsed trace would quietly change every experiment replayed from it.
+Line numbers are 1-based physical lines of the file (line 1 is the header).
 """
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-TIMESTAMP_NAMES = ("timestamp", "time", "arrival", "arrival_time", "ts", "time_s", "t")
+#: column names (case-insensitive) taken as the timestamp column when none is given, in order
+TIMESTAMP_NAMES = ("timestamp", "time", "arrival", "arrival_time", "arrival_s", "time_s", "ts", "t")
+
+MAF_FIXED = ["HashOwner", "HashApp", "HashFunction", "Trigger"]
 
 
 class TraceError(ValueError):
@@ -18,50 +23,62 @@ class TraceError(ValueError):
 
 
 def _read_rows(path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(line, fields)`` data rows; blank lines are skipped; truncated rows raise."""
     p = Path(path)
     if not p.exists():
         raise TraceError(f"{p}: no such file")
+    if p.is_dir():
+        raise TraceError(f"{p}: is a directory, not a trace file")
     if p.stat().st_size == 0:
         raise TraceError(f"{p}: line 1: empty file (expected a header row)")
-    with p.open(newline="") as fh:
+    rows = []
+    with p.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise TraceError(f"{p}: line 1: empty file (expected a header row)") from None
-        rows = [(i + 2, row) for i, row in enumerate(reader) if row and any(c.strip() for c in row)]
+        header = None
+        for row in reader:
+            if not row or not any(c.strip() for c in row):
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+                header_line = reader.line_num
+            else:
+                rows.append((reader.line_num, row))
+    if header is None:
+        raise TraceError(f"{p}: line 1: empty file (only blank lines; expected a header row)")
     if not rows:
-        raise TraceError(f"{p}: line 2: no data rows after the header {header!r}")
+        raise TraceError(f"{p}: line {header_line + 1}: header only, no data rows after the header {header!r}")
     for line, row in rows:
         if len(row) < len(header):
             raise TraceError(f"{p}: line {line}: truncated row {','.join(row)!r} has {len(row)} fields, "
                              f"header has {len(header)}")
-    return [h.strip() for h in header], rows
+    return header, rows
 
 
-def load_maf_minute_counts(path, functions=None, minutes=None) -> np.ndarray:
-    """Per-minute total invocations of an Azure Functions 2019 trace excerpt.
+def load_maf_minute_counts(path, functions=None, minutes=None, top_k: int | None = None,
+                           sample_k: int | None = None, seed: int = 0) -> np.ndarray:
+    """Per-minute total invocations (float array) of an Azure Functions 2019 trace excerpt.
 
-    ``functions``: row indices (0-based, data rows) to include (default all); ``minutes``:
-    ``(start, stop)`` slice of the minute columns.
+    The file has ``HashOwner,HashApp,HashFunction,Trigger`` then one column per minute.
+    Rows (functions) summed, at most one selector:
+
+    - ``functions``: data-row indices (0-based) to include;
+    - ``top_k``: the k functions with the most invocations over the selected minutes;
+    - ``sample_k``: k functions drawn uniformly without replacement with ``seed``.
+
+    ``minutes``: ``(start, stop)`` slice of the minute columns (0-based column positions,
+    not the minute-of-day labels).
     """
     header, rows = _read_rows(path)
-    fixed = ["HashOwner", "HashApp", "HashFunction", "Trigger"]
-    if header[:4] != fixed:
-        raise TraceError(f"{path}: line 1: header starts {header[:4]!r}, expected {fixed} then minute columns")
+    if header[:4] != MAF_FIXED:
+        raise TraceError(f"{path}: line 1: header starts {header[:4]!r}, expected {MAF_FIXED} then minute columns")
     if len(header) == 4:
-        raise TraceError(f"{path}: line 1: no minute columns after {fixed}")
+        raise TraceError(f"{path}: line 1: no minute columns after {MAF_FIXED}")
     for c in header[4:]:
         if not c.isdigit():
             raise TraceError(f"{path}: line 1: minute column name {c!r} is not an integer")
-    if functions is not None:
-        idx = list(functions)
-        bad = [i for i in idx if not (0 <= int(i) < len(rows))]
-        if bad:
-            raise TraceError(f"{path}: functions {bad} out of range (the file has {len(rows)} functions)")
-        rows = [rows[int(i)] for i in idx]
-    counts = np.zeros(len(header) - 4)
-    for line, row in rows:
+    n_min = len(header) - 4
+    table = np.zeros((len(rows), n_min))
+    for r, (line, row) in enumerate(rows):
         for j, cell in enumerate(row[4:len(header)]):
             try:
                 v = float(cell)
@@ -69,36 +86,59 @@ def load_maf_minute_counts(path, functions=None, minutes=None) -> np.ndarray:
                 raise TraceError(f"{path}: line {line}: column {header[4 + j]!r}: value {cell!r} is not a number") from None
             if not np.isfinite(v) or v < 0:
                 raise TraceError(f"{path}: line {line}: column {header[4 + j]!r}: value {cell!r} must be a finite count >= 0")
-            counts[j] += v
+            table[r, j] = v
     if minutes is not None:
-        lo, hi = int(minutes[0]), int(minutes[1])
-        if not (0 <= lo < hi <= counts.size):
-            raise TraceError(f"{path}: minutes = {list(minutes)}: need 0 <= start < stop <= {counts.size}")
-        counts = counts[lo:hi]
-    return counts
+        lo, hi = (int(m) for m in minutes)
+        if not (0 <= lo < hi <= n_min):
+            raise TraceError(f"{path}: minutes = {list(minutes)}: need 0 <= start < stop <= {n_min}")
+        table = table[:, lo:hi]
+    given = [name for name, v in (("functions", functions), ("top_k", top_k), ("sample_k", sample_k)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"load_maf_minute_counts: give at most one of functions/top_k/sample_k, got {given}")
+    if functions is not None:
+        idx = [int(i) for i in np.atleast_1d(np.asarray(functions))]
+        bad = [i for i in idx if not (0 <= i < len(rows))]
+        if bad or not idx:
+            raise TraceError(f"{path}: functions = {bad or idx}: need indices in 0..{len(rows) - 1} "
+                             f"(the file has {len(rows)} functions)")
+        table = table[idx]
+    for name, k in (("top_k", top_k), ("sample_k", sample_k)):
+        if k is not None and not (1 <= int(k) <= len(rows)):
+            raise TraceError(f"{path}: {name} = {k}: need 1 <= k <= {len(rows)} (the number of functions)")
+    if top_k is not None:
+        order = np.argsort(-table.sum(1), kind="stable")
+        table = table[order[:int(top_k)]]
+    if sample_k is not None:
+        pick = np.random.default_rng(seed).choice(len(rows), size=int(sample_k), replace=False)
+        table = table[np.sort(pick)]
+    return table.sum(0)
 
 
 def _parse_time(cell: str):
     """Seconds (float) or a datetime (numpy datetime64[ns]); None if neither."""
     s = cell.strip()
     try:
-        return float(s)
+        v = float(s)
+        return v if np.isfinite(v) else None
     except ValueError:
         pass
+    if not s or s[0] not in "0123456789":
+        return None  # numpy would take 'NaT' and 'today'
     try:
-        return np.datetime64(s.replace(" ", "T", 1), "ns")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # timezone suffixes: numpy converts to UTC and warns
+            return np.datetime64(s.replace(" ", "T", 1), "ns")
     except ValueError:
         return None
 
 
-def _to_seconds(path, column, parsed: list, lines: list[int]) -> np.ndarray:
-    kinds = {type(v) for v in parsed}
-    if len(kinds) > 1:
-        first = type(parsed[0])
-        for v, line in zip(parsed, lines):
-            if type(v) is not first:
-                raise TraceError(f"{path}: line {line}: column {column!r}: value {v!r} mixes numbers and datetimes")
-    if isinstance(parsed[0], float):
+def _to_seconds(path, column, parsed: list, lines: list[int], raw: list[str]) -> np.ndarray:
+    first_is_num = isinstance(parsed[0], float)
+    for v, line, cell in zip(parsed, lines, raw):
+        if isinstance(v, float) != first_is_num:
+            raise TraceError(f"{path}: line {line}: column {column!r}: value {cell!r} mixes numbers and "
+                             f"datetimes (line {lines[0]} is {raw[0]!r})")
+    if first_is_num:
         t = np.asarray(parsed, np.float64)
     else:
         ns = np.asarray(parsed, dtype="datetime64[ns]").astype(np.int64)
@@ -106,64 +146,76 @@ def _to_seconds(path, column, parsed: list, lines: list[int]) -> np.ndarray:
     back = np.nonzero(np.diff(t) < 0)[0]
     if back.size:
         i = int(back[0]) + 1
-        raise TraceError(f"{path}: line {lines[i]}: column {column!r}: timestamps go backwards "
-                         f"({parsed[i - 1]!r} then {parsed[i]!r}); the trace must be sorted")
+        raise TraceError(f"{path}: line {lines[i]}: column {column!r}: value {raw[i]!r} goes backwards "
+                         f"(line {lines[i - 1]} is {raw[i - 1]!r}); the trace must be sorted")
     return t - t[0]
 
 
 def load_timestamp_csv(path, column: str | None = None) -> np.ndarray:
-    """Arrival times (seconds from the first) from any CSV with a timestamp column."""
+    """Arrival times in seconds from the first, from any CSV with a timestamp column.
+
+    The column is ``column`` or the first header name in :data:`TIMESTAMP_NAMES`
+    (case-insensitive). Values are all numbers (seconds) or all datetimes
+    (``YYYY-MM-DD[ HH:MM:SS[.fraction]]``, any number of fractional digits, ns precision).
+    """
     header, rows = _read_rows(path)
     lower = [h.lower() for h in header]
     if column is None:
-        hits = [i for i, h in enumerate(lower) if h in TIMESTAMP_NAMES]
-        if not hits:
+        col = next((lower.index(n) for n in TIMESTAMP_NAMES if n in lower), None)
+        if col is None:
             raise TraceError(f"{path}: line 1: no timestamp column in header {header!r} "
-                             f"(looked for {list(TIMESTAMP_NAMES)}; pass the column name)")
-        col = hits[0]
+                             f"(looked for {list(TIMESTAMP_NAMES)}; pass column=)")
     else:
         if column not in header:
             raise TraceError(f"{path}: line 1: column {column!r} not in header {header!r}")
         col = header.index(column)
-    parsed, lines = [], []
+    parsed, lines, raw = [], [], []
     for line, row in rows:
         v = _parse_time(row[col])
         if v is None:
             raise TraceError(f"{path}: line {line}: column {header[col]!r}: value {row[col]!r} is neither "
-                             "a number of seconds nor a datetime")
+                             "a finite number of seconds nor a datetime")
         parsed.append(v)
         lines.append(line)
-    return _to_seconds(path, header[col], parsed, lines)
+        raw.append(row[col])
+    return _to_seconds(path, header[col], parsed, lines, raw)
 
 
 def load_azure_llm_trace(path) -> dict:
-    """Azure LLM inference trace 2023: ``TIMESTAMP,ContextTokens,GeneratedTokens``."""
+    """Azure LLM inference trace 2023 (``TIMESTAMP,ContextTokens,GeneratedTokens``).
+
+    Returns ``{"times_s", "context_tokens", "generated_tokens"}``; times in seconds from the
+    first request (the 7 fractional digits of the timestamps are kept, to the nanosecond).
+    """
     header, rows = _read_rows(path)
     need = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
     missing = [c for c in need if c not in header]
     if missing:
         raise TraceError(f"{path}: line 1: header {header!r} lacks column(s) {missing}")
     ci = [header.index(c) for c in need]
-    parsed, lines, ctx, gen = [], [], [], []
+    parsed, lines, raw, ctx, gen = [], [], [], [], []
     for line, row in rows:
         v = _parse_time(row[ci[0]])
         if v is None or isinstance(v, float):
             raise TraceError(f"{path}: line {line}: column 'TIMESTAMP': value {row[ci[0]]!r} is not a datetime")
         parsed.append(v)
         lines.append(line)
+        raw.append(row[ci[0]])
         for name, j, out in (("ContextTokens", ci[1], ctx), ("GeneratedTokens", ci[2], gen)):
             cell = row[j].strip()
             if not cell.isdigit():
                 raise TraceError(f"{path}: line {line}: column {name!r}: value {row[j]!r} is not a token count")
             out.append(int(cell))
-    return {"times_s": _to_seconds(path, "TIMESTAMP", parsed, lines),
-            "context_tokens": np.asarray(ctx), "generated_tokens": np.asarray(gen)}
+    return {"times_s": _to_seconds(path, "TIMESTAMP", parsed, lines, raw),
+            "context_tokens": np.asarray(ctx, np.int64), "generated_tokens": np.asarray(gen, np.int64)}
 
 
 def load_trace_times(path, column: str | None = None) -> np.ndarray:
     """Arrival times from the Azure LLM format or any timestamp CSV."""
-    with Path(path).open() as fh:
-        first = fh.readline()
-    if first.startswith("TIMESTAMP,ContextTokens"):
-        return load_azure_llm_trace(path)["times_s"]
+    p = Path(path)
+    if p.is_file():
+        with p.open(encoding="utf-8-sig") as fh:
+            first = fh.readline()
+        if first.startswith("TIMESTAMP,ContextTokens") and column in (None, "TIMESTAMP"):
+            return load_azure_llm_trace(path)["times_s"]
     return load_timestamp_csv(path, column)
