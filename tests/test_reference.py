@@ -368,3 +368,36 @@ def test_large_run_is_fast(prof):
     elapsed = time.perf_counter() - t0
     assert not (res.status == QUEUED).any()
     assert elapsed < 20.0, elapsed  # about 0.3 s on one core; generous for loaded CI machines
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_metrics_agree_with_the_jax_metrics_on_the_same_outcomes(prof, drain):
+    """Two independent metric implementations, fed the same per-request outcomes."""
+    jnp = pytest.importorskip("jax.numpy")
+    from bes_jax.env import state as S
+    from bes_jax.eval.metrics import run_metrics
+
+    rng = np.random.default_rng(7)
+    n = 400
+    times = np.round(np.cumsum(rng.exponential(1 / 6.0, n)) * 1024) / 1024
+    times -= times[0]
+    tasks = rng.integers(0, 2, n)
+    cfg = SimConfig(n_gpus=2, queue_capacity=3, drop_expired=True, miss_penalty=0.25, deadlines=(1.0, 2.0))
+    res = ReferenceSimulator(prof, cfg).run(times, tasks, rng.integers(0, 3, n), drain=drain)
+    window_s = 5.0
+    ref = compute_metrics(res, times, tasks, prof, cfg, window_s=window_s)
+    code = {QUEUED: S.QUEUED, SERVED: S.SERVED, DROPPED: S.DROPPED, REJECTED: S.REJECTED}
+    o = S.Outcomes(decision=jnp.arange(n), arrival=jnp.asarray(times), task=jnp.asarray(tasks),
+                   model=jnp.asarray(res.model), replica=jnp.asarray(res.replica), start=jnp.asarray(res.start),
+                   finish=jnp.asarray(res.finish), reward=jnp.asarray(np.nan_to_num(res.reward)),
+                   status=jnp.asarray([code[s] for s in res.status]))
+    n_windows = len(ref["windows"]["n_requests"])
+    jm = run_metrics(o, jnp.asarray(prof.quality), jnp.asarray(cfg.task_deadlines(prof)), res.clock,
+                     cfg.n_gpus, window_s, n_windows)
+    assert ref["n_dropped"] > 0 and ref["n_rejected"] > 0
+    for k in ("performance", "peak", "pct_of_peak", "availability", "frac_windows_ge_96", "frac_windows_ge_98",
+              "latency_p50", "latency_p90", "latency_p99", "quality_goodput_per_gpu"):
+        assert float(jm[k]) == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
+    for k in ("n_requests", "n_completed", "n_dropped", "n_rejected", "n_in_system"):
+        assert int(jm[k]) == ref[k], k
+    np.testing.assert_allclose(np.asarray(jm["per_model_share"]), list(ref["per_model_share"].values()), rtol=1e-6)
