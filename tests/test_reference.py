@@ -127,6 +127,20 @@ def test_full_queue_rejects_and_zero_replica_model_rejects(prof):
     eq(res.latency, [.125, .375, .375, NAN, NAN, NAN])
 
 
+def test_rejected_when_the_chosen_replica_is_full_even_if_another_has_room(prof):
+    # docs/simulator.md literally: pick the replica first (in flight counts), then check its queue
+    times = [0, 0, 0, 0, 0, 0, .1875, .1875]
+    tasks = [0, 1, 0, 0, 0, 0, 0, 0]
+    res = run(prof, times, tasks, [0] * 8, n_gpus=2, replicas=(2, 0, 0), queue_capacity=2)
+    # at 0: r0 -> rep 0 (alone, till .125); r1 (t1) -> rep 1 (till .25); r2, r4 queue on rep 0
+    # (it frees first), r3, r5 on rep 1; at .125 rep 0 runs {r2, r4} till .375
+    # at .1875: r6 -> rep 0 (2 in flight + 0 queued < 1 + 2); r7: 3 vs 3, rep 1 frees first
+    # (.25 < .375) but its queue is full -> rejected although rep 0's queue has room
+    eq(res.replica, [0, 1, 0, 1, 0, 1, 0, -1])
+    eq(res.status, [SERVED] * 7 + [REJECTED])
+    eq(res.start, [0, 0, .125, .25, .125, .25, .375, NAN])
+
+
 def test_drop_expired_all_expired_dropped_when_batch_not_full(prof):
     # deadlines (.5, 4); one m1 replica busy with r0 until .75; queue r1 r2 r3 r4
     # at .75: r1 (waited .75) and r3 (.625) expired, r2 (t1) and r4 (.25) not: batch {r2, r4}
