@@ -37,32 +37,22 @@ EMPTY, QUEUED, SERVED, DROPPED, REJECTED = 0, 1, 2, 3, 4
 # ----------------------------------------------------------------------------- arrivals
 
 def make_arrivals(n: int, rate: float, n_tasks: int, *, seed: int = 0, mix=None, trace_path=None):
-    """``(times, tasks, source)``: arrival times from 0 (s) and task indices."""
-    try:
-        from bes_jax import workloads as W
-        builder = None
-        if trace_path:
-            builder = W.trace(trace_path, target_mean_rate=rate)
-        elif hasattr(W, "poisson"):
-            builder = W.poisson(rate)
-        if builder is not None and hasattr(W, "sample_arrivals"):
-            import jax
-            wp = builder
-            if mix is not None and hasattr(W, "with_task_mix"):
-                wp = W.with_task_mix(wp, mix)
-            times, tasks = W.sample_arrivals(jax.random.PRNGKey(seed), wp, n)
-            times = np.asarray(times, np.float64)
-            tasks = np.asarray(tasks, np.int64) % n_tasks
-            return times - times[0], tasks, f"bes_jax.workloads ({'trace ' + str(trace_path) if trace_path else f'poisson({rate})'})"
-    except Exception as e:  # the workload module is optional here
-        if trace_path:
-            raise RuntimeError(f"trace replay needs bes_jax.workloads.trace: {e}") from e
-        log.info("bes_jax.workloads not usable (%s); numpy Poisson arrivals", e)
-    rng = np.random.default_rng(seed)
-    gaps = rng.exponential(1.0 / rate, size=n)
-    gaps[0] = 0.0
-    p = np.full(n_tasks, 1.0 / n_tasks) if mix is None else np.asarray(mix, np.float64) / np.sum(mix)
-    return np.cumsum(gaps), rng.choice(n_tasks, size=n, p=p), f"numpy poisson({rate}), seed {seed}"
+    """``(times, tasks, source)``: arrival times from 0 (s) and task indices, drawn by the same
+    workload code the simulator uses (so a validation run is a simulator workload)."""
+    import jax
+
+    from bes_jax import workloads as W
+
+    mix = None if mix is None else np.asarray(mix, np.float64) / np.sum(mix)
+    if trace_path:
+        wp = W.trace(trace_path, target_mean_rate=rate, n_tasks=n_tasks, mix=mix)
+        source = f"bes_jax.workloads trace {trace_path} at {rate} req/s"
+    else:
+        wp = W.poisson(rate, n_tasks=n_tasks, mix=mix)
+        source = f"bes_jax.workloads poisson({rate})"
+    times, tasks = W.sample_arrivals(jax.random.PRNGKey(seed), wp, n)
+    times = np.asarray(times, np.float64)
+    return times - times[0], np.asarray(tasks, np.int64), f"{source}, seed {seed}"
 
 
 def prompt_for(task_name: str, prompt_len: int, i: int) -> str:
