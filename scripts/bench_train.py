@@ -29,7 +29,8 @@ def main(argv=None):
     from bes_jax.env import ServingEnv
     from bes_jax.eval.rollout import eval_config, make_evaluate
     from bes_jax.routers import Router, baseline_routers
-    from scripts.bench_sim import machine_name
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from bench_sim import machine_name
 
     cfg = compose_train_config(args.overrides)
     s = setup_training(cfg)
