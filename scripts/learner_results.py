@@ -24,6 +24,7 @@ def main(argv=None):
     import jax.numpy as jnp
 
     from bes_jax import REPO_ROOT
+    from bes_jax.eval.report import replace_section
     from bes_jax.cli.train import build_eval_workloads, compose_train_config, evaluate_against_baselines, setup_training
     from bes_jax.env import ServingEnv
     from bes_jax.eval.metrics import to_report
@@ -89,15 +90,7 @@ def main(argv=None):
             lines.append(f"| {r} | {f('performance')} | {f('availability')} | {f('pct_of_peak')} |")
         lines.append("")
     section = "\n".join(lines)
-    doc = REPO_ROOT / "docs" / "results.md"
-    text = doc.read_text() if doc.exists() else "# Results\n\n"
-    start = text.find("## Learned router vs baselines")
-    if start >= 0:
-        end = text.find("\n## ", start + 5)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    doc.write_text(text)
+    replace_section(REPO_ROOT / "docs" / "results.md", "## Learned router vs baselines", section)
     print(section)
 
 

@@ -38,6 +38,7 @@ def main(argv=None):
     from omegaconf import OmegaConf
 
     from bes_jax import CONF_DIR, REPO_ROOT
+    from bes_jax.eval.report import replace_section
     from bes_jax import workloads as W
     from bes_jax.cli.train import compose_train_config, setup_training
     from bes_jax.env import ServingEnv
@@ -234,15 +235,7 @@ def main(argv=None):
               "and the task-mix / arrival-pattern robustness experiments (the simulator and learner support them: "
               "`sim.deadline_kind`, `sim.deadlines`, `sim.latency_weight`, `workload.mix`).", ""]
     section = "\n".join(lines)
-    doc = REPO_ROOT / "docs" / "results.md"
-    text = doc.read_text() if doc.exists() else "# Results\n"
-    start = text.find("## Paper experiments")
-    if start >= 0:
-        end = text.find("\n## ", start + 5)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    doc.write_text(text)
+    replace_section(REPO_ROOT / "docs" / "results.md", "## Paper experiments", section)
     print(section)
 
 
