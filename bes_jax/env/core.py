@@ -269,11 +269,11 @@ class ServingEnv:
         expired = valid & (T - arrival > d) if self.drop_expired else jnp.zeros_like(valid)
         ok = valid & ~expired
         take = ok & (jnp.cumsum(ok) <= B)
-        b = take.sum()
+        b = take.sum().astype(jnp.int32)
         last = jnp.max(jnp.where(take, pos, -1))
         removed = jnp.where(b == B, valid & (pos <= last), valid)
         drop = removed & ~take
-        n_removed = removed.sum()
+        n_removed = removed.sum().astype(jnp.int32)
         m = r // self.r_max
         lat_by_task = params.latency[m, :, jnp.maximum(b - 1, 0)]
         latency = jnp.max(jnp.where(take, lat_by_task[task], 0.0))
