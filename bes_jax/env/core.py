@@ -287,7 +287,7 @@ class ServingEnv:
             reward=o.reward.at[write].set(jnp.where(take, value, miss), mode="drop"),
             status=o.status.at[write].set(jnp.where(take, SERVED, DROPPED).astype(jnp.int8), mode="drop"))
         started = b > 0
-        keep = lambda x, new: x.at[s].set(jnp.where(active, new, x[s]))
+        keep = lambda x, new: x.at[s].set(jnp.where(active, new, x[s]).astype(x.dtype))
         st = st.replace(
             outcomes=o, queue_head=st.queue_head.at[r].set((st.queue_head[r] + n_removed) % C),
             queue_len=st.queue_len.at[r].add(-n_removed),
