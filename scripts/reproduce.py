@@ -122,7 +122,11 @@ def main(argv=None):
     for key in ("frac_windows_ge_96", "frac_windows_ge_98"):
         base = np.mean([pooled(maf[l][stat], key) for l in maf])
         per_seed = [np.mean([pooled(maf[l]["learned"][i], key) for l in maf]) for i in range(len(seeds))]
-        results[f"ratio_{key}"] = _ms([x / base if base > 0 else float("inf") for x in per_seed])
+        if base > 0:
+            results[f"ratio_{key}"] = _ms([x / base for x in per_seed])
+        else:  # static never reaches the bar: the ratio is unbounded, report the raw fractions
+            results[f"ratio_{key}"] = {"mean": None, "std": None, "seeds": len(per_seed),
+                                       "note": f"static-large has no window at this level; learned {np.mean(per_seed):.3f}"}
         summary_rows[key] = (base, per_seed, np.mean([pooled(maf[l]["greedy"], key) for l in maf]))
     results["maf"] = {l: {name: ({k: pooled(v, k) for k in ("performance", "availability", "pct_of_peak",
                                                             "frac_windows_ge_96", "frac_windows_ge_98")}
@@ -196,7 +200,7 @@ def main(argv=None):
     # ---------------------------------------------------------------- report
     results["seconds"] = time.perf_counter() - t_start
     (REPO_ROOT / "docs" / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    f2 = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}"
+    f2 = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}" if d.get("mean") is not None else f"unbounded ({d['note']})"
     lines = ["## Paper experiments (`scripts/reproduce.py`)", "",
              f"Regenerate: `python scripts/reproduce.py --scale {args.scale}` ({results['seconds'] / 60:.0f} min on the machine "
              f"named in docs/benchmarks.md). Profile `{profile.name}`, 4 GPUs, hard deadlines, {len(seeds)} training seeds "

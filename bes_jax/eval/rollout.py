@@ -18,9 +18,12 @@ from bes_jax.routers import Router
 from bes_jax.sim_config import SimConfig
 
 
-def eval_config(cfg: SimConfig, n_decisions: int) -> SimConfig:
-    """Same setup, with an outcome record large enough to keep every decision of the run."""
-    slots = max(cfg.outcome_slots, n_decisions + 1)
+def eval_config(cfg: SimConfig, n_decisions: int, b_max: int = 64) -> SimConfig:
+    """Same setup, with an outcome record large enough to keep every decision of the run (and
+    larger than what can be in the system, however many GPUs)."""
+    n_models_guess = len(cfg.replicas) if cfg.replicas else 8
+    bound = cfg.in_system_bound(n_models_guess, b_max)
+    slots = max(cfg.outcome_slots, n_decisions + 1, bound + 1)
     return dataclasses.replace(cfg, outcome_slots=slots, episode_len=max(cfg.episode_len, n_decisions))
 
 
