@@ -187,7 +187,7 @@ def main(argv=None):
         axes[0].plot(x, pct, label=name, lw=1.5 if name == "learned" else 1)
     axes[0].axhline(0.96, color="k", ls=":", lw=0.8); axes[0].set_ylabel("% of peak (window)"); axes[0].legend(fontsize=7)
     nreq = np.asarray(maf[label]["greedy"][0]["windows"]["n_requests"], float)
-    axes[1].bar(np.arange(nreq.size) * window_s, nreq / window_s, width=window_s, color="gray")
+    axes[1].bar(np.arange(nreq.size) * window_s, nreq / window_s, width=window_s, align="edge", color="gray")
     axes[1].set_ylabel("arrivals / s")
     env_l = ServingEnv(profile, eval_config(sim_cfg, n))
     mm = jax.jit(make_evaluate(env_l, learned[0], n, window_s, 4096))(keys[:1], env_l.make_params(wp))
