@@ -38,16 +38,20 @@ def build_training_bank(fam, profile, cfg_sim, capacity_large: float, seed: int)
     counts = W.load_maf_minute_counts(fam.maf_path)
     lo_min, hi_min = fam.maf_minutes
     pads = dict(pad_windows=int(fam.maf_slice_minutes), pad_trace=1, pad_mix=1)
+    kinds = list(fam.get("kinds", ["poisson", "gamma", "maf"]))
+    unknown = sorted(set(kinds) - {"poisson", "gamma", "maf"})
+    if unknown or not kinds:
+        raise ValueError(f"train_family.kinds = {kinds}: choose from poisson, gamma, maf")
     bank = []
     for i in range(int(fam.bank_size)):
         rate = capacity_large * float(np.exp(rng.uniform(*np.log(fam.rate_range))))
         mix = None
         if fam.dirichlet_alpha > 0 and rng.random() < 0.5:
             mix = rng.dirichlet(np.full(T, float(fam.dirichlet_alpha)))
-        kind = i % 3
-        if kind == 0:
+        kind = kinds[i % len(kinds)]
+        if kind == "poisson":
             wp = W.poisson(rate, n_tasks=T, mix=mix, **pads)
-        elif kind == 1:
+        elif kind == "gamma":
             wp = W.gamma(rate, float(rng.uniform(*fam.cv_range)), n_tasks=T, mix=mix, **pads)
         else:
             start = int(rng.integers(lo_min, hi_min - fam.maf_slice_minutes))
@@ -150,7 +154,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     profile, sim_cfg, dqn_cfg, dqn_dict = setup["profile"], setup["sim_cfg"], setup["dqn_cfg"], setup["dqn_dict"]
     env, cap_large = setup["env"], setup["cap_large"]
     init, train_chunk, _, greedy_policy, net = setup["fns"]
-    _out(f"profile {profile.name}: static capacity (req/s) "
+    _out(f"profile {profile.name}: nominal static capacity (req/s; the scale of workload rates) "
          + ", ".join(f"{m}={c:.1f}" for m, c in zip(profile.model_names, setup["capacity"])))
 
     evals = build_eval_workloads(cfg.eval, profile, cap_large)
@@ -206,9 +210,11 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from bes_jax.agents.trainer import CheckpointError
+
     try:
         run_train(cfg, run_dir)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:
         print(f"bes-train: error: {e}", file=sys.stderr)
         sys.exit(2)
 
