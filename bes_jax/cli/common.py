@@ -23,14 +23,6 @@ def sim_config_from(node) -> SimConfig:
     return sim_config_from_mapping(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
 
 
-def _mix(node, profile: Profile):
-    mix = node.get("mix")
-    if mix is None:
-        return None
-    mix = np.asarray(OmegaConf.to_container(mix) if isinstance(mix, (DictConfig,)) or hasattr(mix, "_content") else mix, np.float64)
-    return mix
-
-
 def build_workload(node, profile: Profile, **pad):
     """WorkloadParams from a ``conf/workload/*.yaml`` node (`kind` picks the builder)."""
     from bes_jax import workloads as W

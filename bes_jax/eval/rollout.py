@@ -9,11 +9,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bes_jax.env import ServingEnv
-from bes_jax.eval.metrics import run_metrics, to_report
-from bes_jax.profile import Profile
+from bes_jax.eval.metrics import run_metrics
 from bes_jax.routers import Router
 from bes_jax.sim_config import SimConfig
 
@@ -32,7 +30,6 @@ def make_run(env: ServingEnv, router: Router, n_decisions: int, drain: bool = Tr
     v_act = jax.vmap(router.act, in_axes=(0, 0, 0, params_axis))
 
     def run(keys, params):
-        n = keys.shape[0]
         k_reset = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
         k_steps = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         obs, state = jax.vmap(env.reset, in_axes=(0, params_axis))(k_reset, params)
@@ -63,13 +60,3 @@ def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: f
         return jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
 
     return evaluate
-
-
-def evaluate_router(profile: Profile, cfg: SimConfig, router: Router, workload, n_decisions: int,
-                    seeds=(0,), window_s: float = 10.0, n_windows: int = 2048):
-    """Host helper: SPEC metrics of one router on one workload, one report per seed."""
-    env = ServingEnv(profile, eval_config(cfg, n_decisions))
-    params = env.make_params(workload)
-    evaluate = jax.jit(make_evaluate(env, router, n_decisions, window_s, n_windows))
-    m = evaluate(jnp.stack([jax.random.PRNGKey(s) for s in seeds]), params)
-    return [to_report(jax.tree.map(lambda x: x[i], m), profile.model_names, window_s) for i in range(len(seeds))]
