@@ -29,35 +29,77 @@ def _out(msg: str) -> None:
     print(msg, flush=True)
 
 
+TRAIN_KINDS = ("poisson", "gamma", "maf", "trace")
+
+
+def trace_part(path, span) -> np.ndarray:
+    """Arrival times of the part of a trace file between fractions ``span = [lo, hi]`` of its
+    arrivals (by index), shifted to start at 0: train on one part, test on another."""
+    from bes_jax.cli.common import _path
+    from bes_jax.workloads import load_trace_times
+
+    lo, hi = (float(x) for x in span)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"span = {list(span)}: need 0 <= lo < hi <= 1 (fractions of the trace's arrivals)")
+    t = load_trace_times(_path(path), None)
+    part = t[int(round(lo * t.size)):int(round(hi * t.size))]
+    if part.size < 2:
+        raise ValueError(f"span = {list(span)} of {path}: fewer than 2 arrivals")
+    return part - part[0]
+
+
 def build_training_bank(fam, profile, cfg_sim, capacity_large: float, seed: int):
-    """Stacked WorkloadParams: Poisson, Gamma and MAF slices at randomised rates and mixes."""
+    """Stacked WorkloadParams: Poisson, Gamma, MAF slices and trace replays at randomised rates
+    and task mixes (``fam.mix``: one fixed mix for every workload instead)."""
     from bes_jax import workloads as W
 
     rng = np.random.default_rng(seed)
     T = profile.n_tasks
-    counts = W.load_maf_minute_counts(fam.maf_path)
-    lo_min, hi_min = fam.maf_minutes
     pads = dict(pad_windows=int(fam.maf_slice_minutes), pad_trace=1, pad_mix=1)
     kinds = list(fam.get("kinds", ["poisson", "gamma", "maf"]))
-    unknown = sorted(set(kinds) - {"poisson", "gamma", "maf"})
+    unknown = sorted(set(kinds) - set(TRAIN_KINDS))
     if unknown or not kinds:
-        raise ValueError(f"train_family.kinds = {kinds}: choose from poisson, gamma, maf")
+        raise ValueError(f"train_family.kinds = {kinds}: choose from {', '.join(TRAIN_KINDS)}")
+    fixed_mix = fam.get("mix")
+    if fixed_mix is not None:
+        fixed_mix = np.asarray(list(fixed_mix), np.float64)
+        if fixed_mix.shape != (T,) or (fixed_mix < 0).any() or abs(fixed_mix.sum() - 1.0) > 1e-6:
+            raise ValueError(f"train_family.mix = {fixed_mix.tolist()}: need {T} probabilities >= 0 summing to 1 "
+                             f"(tasks {profile.task_names}), or null for randomised mixes")
+    counts = W.load_maf_minute_counts(fam.maf_path) if "maf" in kinds else None
+    lo_min, hi_min = fam.maf_minutes
+    trace_t = None
+    if "trace" in kinds:
+        if fam.get("trace_path") is None:
+            raise ValueError("train_family.trace_path = None: the 'trace' kind needs a trace file "
+                             "(e.g. train_family.trace_path=../shared/traces/AzureLLMInferenceTrace_code.csv)")
+        if not Path(str(fam.trace_path)).exists():
+            raise FileNotFoundError(f"train_family.trace_path = {str(fam.trace_path)!r}: no such file (relative paths "
+                                    f"are taken from the directory the command runs in)")
+        try:
+            trace_t = trace_part(fam.trace_path, fam.get("trace_span", [0.0, 1.0]))
+        except ValueError as e:
+            raise ValueError(f"train_family.trace_{e}") from None
     bank = []
     for i in range(int(fam.bank_size)):
         rate = capacity_large * float(np.exp(rng.uniform(*np.log(fam.rate_range))))
-        mix = None
-        if fam.dirichlet_alpha > 0 and rng.random() < 0.5:
+        mix = fixed_mix
+        if fixed_mix is None and fam.dirichlet_alpha > 0 and rng.random() < 0.5:
             mix = rng.dirichlet(np.full(T, float(fam.dirichlet_alpha)))
         kind = kinds[i % len(kinds)]
         if kind == "poisson":
             wp = W.poisson(rate, n_tasks=T, mix=mix, **pads)
         elif kind == "gamma":
             wp = W.gamma(rate, float(rng.uniform(*fam.cv_range)), n_tasks=T, mix=mix, **pads)
-        else:
+        elif kind == "maf":
             start = int(rng.integers(lo_min, hi_min - fam.maf_slice_minutes))
             seg = counts[start:start + int(fam.maf_slice_minutes)]
             scale = float(rng.uniform(*fam.time_scale_range))
             wp = W.schedule(list(seg / seg.mean() * rate), 60.0 / scale, cv=1.0, n_tasks=T, mix=mix, **pads)
+        else:  # the training part of the trace, rescaled to the rate, from a random point of it
+            offset = float(rng.uniform(0.0, (trace_t.size - 1) / rate))
+            wp = W.trace(times=trace_t, target_mean_rate=rate, n_tasks=T, mix=mix, start_offset=offset,
+                         **{**pads, "pad_trace": trace_t.size})
         bank.append(wp)
     return W.stack_workloads(bank)
 
