@@ -1,9 +1,10 @@
 """The vectorized serving simulator: one routing decision per `step`, pure and jittable.
 
 Semantics: docs/simulator.md. Latency comes from the profile's dense table ``L[m, t, b]``
-gathered by index (Vidur/AlpaServe style); between two arrivals the event loop processes one
-server event per iteration in time order, so `vmap` over thousands of environments costs
-about the busiest environment's number of events per step.
+gathered by index (Vidur/AlpaServe style). Between two arrivals the servers are independent,
+so each iteration of the event loop processes the next due event of every server; for a batch
+of environments (`step_batch`) it gathers just the (environment, server) pairs that have one,
+so the cost follows the number of events, not the number of environments.
 """
 from __future__ import annotations
 
@@ -112,21 +113,22 @@ class ServingEnv:
         Under `vmap`, a `while_loop` runs until the busiest environment is done and selects
         between the old and new value of its whole carry for every environment on every
         iteration. Here the event loop runs over the batch instead, and each iteration
-        processes one event for each of (at most) `loop_width(N)` environments that have one,
-        compacted by index, so its cost follows the number of events, not N.
+        processes the due events of all servers, compacted by index into a few lanes
+        (`loop_lanes`), so its cost follows the number of events, not N.
         ``params_axis``: `vmap` in_axes for ``params`` (None: shared by all environments).
         """
         states, pending = jax.vmap(self._route, in_axes=(0, 0, 0, params_axis))(keys, states, actions, params)
         states, realised = self._advance_batch(states, params, pending[0], params_axis,
-                                               self.loop_width(keys.shape[0]))
+                                               self.loop_lanes(keys.shape[0]))
         return jax.vmap(self._finish, in_axes=(0, params_axis, 0, 0))(states, params, pending, realised)
 
     @staticmethod
-    def loop_width(n_envs: int) -> int:
-        """Environments served per event-loop iteration in `step_batch`. Under load about one
-        environment in eight has an event between two arrivals; a wider loop wastes work on
-        idle lanes, a narrower one needs more iterations."""
-        return n_envs if n_envs <= 64 else max(64, n_envs // 16)
+    def loop_lanes(n_envs: int) -> int:
+        """(environment, server) lanes per event-loop iteration in `step_batch`. Under a bursty
+        3x overload about 0.14 events per environment fall between two arrivals, so N/4
+        lanes serve nearly all of them in one iteration; more lanes waste work on empty ones,
+        fewer need more iterations (measured: docs/benchmarks.md)."""
+        return max(64, n_envs // 4)
 
     def _route(self, key, state: EnvState, action, params: EnvParams):
         """Place the pending request (or reject it) and draw the next arrival.
@@ -215,42 +217,40 @@ class ServingEnv:
         # batch ending with nothing queued behind it needs no event.
         return jnp.where(server_has_queue, state.free_at, jnp.inf)
 
-    def _next_events(self, states: EnvState, t_limit):
-        """[N] (server, time) of each environment's earliest event; +inf if none by t_limit."""
+    def _due_events(self, states: EnvState, t_limit):
+        """[N, S] time of each server's next event, +inf if none is due by t_limit[n]."""
         ev = jax.vmap(self._event_times)(states)
-        s = jnp.argmin(ev, axis=1)
-        T = jnp.take_along_axis(ev, s[:, None], axis=1)[:, 0]
-        return s, jnp.where(T <= t_limit, T, jnp.inf)
+        return jnp.where(ev <= t_limit[:, None], ev, jnp.inf)
 
-    def _advance_batch(self, states: EnvState, params: EnvParams, t_limit, params_axis, width):
-        """Process every server event with time <= t_limit[n] of every environment n, each
-        environment's events one at a time in time order; returns ``(states, realised[N])``.
+    def _advance_batch(self, states: EnvState, params: EnvParams, t_limit, params_axis, lanes):
+        """Process every server event with time <= t_limit[n] of every environment n; returns
+        ``(states, realised[N])``.
 
-        Environments are independent between two arrivals, so an iteration takes the earliest
-        event of up to `width` environments that have one (compacted by index) at once.
+        Servers are independent between two arrivals (a formation reads and writes only its
+        own server's replicas and requests), so an iteration takes the next event of every
+        server that has one due, across environments, compacted by index into at most `lanes`
+        (environment, server) lanes; each server's own events still run in time order.
         """
-        N = t_limit.shape[0]
-        width = min(width, N)
+        N, S = t_limit.shape[0], self.n_servers
+        lanes = min(lanes, N * S)
 
         def cond(carry):
-            return jnp.any(carry[3] < jnp.inf)
+            return jnp.any(carry[2] < jnp.inf)
 
         def body(carry):
-            st, realised, s, T = carry
-            idx = jnp.nonzero(T < jnp.inf, size=width, fill_value=N)[0]
-            st, realised = self._process_events(st, params, params_axis, idx, s, T, realised)
-            s, T = self._next_events(st, t_limit)
-            return st, realised, s, T
+            st, realised, T = carry
+            lane = jnp.nonzero(T.reshape(-1) < jnp.inf, size=lanes, fill_value=N * S)[0]
+            st, realised = self._process_events(st, params, params_axis, lane, T.reshape(-1), realised)
+            return st, realised, self._due_events(st, t_limit)
 
-        s, T = self._next_events(states, t_limit)
         realised = jnp.zeros((N,), states.free_at.dtype)
-        states, realised, _, _ = jax.lax.while_loop(cond, body, (states, realised, s, T))
+        states, realised, _ = jax.lax.while_loop(cond, body, (states, realised, self._due_events(states, t_limit)))
         return states, realised
 
     def _advance(self, state: EnvState, params: EnvParams, t_limit):
         """One environment: `_advance_batch` on a batch of one."""
         one = jax.tree.map(lambda x: x[None], state)
-        one, realised = self._advance_batch(one, params, jnp.asarray(t_limit)[None], None, 1)
+        one, realised = self._advance_batch(one, params, jnp.asarray(t_limit)[None], None, self.n_servers)
         return jax.tree.map(lambda x: x[0], one), realised[0]
 
     def _params_for(self, params: EnvParams, params_axis, e):
@@ -265,14 +265,18 @@ class ServingEnv:
         return jax.tree.map(take, ax, p, is_leaf=lambda x: x is None), jax.tree.map(
             lambda a: None if a is None else 0, ax, is_leaf=lambda x: x is None)
 
-    def _process_events(self, st: EnvState, params: EnvParams, params_axis, idx, s, T, realised):
-        """Process the earliest event of environments ``idx`` [K] (``idx == N``: an empty
-        lane; its reads are harmless and its writes are dropped): the server's running batch
-        ends, then its next batch forms (docs/simulator.md, step 3)."""
-        N = T.shape[0]
+    def _process_events(self, st: EnvState, params: EnvParams, params_axis, lane, T, realised):
+        """Process the due event of (environment, server) lanes ``lane`` [K] (flat index
+        ``n * S + s``; ``N * S`` marks an empty lane, whose reads are harmless and whose writes
+        are dropped): the server's running batch ends, then its next batch forms
+        (docs/simulator.md, step 3). ``T`` [N * S]: each server's due time."""
+        S = self.n_servers
+        N = T.shape[0] // S
         H, C, B = self.slots, self.capacity, self.b_max
+        idx = lane // S  # write index: N for an empty lane (out of range: dropped)
         e = jnp.minimum(idx, N - 1)
-        sk, Tk = s[e], T[e]
+        sk = lane % S
+        Tk = T[jnp.minimum(lane, N * S - 1)]
         drop = dict(mode="drop")
         was_busy = st.busy[e, sk]
         realised = realised.at[idx].add(jnp.where(was_busy, st.batch_value[e, sk], 0.0), **drop)
@@ -327,7 +331,7 @@ class ServingEnv:
         """FIFO batch formation math for one environment over its queue window: which requests
         are taken / dropped, the batch size, how many leave the queue, its end and values."""
         B = self.b_max
-        pos = jnp.arange(self.window)
+        pos = jnp.arange(arrival.shape[0])
         valid = pos < qlen
         d = params.deadline[task]
         expired = valid & (T - arrival > d) if self.drop_expired else jnp.zeros_like(valid)
@@ -409,7 +413,8 @@ class ServingEnv:
     def drain_batch(self, states: EnvState, params: EnvParams, params_axis=None) -> EnvState:
         """`drain` for a batch of environments (leading axis)."""
         t_inf = jnp.full(states.now.shape, jnp.inf, states.free_at.dtype)
-        states, _ = self._advance_batch(states, params, t_inf, params_axis, states.now.shape[0])
+        n = states.now.shape[0]
+        states, _ = self._advance_batch(states, params, t_inf, params_axis, n * self.n_servers)
         return states
 
 

@@ -1,0 +1,61 @@
+"""Sharding environments over several CPU devices gives the same simulation as one device."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bes_jax.env.devices import shard_envs, use_host_devices
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from bes_jax.env.devices import shard_envs, use_host_devices
+    use_host_devices(2)
+    import jax, jax.numpy as jnp, numpy as np
+    from bes_jax import workloads as W
+    from bes_jax.env import ServingEnv
+    from bes_jax.profile import load_profile
+    from bes_jax.routers import greedy_action
+    from bes_jax.sim_config import SimConfig
+    assert jax.local_device_count() == 2, jax.local_device_count()
+    profile = load_profile("opt-a100-80gb")
+    env = ServingEnv(profile, SimConfig(queue_capacity=16, outcome_slots=1024))
+    params = env.make_params(W.gamma(400.0, 2.0, n_tasks=profile.n_tasks))
+
+    def run(keys):
+        _, st = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+        def body(st, t):
+            a = jax.vmap(greedy_action, in_axes=(0, None))(st, params)
+            ks = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+            _, st, r, _, _ = env.step_batch(ks, st, a, params)
+            return st, r
+        st, r = jax.lax.scan(body, st, jnp.arange(60))
+        return st.outcomes.finish, r.T
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 64)
+    one = jax.jit(run)(keys)
+    two = shard_envs(run)(keys)
+    assert len(two[0].sharding.device_set) == 2
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    print("same")
+""")
+
+
+def test_sharded_over_two_cpu_devices_matches_one_device():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("same")
+
+
+def test_one_device_is_plain_jit_and_bad_counts_are_refused():
+    f = shard_envs(lambda x: x * 2, n_devices=1)
+    np.testing.assert_array_equal(np.asarray(f(jnp.arange(3.0))), [0.0, 2.0, 4.0])
+    with pytest.raises(ValueError, match="host devices"):
+        use_host_devices(0)
