@@ -27,6 +27,7 @@ def _ms(x):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=["small", "full"], default="small")
+    ap.add_argument("--config", help="another experiment YAML (default conf/experiment/SCALE.yaml)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -40,14 +41,15 @@ def main(argv=None):
     from bes_jax import CONF_DIR, REPO_ROOT
     from bes_jax.eval.report import replace_section
     from bes_jax import workloads as W
-    from bes_jax.cli.train import compose_train_config, setup_training
+    from bes_jax.cli.train import compose_train_config, setup_training, trace_part
+    from bes_jax.eval.experiments import evaluate_variants
     from bes_jax.env import ServingEnv
     from bes_jax.eval.metrics import to_report
     from bes_jax.eval.rollout import eval_config, make_evaluate
     from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
     from bes_jax.routers import Router, greedy, static, uniform_random
 
-    exp = OmegaConf.load(CONF_DIR / "experiment" / f"{args.scale}.yaml")
+    exp = OmegaConf.load(args.config or CONF_DIR / "experiment" / f"{args.scale}.yaml")
     say = lambda m: print(f"[{time.perf_counter() - t_start:6.0f} s] {m}", flush=True)
     cfg = compose_train_config(list(exp.train_overrides))
     s = setup_training(cfg)
@@ -196,17 +198,82 @@ def main(argv=None):
                  "greedy, soft reward": _ms(on(soft_sim, [baselines["greedy"]], wp_w))}
     say("soft deadlines done")
     _, poisson_routers = train_variant(["train_family.kinds=[poisson]"])
-    azure = W.trace(str(REPO_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"),
-                    target_mean_rate=cap * 2.0, n_tasks=profile.n_tasks)
+    split = float(exp.get("trace_split", 0.5))
+    azure_rel = "../shared/traces/AzureLLMInferenceTrace_code.csv"  # relative to the repository root, like maf_path
+    azure = W.trace(times=trace_part(str(REPO_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"),
+                                     [split, 1.0]), target_mean_rate=cap * 2.0, n_tasks=profile.n_tasks)
+    _, maf_routers = train_variant(["train_family.kinds=[maf]"])
+    _, trace_routers = train_variant(["train_family.kinds=[trace]", f"train_family.trace_path={azure_rel}",
+                                      f"train_family.trace_span=[0.0,{split}]"])
+    say("target-trained routers done")
+    azure_label = f"Azure LLM code trace, held-out part ({split:.0%}-100% of its arrivals), 2x load"
+    targets = {label_w: (wp_w, maf_routers, "MAF only (minutes 0-240 of the day; tested on minutes 440-470)"),
+               azure_label: (azure, trace_routers, f"the trace's first {split:.0%} of arrivals")}
     robust = {}
-    for lbl, wp_r in ((label_w, wp_w), ("Azure LLM code trace, 2x load", azure)):
+    for lbl, (wp_r, target_routers, target_desc) in targets.items():
         robust[lbl] = {"trained on Poisson only": _ms(on(sim_cfg, poisson_routers, wp_r)),
                        "trained on the default family (Poisson, Gamma, MAF)": _ms(on(sim_cfg, learned, wp_r)),
-                       "greedy": _ms(on(sim_cfg, [baselines["greedy"]], wp_r))}
+                       "trained on the target": _ms(on(sim_cfg, target_routers, wp_r)),
+                       "target training": target_desc}
+        robust[lbl].update({name: on(sim_cfg, [r], wp_r)[0] for name, r in baselines.items()})
     results["latency_weight_tradeoff"] = {"workload": label_w, "points": tradeoff}
     results["deadline_kinds"] = {"workload": label_w, "performance": deadlines}
     results["robustness_arrivals"] = robust
     say("robustness done")
+
+    # ---------------------------------------------------------------- 6. per-task deadlines, task-mix shift
+    env_e = ServingEnv(profile, eval_config(sim_cfg, n))
+    base_dl = np.asarray(sim_cfg.task_deadlines(profile), np.float64)
+    dl_variants = {"default": base_dl}
+    dl_variants.update({str(k): np.round(base_dl * np.asarray(list(v), np.float64), 4)
+                        for k, v in exp.task_deadline_variants.items()})
+    scales = [float(x) for x in exp.deadline_scales]
+    dl_list = list(dl_variants.values()) + [base_dl * x for x in scales]
+    dtype = env_e.make_params(wp_w).deadline.dtype
+    dl_params = [env_e.make_params(wp_w, deadline=jnp.asarray(d, dtype)) for d in dl_list]
+
+    def perf_variants(router, plist):  # performance per variant, mean over evaluation seeds; one program
+        reps = evaluate_variants(env_e, router, plist, eval_seeds, n, window_s, profile.model_names)
+        return np.asarray([np.mean([r["performance"] for r in v]) for v in reps])
+
+    V = len(dl_variants)
+    dl_base = {name: perf_variants(r, dl_params) for name, r in baselines.items()}  # every variant and scale at once
+    dl_default = np.asarray([perf_variants(r, dl_params) for r in learned])         # [seed, variant]
+    per_task = {}
+    for vi, (vname, d) in enumerate(dl_variants.items()):
+        if vname == "default":
+            own = dl_default[:, vi]
+        else:
+            _, rv = train_variant([f"sim.deadlines=[{','.join(f'{x:g}' for x in d)}]"])
+            own = np.asarray([perf_variants(r, [dl_params[vi]])[0] for r in rv])
+        per_task[vname] = {"deadlines_s": d.tolist(), "trained on these deadlines": _ms(own),
+                           "trained on the default deadlines": _ms(dl_default[:, vi])}
+        per_task[vname].update({name: float(v[vi]) for name, v in dl_base.items()})
+    scale_curve = {"learned (trained at scale 1)": {"mean": dl_default[:, V:].mean(0).tolist(),
+                                                   "std": dl_default[:, V:].std(0).tolist()}}
+    scale_curve.update({name: v[V:].tolist() for name, v in dl_base.items()})
+    results["per_task_deadlines"] = {"workload": label_w, "tasks": list(profile.task_names), "variants": per_task}
+    results["deadline_scale_sweep"] = {"workload": label_w, "scales": scales, "performance": scale_curve}
+    say("per-task deadlines and deadline-scale sweep done")
+
+    mix_train = np.asarray(list(exp.task_mix_shift.train), np.float64)
+    mix_test = np.asarray(list(exp.task_mix_shift.test), np.float64)
+    mix_params = [env_e.make_params(W.with_task_mix(wp_w, mx)) for mx in (mix_train, mix_test)]
+    fmt_mix = lambda mx: "[" + ",".join(f"{x:g}" for x in mx) + "]"
+    _, mix_a_routers = train_variant([f"train_family.mix={fmt_mix(mix_train)}"])
+    _, mix_b_routers = train_variant([f"train_family.mix={fmt_mix(mix_test)}"])
+    mix_cols = {f"trained on mix {fmt_mix(mix_train)}": mix_a_routers,
+                f"trained on mix {fmt_mix(mix_test)} (the target)": mix_b_routers,
+                "trained on the default family (random mixes)": learned}
+    mix_perf = {c: np.asarray([perf_variants(r, mix_params) for r in rs]) for c, rs in mix_cols.items()}
+    mix_base = {name: perf_variants(r, mix_params) for name, r in baselines.items()}
+    mix_shift = {}
+    for mi, (tag, mx) in enumerate((("train mix (in distribution)", mix_train), ("shifted mix", mix_test))):
+        row = {c: _ms(v[:, mi]) for c, v in mix_perf.items()}
+        row.update({name: float(v[mi]) for name, v in mix_base.items()})
+        mix_shift[f"{tag} {fmt_mix(mx)}"] = row
+    results["task_mix_shift"] = {"workload": label_w, "tasks": list(profile.task_names), "performance": mix_shift}
+    say("task-mix shift done")
 
     # ---------------------------------------------------------------- figures
     fig_dir = REPO_ROOT / "docs" / "figures"
@@ -236,6 +303,15 @@ def main(argv=None):
     axes[2].set_ylabel("learned routing share"); axes[2].set_xlabel("simulated time (s)"); axes[2].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"bursty MAF slice: {label}", fontsize=9)
     fig.tight_layout(); fig.savefig(fig_dir / "maf_timeline.png", dpi=110); plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(scales, scale_curve["learned (trained at scale 1)"]["mean"],
+                yerr=scale_curve["learned (trained at scale 1)"]["std"], marker="o", lw=2.5, label="learned")
+    for name in baselines:
+        ax.plot(scales, scale_curve[name], marker="o", ms=3, lw=1.2, label=name)
+    ax.set_xlabel("deadline scale (every task)"); ax.set_ylabel("performance"); ax.grid(alpha=0.3)
+    ax.legend(fontsize=7); ax.set_title(f"performance vs deadline scale ({label_w})", fontsize=8)
+    fig.tight_layout(); fig.savefig(fig_dir / "deadline_scale.png", dpi=110); plt.close(fig)
 
     # ---------------------------------------------------------------- report
     results["seconds"] = time.perf_counter() - t_start
@@ -282,12 +358,65 @@ def main(argv=None):
         lines.append(f"| {pt['latency_weight']} | {f2(pt['quality'])} | {pt['latency_p50']['mean']:.3f} | {f2(pt['availability'])} |")
     lines += ["", f"### Hard vs soft deadlines ({label_w}; performance)", "", "| router / reward | performance |", "|---|---:|"]
     lines += [f"| {k} | {f2(v)} |" for k, v in deadlines.items()]
-    lines += ["", "### Robustness to the arrival pattern (performance)", "",
-              "| test workload | " + " | ".join(next(iter(robust.values()))) + " |", "|---|" + "---:|" * 3]
+    fmt = lambda v: f2(v) if isinstance(v, dict) else f"{v:.3f}"
+    base_cols = list(baselines)
+    train_note = (f"Learned columns: mean ± std over the {len(seeds)} training seeds (each router evaluated on "
+                  f"{len(eval_seeds)} evaluation seeds x {n} requests); baselines: mean over the evaluation seeds.")
+    lines += ["", "### Robustness to the arrival pattern, against a router trained on the target (performance)", "",
+              f"Every router is trained with the default config except its training family: Poisson only "
+              f"(`train_family.kinds=[poisson]`), the default Poisson + Gamma + MAF-slice family, or the target "
+              f"(`train_family.kinds=[maf]`, or `train_family.kinds=[trace]` on the first {split:.0%} of the Azure "
+              f"trace's arrivals, which the test never replays). {train_note}", "",
+              "| test workload | trained on Poisson only | trained on the default family | trained on the target | "
+              + " | ".join(base_cols) + " | target router trained on |", "|---|" + "---:|" * (3 + len(base_cols)) + "---|"]
     for lbl, row in robust.items():
-        lines.append(f"| {lbl} | " + " | ".join(f2(v) for v in row.values()) + " |")
-    lines += ["", "Not run yet: per-task deadline variants and task-mix shift at test time (supported: "
-              "`sim.deadlines`, `workload.mix`).", ""]
+        lines.append(f"| {lbl} | " + " | ".join(fmt(row[k]) for k in ("trained on Poisson only",
+                                                                         "trained on the default family (Poisson, Gamma, MAF)",
+                                                                         "trained on the target"))
+                     + " | " + " | ".join(fmt(row[k]) for k in base_cols) + f" | {row['target training']} |")
+    tasks = ", ".join(profile.task_names)
+    lines += ["", f"### Per-task deadlines ({label_w}; performance under each deadline set)", "",
+              f"Each non-default deadline set trains its own router (`sim.deadlines=[...]`, hard deadlines); the "
+              f"default router is trained with the profile's deadlines and tested unchanged under every set (its "
+              f"observation carries no deadline). {train_note}", "",
+              f"| deadline set | deadlines (s): {tasks} | trained on these deadlines | trained on the default deadlines | "
+              + " | ".join(base_cols) + " |", "|---|---|" + "---:|" * (2 + len(base_cols))]
+    for vname, row in per_task.items():
+        lines.append(f"| {vname} | " + ", ".join(f"{x:g}" for x in row["deadlines_s"]) + " | "
+                     + " | ".join(fmt(row[k]) for k in ("trained on these deadlines", "trained on the default deadlines"))
+                     + " | " + " | ".join(fmt(row[k]) for k in base_cols) + " |")
+    lines += ["", f"Deadline-scale sweep (every task's deadline x scale; the router trained at scale 1; each router "
+              f"runs all deadline sets and scales in one vmapped program):", "",
+              "| scale | learned (trained at 1) | " + " | ".join(base_cols) + " |", "|---:|" + "---:|" * (1 + len(base_cols))]
+    lc = scale_curve["learned (trained at scale 1)"]
+    for i, x in enumerate(scales):
+        lines.append(f"| {x:g} | {lc['mean'][i]:.2f} ± {lc['std'][i]:.2f} | "
+                     + " | ".join(f"{scale_curve[k][i]:.3f}" for k in base_cols) + " |")
+    lines += ["", "![performance vs deadline scale](figures/deadline_scale.png)", "",
+              f"### Task-mix shift at test time ({label_w}, task mix over {tasks}; performance)", "",
+              f"Routers trained with one fixed task mix (`train_family.mix=[...]`) or the default randomised mixes, "
+              f"tested on the training mix and on the shifted one; the router trained on the shifted mix is the "
+              f"target. {train_note}", "",
+              "| test mix | " + " | ".join(mix_cols) + " | " + " | ".join(base_cols) + " |",
+              "|---|" + "---:|" * (len(mix_cols) + len(base_cols))]
+    for lbl, row in mix_shift.items():
+        lines.append(f"| {lbl} | " + " | ".join(fmt(row[k]) for k in list(mix_cols) + base_cols) + " |")
+    lines += ["", "### The same config sweeps with Hydra multirun", "",
+              "`bes-experiment` (conf/experiment_job.yaml) runs one training config per job: it trains the seeds in one "
+              "vmapped program, evaluates them and every baseline on named test workloads and writes `result.json` in "
+              f"the job directory (`outputs/experiment/DATE/N/`). With `seeds=[{','.join(str(k) for k in seeds)}] eval.n_decisions="
+              f"{n} eval.seeds=[{','.join(str(k) for k in eval_seeds)}]` appended, these rerun the sweeps above:", "",
+              "```bash",
+              "bes-experiment -m sim.latency_weight=0,0.1,0.3 test_on=[maf_440_x2] +eval_sim.latency_weight=0",
+              "bes-experiment -m sim.deadline_kind=hard,soft test_on=[maf_440_x2]",
+              "bes-experiment -m 'sim.deadlines=" + ",".join(
+                  "[" + ",".join(f"{x:g}" for x in d) + "]" for k, d in dl_variants.items() if k != "default")
+              + "' test_on=[maf_440_x2]",
+              "bes-experiment -m 'train_family.kinds=[poisson],[poisson,gamma,maf],[maf]' test_on=[maf_440_x2,azure_code_test]",
+              f"bes-experiment train_family.kinds=[trace] train_family.trace_path={azure_rel} "
+              f"'train_family.trace_span=[0.0,{split}]' test_on=[azure_code_test]",
+              f"bes-experiment -m 'train_family.mix={fmt_mix(mix_train)},{fmt_mix(mix_test)}' test_on=[maf_440_x2_tight]",
+              "```", ""]
     section = "\n".join(lines)
     replace_section(REPO_ROOT / "docs" / "results.md", "## Paper experiments", section)
     print(section)

@@ -42,6 +42,13 @@ def build_workload(node, profile: Profile, **pad):
         return W.maf(_path(node["path"]), target_mean_rate=node.get("rate"), time_scale=float(node.get("time_scale", 1.0)),
                      minutes=node.get("minutes"), cv=float(node.get("cv", 1.0)), **common)
     if kind == "trace":
+        if node.get("span") is not None:  # a part of the trace (fractions of its arrivals), e.g. the held-out half
+            from bes_jax.cli.train import trace_part
+            try:
+                times = trace_part(_path(node["path"]), node["span"])
+            except ValueError as e:
+                raise ValueError(f"workload.{e}") from None
+            return W.trace(times=times, target_mean_rate=node.get("rate"), **common)
         return W.trace(_path(node["path"]), target_mean_rate=node.get("rate"), column=node.get("column"), **common)
     raise ValueError(f"workload.kind = {kind!r}: choose poisson, gamma, schedule, maf or trace")
 

@@ -3,6 +3,9 @@ overrides) for several seeds in one vmapped program, evaluate the learned router
 baseline on named held-out workloads, and write ``result.json`` in the job's directory.
 
     bes-experiment -m sim.latency_weight=0,0.1,0.3      # Hydra multirun: one job per value
+
+Performance is measured with the job's own simulator config (its deadlines and reward) unless
+``eval_sim`` replaces fields for the evaluation.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
     from bes_jax.cli.train import build_eval_workloads, evaluate_against_baselines
     from bes_jax.eval.experiments import mean_std, train_routers
     from bes_jax.routers import baseline_routers
+    from bes_jax.sim_config import SimConfig, sim_config_from_mapping
 
     t0 = time.perf_counter()
     seeds = list(cfg.seeds) if cfg.get("seeds") is not None else []
@@ -38,6 +42,10 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
     unknown = [n for n in names if n not in cfg.eval.workloads]
     if unknown or not names:
         raise ValueError(f"test_on = {names}: unknown or empty; choose from eval.workloads: {list(cfg.eval.workloads)}")
+    eval_sim = OmegaConf.to_container(cfg.get("eval_sim") or {}, resolve=True)
+    unknown = sorted(set(eval_sim) - set(SimConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"eval_sim: unknown sim field(s) {unknown}; known: {sorted(SimConfig.__dataclass_fields__)}")
     setup, learned = train_routers(cfg, seeds)
     profile, sim_cfg = setup["profile"], setup["sim_cfg"]
     t_train = time.perf_counter() - t0
@@ -46,6 +54,8 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
     ev.workloads = {n: cfg.eval.workloads[n] for n in names}
     evals = build_eval_workloads(ev, profile, setup["cap_large"])
     learned = [dataclasses.replace(r, name=f"learned:seed{s}") for r, s in zip(learned, seeds)]
+    if eval_sim:
+        sim_cfg = sim_config_from_mapping({**sim_cfg.to_dict(), **eval_sim})
     res = evaluate_against_baselines(profile, sim_cfg, learned + baseline_routers(profile), evals,
                                      int(cfg.eval.n_decisions), list(cfg.eval.seeds), float(cfg.eval.window_s))
     results = {}
@@ -56,7 +66,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
         results[wname] = {"workload": r["workload"], "learned": learned_row, "learned_per_seed": per_seed,
                           "baselines": rows}
     out = {"overrides": list(overrides), "profile": profile.name, "train_seeds": seeds, "eval_seeds": list(cfg.eval.seeds),
-           "n_decisions": int(cfg.eval.n_decisions), "sim": sim_cfg.to_dict(),
+           "n_decisions": int(cfg.eval.n_decisions), "sim": setup["sim_cfg"].to_dict(), "eval_sim": sim_cfg.to_dict(),
            "train_family": OmegaConf.to_container(cfg.train_family, resolve=True),
            "dqn": OmegaConf.to_container(cfg.dqn, resolve=True), "train_seconds": t_train,
            "seconds": time.perf_counter() - t0, "results": results}
