@@ -42,7 +42,8 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
     unknown = [n for n in names if n not in cfg.eval.workloads]
     if unknown or not names:
         raise ValueError(f"test_on = {names}: unknown or empty; choose from eval.workloads: {list(cfg.eval.workloads)}")
-    eval_sim = OmegaConf.to_container(cfg.get("eval_sim") or {}, resolve=True)
+    eval_sim = cfg.get("eval_sim")
+    eval_sim = {} if eval_sim is None else OmegaConf.to_container(eval_sim, resolve=True)
     unknown = sorted(set(eval_sim) - set(SimConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"eval_sim: unknown sim field(s) {unknown}; known: {sorted(SimConfig.__dataclass_fields__)}")
