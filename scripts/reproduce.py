@@ -405,7 +405,10 @@ def main(argv=None):
               "`bes-experiment` (conf/experiment_job.yaml) runs one training config per job: it trains the seeds in one "
               "vmapped program, evaluates them and every baseline on named test workloads and writes `result.json` in "
               f"the job directory (`outputs/experiment/DATE/N/`). With `seeds=[{','.join(str(k) for k in seeds)}] eval.n_decisions="
-              f"{n} eval.seeds=[{','.join(str(k) for k in eval_seeds)}]` appended, these rerun the sweeps above:", "",
+              f"{n} eval.seeds=[{','.join(str(k) for k in eval_seeds)}]` appended, these rerun the sweeps above. "
+              "Their test rates are multiples (`rate_x`) of the job's own static OPT-6.7B capacity, which depends on "
+              "the deadlines: the per-task-deadline jobs test at a somewhat different load in req/s than the table "
+              "above (which keeps the default's rates), the other sweeps on the same workloads.", "",
               "```bash",
               "bes-experiment -m sim.latency_weight=0,0.1,0.3 test_on=[maf_440_x2] +eval_sim.latency_weight=0",
               "bes-experiment -m sim.deadline_kind=hard,soft test_on=[maf_440_x2]",
