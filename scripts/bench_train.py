@@ -102,7 +102,8 @@ def main(argv=None):
                  f"{jax.devices()[0].platform}; n_envs={dq.n_envs}, iterations={dq.iterations}, batch={dq.batch_size})\n",
                  "| seeds | env steps/s | grad steps/s | notes |", "|---:|---:|---:|---|"]
         for r in rows:
-            note = (f"compile+first chunk {r['compile_s']:.1f} s; beats best static after {r['seconds_to_beat_static']} s"
+            note = (f"compile+first chunk {r['compile_s']:.1f} s; beats best static after "
+                    f"{'never' if r['seconds_to_beat_static'] is None else format(r['seconds_to_beat_static'], '.1f')} s"
                     if r["seeds"] == 1 else f"whole run {r['run_s']:.1f} s; {r['seeds_beating_static']}/{r['seeds']} beat best static")
             lines.append(f"| {r['seeds']} | {r['env_steps_per_s']:,.0f} | {r['grad_steps_per_s']:,.0f} | {note} |")
         with doc.open("a") as fh:
