@@ -155,3 +155,22 @@ def test_export_round_trip_makes_the_same_decisions(short_run, tmp_path, synthet
     (out / "metadata.json").write_text("{")
     with pytest.raises(PolicyFormatError, match="metadata.json"):
         NumpyRouter.load(out)
+
+
+def test_trained_over_a_range_of_deadlines_the_policy_follows_the_deadline():
+    """A deadline bank: at the tight deadlines the large model always misses, at the loose ones
+    it is the best choice; one policy must tell them apart from its observation."""
+    prof = profile_from_dict(synthetic_profile_dict(), "probe.json")
+    env = ServingEnv(prof, SimConfig(queue_capacity=8, outcome_slots=256, episode_len=200, obs_mode="rich"))
+    bank = W.stack_workloads([W.poisson(0.5, n_tasks=prof.n_tasks)] * 2)
+    base = env.make_params(jax.tree.map(lambda x: x[0], bank))
+    tight, loose = base.deadline * 0.25, base.deadline
+    assert (prof.latency[2, :, 0] > np.asarray(tight)).all() and (prof.latency[1, :, 0] < np.asarray(tight)).all()
+    init, chunk, train, policy, _ = make_train(DQNConfig(**SMALL), env, base, bank, jnp.stack([tight, loose]))
+    ts, _ = jax.jit(train)(jax.random.PRNGKey(0))
+    at_loose = _choices(env, base.replace(deadline=loose), ts, policy)
+    at_tight = _choices(env, base.replace(deadline=tight), ts, policy)
+    assert at_loose and all(c == {2} for c in at_loose.values()), at_loose
+    assert at_tight and all(c == {1} for c in at_tight.values()), at_tight
+    with pytest.raises(ValueError, match="deadline_bank: shape"):
+        make_train(DQNConfig(**SMALL), env, base, bank, jnp.stack([tight, loose, loose]))

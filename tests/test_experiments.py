@@ -126,3 +126,20 @@ def test_experiment_multirun_writes_one_json_per_job(tmp_path):
     assert row["learned"]["performance"]["seeds"] == 2 and len(row["learned_per_seed"]) == 2
     assert set(row["baselines"]) == {"static:opt-125m", "static:opt-1.3b", "static:opt-6.7b", "random", "greedy"}
     assert all(np.isfinite(v["performance"]["mean"]) for v in row["baselines"].values())
+
+
+def test_deadline_bank_scales_every_task_within_the_range_and_refuses_bad_ranges():
+    from bes_jax.cli.train import build_deadline_bank, compose_train_config
+
+    base = np.array([0.5, 0.25, 0.25, 1.0])
+    assert build_deadline_bank(compose_train_config([]).train_family, base, 64, 0) is None  # default: the sim's
+    fam = compose_train_config(["train_family.deadline_scale_range=[0.5,2.0]"]).train_family
+    bank = build_deadline_bank(fam, base, 64, 0)
+    scale = bank / base
+    assert bank.shape == (64, 4) and np.allclose(scale, scale[:, :1])  # one scale for every task of an entry
+    assert 0.5 <= scale.min() < 0.8 and 1.25 < scale.max() <= 2.0
+    np.testing.assert_array_equal(bank, build_deadline_bank(fam, base, 64, 0))  # reproducible from the seed
+    for bad in ("[2.0,0.5]", "[0.0,1.0]", "[1.0]"):
+        fam = compose_train_config([f"train_family.deadline_scale_range={bad}"]).train_family
+        with pytest.raises(ValueError, match="train_family.deadline_scale_range"):
+            build_deadline_bank(fam, base, 8, 0)

@@ -1,6 +1,6 @@
 """Double DQN trained end to end inside `jit` (PureJaxRL/Stoix style).
 
-``make_train(cfg, env, base_params, workload_bank)`` returns pure functions: ``init(key)``,
+``make_train(cfg, env, base_params, workload_bank, deadline_bank=None)`` returns pure functions: ``init(key)``,
 ``train_chunk(ts)`` (a `lax.scan` over iterations; the host logs and checkpoints between
 chunks) and ``train(key)`` (the whole run in one program, `vmap`-able over seeds).
 
@@ -100,19 +100,31 @@ def update_stats(stats: ObsStats, batch) -> ObsStats:
     return ObsStats(tot, mean, m2 / tot)
 
 
-def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank):
-    """Build the pure training functions for one environment layout and a workload bank."""
+def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank, deadline_bank=None):
+    """Build the pure training functions for one environment layout and a workload bank.
+
+    Each episode, every environment draws one entry of the bank: a workload, and with
+    ``deadline_bank`` [n_bank, T] also per-task deadlines (so one policy learns to serve a
+    range of deadlines; the rich observation carries the current task's deadline).
+    """
     N, H, D, A = cfg.n_envs, env.slots, env.obs_size, env.n_models
     n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
     net = QNetwork(A, tuple(cfg.hidden))
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
     params_axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
+    if deadline_bank is not None:
+        deadline_bank = jnp.asarray(deadline_bank, base_params.deadline.dtype)
+        if deadline_bank.shape != (n_bank,) + base_params.deadline.shape:
+            raise ValueError(f"deadline_bank: shape {deadline_bank.shape}, need {(n_bank,) + base_params.deadline.shape} "
+                             "(one deadline per task for every workload of the bank)")
+        params_axes = params_axes.replace(deadline=0)
     v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
     v_resolved = jax.vmap(resolved_mask)
     decay_iters = max(1, int(cfg.eps_decay_fraction * cfg.iterations))
 
     def env_params(index):
-        return base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
+        p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
+        return p if deadline_bank is None else p.replace(deadline=deadline_bank[index])
 
     def epsilon(it):
         frac = jnp.clip(it / decay_iters, 0.0, 1.0)

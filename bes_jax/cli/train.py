@@ -104,6 +104,21 @@ def build_training_bank(fam, profile, cfg_sim, capacity_large: float, seed: int)
     return W.stack_workloads(bank)
 
 
+def build_deadline_bank(fam, base_deadlines, n_bank: int, seed: int):
+    """[n_bank, T] per-task deadlines, every task's scaled by one log-uniform draw from
+    ``fam.deadline_scale_range`` per bank entry; None when the range is unset (the sim's)."""
+    rng_range = fam.get("deadline_scale_range")
+    if rng_range is None:
+        return None
+    lo_hi = list(rng_range)
+    if len(lo_hi) != 2 or not all(isinstance(x, (int, float)) for x in lo_hi) or not 0 < lo_hi[0] <= lo_hi[1]:
+        raise ValueError(f"train_family.deadline_scale_range = {lo_hi}: need [low, high] with 0 < low <= high, "
+                         "or null for the simulator's deadlines")
+    rng = np.random.default_rng([seed, 1])
+    scales = np.exp(rng.uniform(np.log(lo_hi[0]), np.log(lo_hi[1]), int(n_bank)))
+    return scales[:, None] * np.asarray(base_deadlines, np.float64)[None, :]
+
+
 def build_eval_workloads(ev, profile, capacity_large: float) -> dict:
     from bes_jax.cli.common import build_workload
 
@@ -168,9 +183,11 @@ def setup_training(cfg: DictConfig) -> dict:
     bank = build_training_bank(cfg.train_family, profile, sim_cfg, float(caps[-1]), int(cfg.seed))
     env = ServingEnv(profile, sim_cfg)
     base_params = env.make_params(jax.tree.map(lambda x: x[0], bank))
+    deadlines = build_deadline_bank(cfg.train_family, sim_cfg.task_deadlines(profile), int(cfg.train_family.bank_size),
+                                    int(cfg.seed))
     return {"profile": profile, "sim_cfg": sim_cfg, "dqn_cfg": dqn_cfg, "dqn_dict": dqn_dict, "capacity": caps,
-            "cap_large": float(caps[-1]), "bank": bank, "env": env, "base_params": base_params,
-            "fns": make_train(dqn_cfg, env, base_params, bank)}
+            "cap_large": float(caps[-1]), "bank": bank, "deadline_bank": deadlines, "env": env,
+            "base_params": base_params, "fns": make_train(dqn_cfg, env, base_params, bank, deadlines)}
 
 
 def compose_train_config(overrides=()) -> DictConfig:
