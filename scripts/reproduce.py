@@ -14,7 +14,6 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -57,7 +56,7 @@ def main(argv=None):
     init, chunk, train, greedy_policy, _ = s["fns"]
     seeds = list(exp.seeds)
     ts, _ = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
-    learned = [Router(f"learned", greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
+    learned = [Router("learned", greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
                                                 jax.tree.map(lambda x: x[i], ts.obs_stats))) for i in range(len(seeds))]
     say(f"trained {len(seeds)} learned routers ({cfg.dqn.iterations} iterations x {cfg.dqn.n_envs} envs each)")
     large = profile.n_models - 1

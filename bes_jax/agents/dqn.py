@@ -11,10 +11,9 @@ exactly that reward: nothing is estimated and nothing is attached to the wrong d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax

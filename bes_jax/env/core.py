@@ -150,7 +150,6 @@ class ServingEnv:
         idle = ~(state.busy[s] & (state.free_at[s] > now))
         start_now = ~reject & idle
         enqueue = ~reject & ~idle
-        m = r // self.r_max
         d = params.deadline[state.task]
         latency = params.latency[action, state.task, 0]
         value = self._value(params, params.quality[action, state.task], latency, d)
@@ -272,7 +271,7 @@ class ServingEnv:
         (docs/simulator.md, step 3). ``T`` [N * S]: each server's due time."""
         S = self.n_servers
         N = T.shape[0] // S
-        H, C, B = self.slots, self.capacity, self.b_max
+        H, C = self.slots, self.capacity
         idx = lane // S  # write index: N for an empty lane (out of range: dropped)
         e = jnp.minimum(idx, N - 1)
         sk = lane % S
