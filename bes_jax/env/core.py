@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes_jax.env.params import EnvParams, default_float, make_env_params
+from bes_jax.short_axis import any_last, first_true, max_last, min_last, sum_last
 from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes
 from bes_jax.profile import Profile
 from bes_jax.sim_config import ConfigError, SimConfig
@@ -238,7 +239,7 @@ class ServingEnv:
 
         def body(carry):
             st, realised, T = carry
-            lane = jnp.nonzero(T.reshape(-1) < jnp.inf, size=lanes, fill_value=N * S)[0]
+            lane = first_lanes(T < jnp.inf, lanes)
             st, realised = self._process_events(st, params, params_axis, lane, T.reshape(-1), realised)
             return st, realised, self._due_events(st, t_limit)
 
@@ -333,14 +334,17 @@ class ServingEnv:
         pos = jnp.arange(arrival.shape[0])
         valid = pos < qlen
         d = params.deadline[task]
-        expired = valid & (T - arrival > d) if self.drop_expired else jnp.zeros_like(valid)
-        ok = valid & ~expired
-        take = ok & (jnp.cumsum(ok) <= B)
-        b = take.sum().astype(jnp.int32)
-        last = jnp.max(jnp.where(take, pos, -1))
-        removed = jnp.where(b == B, valid & (pos <= last), valid)
-        dropped = removed & ~take
-        n_removed = removed.sum().astype(jnp.int32)
+        if self.drop_expired:
+            ok = valid & ~(T - arrival > d)
+            take = ok & (jnp.cumsum(ok) <= B)
+            b = take.sum().astype(jnp.int32)
+            last = jnp.max(jnp.where(take, pos, -1))
+            removed = jnp.where(b == B, valid & (pos <= last), valid)
+            dropped = removed & ~take
+            n_removed = removed.sum().astype(jnp.int32)
+        else:  # the window holds at most B_max requests and none expires: take them all
+            take, dropped = valid, jnp.zeros_like(valid)
+            b = n_removed = jnp.minimum(qlen, arrival.shape[0]).astype(jnp.int32)
         lat_by_task = params.latency[m, :, jnp.maximum(b - 1, 0)]
         latency = jnp.max(jnp.where(take, lat_by_task[task], 0.0))
         end = T + latency
@@ -368,10 +372,10 @@ class ServingEnv:
         valid = params.replica_valid.reshape(M, Rm)
         big = jnp.iinfo(jnp.int32).max
         count = jnp.where(valid, count, big)
-        best = count == count.min(axis=1, keepdims=True)
+        best = count == min_last(count)[:, None]
         free_masked = jnp.where(best, free, jnp.inf)
-        best = best & (free_masked == free_masked.min(axis=1, keepdims=True))
-        k = jnp.argmax(best, axis=1)
+        best = best & (free_masked == min_last(free_masked)[:, None])
+        k = first_true(best)
         r = jnp.arange(M) * Rm + k
         q = st.queue_len[r]
         s = server[r]
@@ -392,7 +396,7 @@ class ServingEnv:
         f = st.free_at.dtype
         M, Rm = self.n_models, self.r_max
         onehot = jax.nn.one_hot(st.task, self.n_tasks, dtype=f)
-        in_system = (st.queue_len + self.running(st)).reshape(M, Rm).sum(axis=1).astype(f)
+        in_system = sum_last((st.queue_len + self.running(st)).reshape(M, Rm)).astype(f)
         denom = self.b_max * params.replica_count
         load = jnp.where(params.replica_count > 0, in_system / jnp.maximum(denom, 1.0), 0.0)
         rate = (1.0 / st.ewma_gap) / params.ref_rate
@@ -415,6 +419,23 @@ class ServingEnv:
         n = states.now.shape[0]
         states, _ = self._advance_batch(states, params, t_inf, params_axis, n * self.n_servers)
         return states
+
+
+def first_lanes(due, lanes: int):
+    """Flat indices ``n * S + s`` of the first `lanes` True entries of ``due`` [N, S], in
+    order, padded with ``N * S``: `jnp.nonzero(due.ravel(), size=lanes)`, with the prefix sum
+    taken per row (unrolled over the few servers) and then over rows, which XLA:CPU runs much
+    faster than one long prefix sum."""
+    N, S = due.shape
+    d = due.astype(jnp.int32)
+    within = [d[:, 0]]
+    for j in range(1, S):
+        within.append(within[-1] + d[:, j])
+    within = jnp.stack(within, axis=1)  # [N, S] inclusive count within the row
+    before = jnp.cumsum(within[:, -1]) - within[:, -1]  # [N] count in earlier rows
+    rank = before[:, None] + within - 1
+    target = jnp.where(due & (rank < lanes), rank, lanes).ravel()
+    return jnp.full((lanes,), N * S, jnp.int32).at[target].set(jnp.arange(N * S, dtype=jnp.int32), mode="drop")
 
 
 def resolved_mask(state: EnvState) -> jnp.ndarray:

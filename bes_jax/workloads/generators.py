@@ -18,6 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bes_jax.short_axis import any_last, first_true, sum_last
 from bes_jax.workloads.params import TRACE, WorkloadParams, WorkloadState
 
 #: Marsaglia-Tsang candidates per draw; the acceptance rate is >= 0.95 for the shapes used
@@ -43,7 +44,7 @@ def _gamma_and_exp(key, shape):
     v = (1.0 + c * normals) ** 3
     log_v = jnp.log(jnp.maximum(v, 1e-30))
     ok = (v > 0) & (jnp.log(u[:N_CANDIDATES]) < 0.5 * normals ** 2 + d - d * v + d * log_v)
-    x = jnp.where(ok.any(), d * v[jnp.argmax(ok)], d)
+    x = jnp.where(any_last(ok), d * v[first_true(ok)], d)
     x = jnp.where(shape < 1.0, x * u[N_CANDIDATES] ** (1.0 / shape), x)  # Gamma(a) = Gamma(a+1) U^(1/a)
     return x / shape, -jnp.log(u[N_CANDIDATES + 1])
 
@@ -64,21 +65,31 @@ def _rate_base(t_prev, wp: WorkloadParams):
     w_abs = jnp.floor(x / wp.window_s)
     w = w_abs.astype(jnp.int32) % n
     rate = wp.rates[w]
-    pos = jnp.arange(wp.rates.shape[0])
-    ahead = jnp.where((pos < n) & (wp.rates > 0), (pos - w) % n, jnp.iinfo(jnp.int32).max)
-    k = jnp.min(ahead)  # windows until the next positive rate (0: the current window)
-    k = jnp.where(k == jnp.iinfo(jnp.int32).max, 0, k)
+    k = _windows_to_positive(wp)[w]
     next_rate = wp.rates[(w + k) % n]
     next_start = (w_abs + k) * wp.window_s - wp.start_offset
     zero = rate <= 0
     return jnp.where(zero, next_start, t_prev), jnp.where(zero, next_rate, rate)
 
 
+def _windows_to_positive(wp: WorkloadParams):
+    """[W] windows from each window until one with a positive rate (0: itself; 0 if none).
+
+    It depends on the workload only, not on the time, so it is computed once per step for
+    all the environments that share a workload, not per environment."""
+    n = jnp.maximum(wp.n_windows, 1)
+    pos = jnp.arange(wp.rates.shape[0])
+    positive = (pos < n) & (wp.rates > 0)
+    ahead = jnp.where(positive[None, :], (pos[None, :] - pos[:, None]) % n, jnp.iinfo(jnp.int32).max)
+    k = jnp.min(ahead, axis=1)
+    return jnp.where(k == jnp.iinfo(jnp.int32).max, 0, k)
+
+
 def _mix_task(u, t, wp: WorkloadParams):
     """Task drawn with uniform `u` from the mix row of the window holding ``start_offset + t``."""
     row = (jnp.floor((wp.start_offset + t) / wp.mix_window_s).astype(jnp.int32)) % jnp.maximum(wp.n_mix, 1)
-    cdf = jnp.cumsum(wp.mix[row])
-    return jnp.minimum(jnp.sum(cdf <= u * cdf[-1]), wp.mix.shape[-1] - 1).astype(jnp.int32)
+    cdf = jnp.cumsum(wp.mix, axis=1)[row]  # per workload, not per environment (as above)
+    return jnp.minimum(sum_last((cdf <= u * cdf[-1]).astype(jnp.int32)), wp.mix.shape[-1] - 1)
 
 
 def _trace_start(wp: WorkloadParams, offset):
