@@ -45,16 +45,3 @@ def first_true(x):
         k = jnp.where(x[..., j], j, k)
     return k
 
-
-def argmax_last(x):
-    """`jnp.argmax(x, axis=-1)` for NaN-free `x`: the first index of the largest entry."""
-    k, best = jnp.zeros(x.shape[:-1], jnp.int32), x[..., 0]
-    for j in range(1, x.shape[-1]):
-        better = x[..., j] > best
-        k, best = jnp.where(better, j, k), jnp.where(better, x[..., j], best)
-    return k
-
-
-def argmin_last(x):
-    """`jnp.argmin(x, axis=-1)` for NaN-free `x`: the first index of the smallest entry."""
-    return argmax_last(-x)

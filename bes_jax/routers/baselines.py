@@ -12,8 +12,6 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from bes_jax.short_axis import any_last, argmax_last, argmin_last
-
 
 @dataclass(frozen=True)
 class Router:
@@ -54,9 +52,9 @@ def greedy_action(state, params):
     pred = state.predicted_finish
     meets = pred - state.now <= d
     quality = params.quality[:, state.task]
-    best = argmax_last(jnp.where(meets, quality, -jnp.inf))
-    fastest = argmin_last(pred)
-    return jnp.where(any_last(meets), best, fastest).astype(jnp.int32)
+    best = jnp.argmax(jnp.where(meets, quality, -jnp.inf))
+    fastest = jnp.argmin(pred)
+    return jnp.where(meets.any(), best, fastest).astype(jnp.int32)
 
 
 def greedy() -> Router:
