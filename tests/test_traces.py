@@ -74,6 +74,8 @@ def _err(fn, path, **kw):
     ("\n\n", {}, 1, "empty"),
     ("timestamp\n", {}, 2, "header only"),
     ("a,b\n1,2\n", {}, 1, "no timestamp column"),
+    ("id,created_at,updated_time\n1,3,4\n", {}, 1, "several candidates ['created_at', 'updated_time']"),
+    ("id,a,b\n1,2023-01-01,2023-01-02\n", {}, 1, "several candidates ['a', 'b']"),
     ("a,b\n1,2\n", {"column": "arrival"}, 1, "'arrival'"),
     ("timestamp\n0.1\n0.2\nabc\n", {}, 4, "'abc'"),
     ("timestamp\n0.1\nnan\n", {}, 3, "'nan'"),
@@ -94,6 +96,16 @@ def test_timestamp_csv_formats(tmp_path):
     t = load_timestamp_csv(_f(tmp_path, "x,when\n1,2023-11-16 23:59:59.9999999\n2,2023-11-17 00:00:01\n"),
                            column="when")
     np.testing.assert_allclose(t, [0.0, 1.0000001], atol=1e-9)
+
+
+def test_timestamp_column_is_guessed(tmp_path):
+    # a name that looks like a time, with ISO datetimes carrying a timezone (converted to UTC)
+    t = load_timestamp_csv(_f(tmp_path, "request_id,arrived_at,tokens\n"
+                                        "r0,2025-03-01T12:00:00.5+00:00,9\nr1,2025-03-01T13:00:01+01:00,9\n"))
+    np.testing.assert_allclose(t, [0.0, 0.5])
+    # no telling name: the one column holding datetimes
+    t = load_timestamp_csv(_f(tmp_path, "id,when\n7,2023-01-01 00:00:00\n8,2023-01-01 00:00:02\n"))
+    np.testing.assert_allclose(t, [0.0, 2.0])
 
 
 def test_missing_file(tmp_path):

@@ -151,11 +151,27 @@ def _to_seconds(path, column, parsed: list, lines: list[int], raw: list[str]) ->
     return t - t[0]
 
 
+def _guess_time_column(path, header: list[str], rows) -> int:
+    """The one column whose name looks like a time (``arrived_at``, ``created``, ``Date``)
+    or, failing that, the one whose first value is a datetime; else a clear error."""
+    hints = ("time", "arriv", "date", "stamp", "created")
+    by_name = [i for i, h in enumerate(header) if any(k in h.lower() for k in hints)]
+    first = rows[0][1] if rows else []
+    by_value = [i for i, cell in enumerate(first) if isinstance(_parse_time(cell), np.datetime64)]
+    for found in (by_name, by_value):
+        if len(found) == 1:
+            return found[0]
+    many = by_name if len(by_name) > 1 else by_value
+    why = (f"several candidates {[header[i] for i in many]}" if len(many) > 1
+           else f"looked for {list(TIMESTAMP_NAMES)}, a name with {list(hints)}, or a datetime value")
+    raise TraceError(f"{path}: line 1: no timestamp column in header {header!r} ({why}; pass column=)")
+
+
 def load_timestamp_csv(path, column: str | None = None) -> np.ndarray:
     """Arrival times in seconds from the first, from any CSV with a timestamp column.
 
-    The column is ``column`` or the first header name in :data:`TIMESTAMP_NAMES`
-    (case-insensitive). Values are all numbers (seconds) or all datetimes
+    The column is ``column``, or the first header name in :data:`TIMESTAMP_NAMES`
+    (case-insensitive), or the only column whose name or first value looks like a time. Values are all numbers (seconds) or all datetimes
     (``YYYY-MM-DD[ HH:MM:SS[.fraction]]``, any number of fractional digits, ns precision).
     """
     header, rows = _read_rows(path)
@@ -163,8 +179,7 @@ def load_timestamp_csv(path, column: str | None = None) -> np.ndarray:
     if column is None:
         col = next((lower.index(n) for n in TIMESTAMP_NAMES if n in lower), None)
         if col is None:
-            raise TraceError(f"{path}: line 1: no timestamp column in header {header!r} "
-                             f"(looked for {list(TIMESTAMP_NAMES)}; pass column=)")
+            col = _guess_time_column(path, header, rows)
     else:
         if column not in header:
             raise TraceError(f"{path}: line 1: column {column!r} not in header {header!r}")
