@@ -59,3 +59,19 @@ def test_one_device_is_plain_jit_and_bad_counts_are_refused():
     np.testing.assert_array_equal(np.asarray(f(jnp.arange(3.0))), [0.0, 2.0, 4.0])
     with pytest.raises(ValueError, match="host devices"):
         use_host_devices(0)
+
+
+def test_bench_sim_script_runs_and_reports(tmp_path):
+    """The benchmark script, at toy size on 2 CPU devices: it runs both layouts and the
+    reference and ends with its JSON line (figures are not checked: speed is not a test)."""
+    import json
+    from bes_jax import REPO_ROOT
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench_sim.py"), "--n-envs", "4", "--steps", "5",
+           "--reference-decisions", "200", "--devices", "2", "--repeats", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert sum(line.startswith("JAX  N=") for line in lines) == 2  # 4 envs on 1 device, 8 on 2
+    last = json.loads(lines[-1])
+    assert last["decisions_per_s"] > 0 and last["ratio_vs_reference"] > 0 and last["n_envs"] in (4, 8)
