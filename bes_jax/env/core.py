@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes_jax.env.params import EnvParams, default_float, make_env_params
-from bes_jax.short_axis import any_last, first_true, max_last, min_last, sum_last
 from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes
 from bes_jax.profile import Profile
+from bes_jax.short_axis import first_true, min_last, sum_last
 from bes_jax.sim_config import ConfigError, SimConfig
 from bes_jax.workloads import WorkloadParams, workload_init, workload_next
 

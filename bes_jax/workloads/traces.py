@@ -171,8 +171,9 @@ def load_timestamp_csv(path, column: str | None = None) -> np.ndarray:
     """Arrival times in seconds from the first, from any CSV with a timestamp column.
 
     The column is ``column``, or the first header name in :data:`TIMESTAMP_NAMES`
-    (case-insensitive), or the only column whose name or first value looks like a time. Values are all numbers (seconds) or all datetimes
-    (``YYYY-MM-DD[ HH:MM:SS[.fraction]]``, any number of fractional digits, ns precision).
+    (case-insensitive), or the only column whose name or first value looks like a time.
+    Values are all numbers (seconds) or all datetimes (``YYYY-MM-DD[ HH:MM:SS[.fraction]]``,
+    any number of fractional digits, ns precision).
     """
     header, rows = _read_rows(path)
     lower = [h.lower() for h in header]
