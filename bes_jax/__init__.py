@@ -8,7 +8,13 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: Repository root (conf/, profiles/ live there; the package is installed editable).
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROFILES_DIR = REPO_ROOT / "profiles"
-CONF_DIR = REPO_ROOT / "conf"
+#: The package directory: ``conf/`` (Hydra configs), ``profiles/`` (shipped profiles) and ``data/``
+#: (shipped trace samples, ``pkg:NAME`` in configs) are package data inside it.
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"
+PROFILES_DIR = PACKAGE_DIR / "profiles"
+DATA_DIR = PACKAGE_DIR / "data"
+#: The directory above the package. In a source checkout that is the repository (scripts/, docs/,
+#: tests/; ``../shared/`` next to it); in an installed wheel it is site-packages: only scripts and
+#: tests, which run from a checkout, use it.
+REPO_ROOT = PACKAGE_DIR.parent

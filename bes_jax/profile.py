@@ -244,7 +244,7 @@ def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:
-    """A bare name means ``profiles/<name>.json``; anything else is a path."""
+    """A bare name means the shipped ``bes_jax/profiles/<name>.json``; anything else is a path."""
     p = Path(name_or_path)
     if p.suffix == ".json" or p.exists() or len(p.parts) > 1:
         return p

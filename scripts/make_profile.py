@@ -1,6 +1,6 @@
 """Make the default OPT profiles from the calibrated latency model, and the model's report.
 
-    python scripts/make_profile.py            # profiles/opt-a100-80gb.json, profiles/opt-h100-sxm.json,
+    python scripts/make_profile.py            # bes_jax/profiles/opt-a100-80gb.json, bes_jax/profiles/opt-h100-sxm.json,
                                               # docs/profiles.md
     python scripts/make_profile.py --report   # also re-fit the model: docs/latency_model.md + .png
     python scripts/make_profile.py --check    # re-fit and compare with the constants in the code
@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from bes_jax import REPO_ROOT
+from bes_jax import PROFILES_DIR, REPO_ROOT
 from bes_jax.latency.model import (CALIBRATED, CSV_NAME, GPUS, PRIOR_BW_EFF, PRIOR_FLOP_EFF,
                                    PRIOR_SIGMA, ROW_SIGMA, calibrate, constants_dict, errors,
                                    leave_one_model_out, load_rows, predict)
@@ -129,13 +129,13 @@ def sustained_rates(lat: np.ndarray, dl: list[float], wait_factor: int) -> tuple
 def profiles_md() -> str:
     names = [t[0] for t in TASKS]
     out = ["# Profiles", "",
-           "A profile is one JSON file in `profiles/` describing one pool of models on one kind of hardware:",
+           "A profile is one JSON file in `bes_jax/profiles/` describing one pool of models on one kind of hardware:",
            "how long a batch takes and how good each model is. Loading (`bes_jax.profile.load_profile`)",
            "validates every field; an error names the file, the field and the bad value, e.g.",
-           "`profiles/x.json: field 'latency_s[1][0][3]' = 0.0001: latency must be non-decreasing in batch size`.",
+           "`bes_jax/profiles/x.json: field 'latency_s[1][0][3]' = 0.0001: latency must be non-decreasing in batch size`.",
            "", "## Format", "",
            "| field | meaning | checked |", "|---|---|---|",
-           "| `name` | profile name; `profile=NAME` in configs loads `profiles/NAME.json` | non-empty string |",
+           "| `name` | profile name; `profile=NAME` in configs loads `bes_jax/profiles/NAME.json` | non-empty string |",
            "| `hardware` | `name` (required), free-form `description`, `gpus` (number of GPUs the pool assumes), `placement` | object with a non-empty `name` |",
            "| `models` | list of `{name, params}`, smallest first by convention | non-empty, unique names, positive integer `params` |",
            "| `tasks` | list of `{name, metric, deadline_s, prompt_len, output_len}`: `metric` names the quality metric, `deadline_s` is the task's default deadline in seconds, `prompt_len`/`output_len` the tokens in and out of one request | non-empty, unique names, `deadline_s` finite and > 0, positive integer lengths |",
@@ -225,7 +225,7 @@ def report() -> None:
          "head dim, hidden `h`, FFN `f`, vocab `V`) on one GPU given by its memory bandwidth `BW` and dense",
          "fp16 peak `P` (datasheet numbers). CLI: `bes-latency --model opt-6.7b --gpu a100-80gb --batch 8",
          "--prompt-len 512 --output-len 32` (last line: seconds). It is the source of the latency tables of",
-         "`profiles/opt-*.json` (`docs/profiles.md`).", "",
+         "`bes_jax/profiles/opt-*.json` (`docs/profiles.md`).", "",
          "## Equations", "",
          "Notation: `b` batch, `p` prompt length, `o` output length, fp16 (2 bytes per value),",
          "`roof(B, F) = max(B / (e_bw BW), F / (e_f P))` for `B` bytes moved and `F` FLOPs.", "",
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
         report()
     for gpu in PROFILE_GPUS:
         doc = make(gpu)
-        path = REPO_ROOT / "profiles" / f"opt-{gpu}.json"
+        path = PROFILES_DIR / f"opt-{gpu}.json"
         profile_from_dict(doc, str(path))  # validate before writing
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {path.relative_to(REPO_ROOT)}")

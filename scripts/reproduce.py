@@ -26,7 +26,7 @@ def _ms(x):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=["small", "full"], default="small")
-    ap.add_argument("--config", help="another experiment YAML (default conf/experiment/SCALE.yaml)")
+    ap.add_argument("--config", help="another experiment YAML (default bes_jax/conf/experiment/SCALE.yaml)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -408,7 +408,7 @@ def main(argv=None):
     for lbl, row in mix_shift.items():
         lines.append(f"| {lbl} | " + " | ".join(fmt(row[k]) for k in list(mix_cols) + base_cols) + " |")
     lines += ["", "### The same config sweeps with Hydra multirun", "",
-              "`bes-experiment` (conf/experiment_job.yaml) runs one training config per job: it trains the seeds in one "
+              "`bes-experiment` (bes_jax/conf/experiment_job.yaml) runs one training config per job: it trains the seeds in one "
               "vmapped program, evaluates them and every baseline on named test workloads and writes `result.json` in "
               f"the job directory (`outputs/experiment/DATE/N/`). With `seeds=[{','.join(str(k) for k in seeds)}] eval.n_decisions="
               f"{n} eval.seeds=[{','.join(str(k) for k in eval_seeds)}]` appended, these rerun the sweeps above. "

@@ -120,6 +120,6 @@ def test_repo_gpu_file_loads():
     from bes_jax import CONF_DIR
     path = CONF_DIR / "gpus.yaml"
     if not path.exists():
-        pytest.skip("no conf/gpus.yaml")
+        pytest.skip("no bes_jax/conf/gpus.yaml")
     gpus = load_gpus(path)
     assert gpus and all(g.bandwidth > 0 and g.peak_flops > 0 for g in gpus.values())

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from bes_jax import PROFILES_DIR
 from bes_jax.profile import ProfileError, load_profile, profile_from_dict
 from conftest import REPO, synthetic_profile_dict
 
@@ -52,7 +53,7 @@ def test_opt_profiles_match_the_latency_model():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     for gpu in mod.PROFILE_GPUS:
-        shipped = json.loads((REPO / "profiles" / f"opt-{gpu}.json").read_text())
+        shipped = json.loads((PROFILES_DIR / f"opt-{gpu}.json").read_text())
         assert shipped == json.loads(json.dumps(mod.make(gpu))), f"re-run scripts/make_profile.py ({gpu})"
 
 

@@ -1,8 +1,6 @@
 """Helpers shared by the Hydra CLIs: profile, simulator config, workloads, tables."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +22,7 @@ def sim_config_from(node) -> SimConfig:
 
 
 def build_workload(node, profile: Profile, **pad):
-    """WorkloadParams from a ``conf/workload/*.yaml`` node (`kind` picks the builder)."""
+    """WorkloadParams from a ``bes_jax/conf/workload/*.yaml`` node (`kind` picks the builder)."""
     from bes_jax import workloads as W
 
     node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
@@ -53,12 +51,11 @@ def build_workload(node, profile: Profile, **pad):
     raise ValueError(f"workload.kind = {kind!r}: choose poisson, gamma, schedule, maf or trace")
 
 
-def _path(p) -> str:
-    path = Path(str(p))
-    if not path.exists():
-        raise FileNotFoundError(f"workload.path = {str(p)!r}: no such file (relative paths are taken from the "
-                                f"directory bes-eval/bes-train runs in: {Path.cwd().name}/)")
-    return str(path)
+def _path(p, field: str = "workload.path") -> str:
+    """A config's file value as a path (``pkg:NAME``: a shipped file); see :func:`bes_jax.data.resolve_path`."""
+    from bes_jax.data import resolve_path
+
+    return resolve_path(p, field)
 
 
 def format_table(reports: list[dict], names: list[str]) -> str:

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"one of: {', '.join(GPUS)}, or a name from --gpu-file (default a100-80gb)")
     ap.add_argument("--gpu-file", default=None,
                     help="YAML of extra GPUs, name: {bandwidth_gbps: N, peak_tflops: N} "
-                         "(default: conf/gpus.yaml when present)")
+                         "(default: the shipped bes_jax/conf/gpus.yaml)")
     ap.add_argument("--bandwidth-gbps", type=float, default=None, help="custom GPU: memory bandwidth, GB/s")
     ap.add_argument("--peak-tflops", type=float, default=None, help="custom GPU: dense fp16 TFLOP/s")
     ap.add_argument("--batch", type=int, default=1)

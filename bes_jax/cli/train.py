@@ -32,7 +32,7 @@ def _out(msg: str) -> None:
 TRAIN_KINDS = ("poisson", "gamma", "maf", "trace")
 
 
-def trace_part(path, span) -> np.ndarray:
+def trace_part(path, span, field: str = "workload.path") -> np.ndarray:
     """Arrival times of the part of a trace file between fractions ``span = [lo, hi]`` of its
     arrivals (by index), shifted to start at 0: train on one part, test on another."""
     from bes_jax.cli.common import _path
@@ -41,7 +41,7 @@ def trace_part(path, span) -> np.ndarray:
     lo, hi = (float(x) for x in span)
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"span = {list(span)}: need 0 <= lo < hi <= 1 (fractions of the trace's arrivals)")
-    t = load_trace_times(_path(path), None)
+    t = load_trace_times(_path(path, field), None)
     part = t[int(round(lo * t.size)):int(round(hi * t.size))]
     if part.size < 2:
         raise ValueError(f"span = {list(span)} of {path}: fewer than 2 arrivals")
@@ -52,6 +52,7 @@ def build_training_bank(fam, profile, cfg_sim, capacity_large: float, seed: int)
     """Stacked WorkloadParams: Poisson, Gamma, MAF slices and trace replays at randomised rates
     and task mixes (``fam.mix``: one fixed mix for every workload instead)."""
     from bes_jax import workloads as W
+    from bes_jax.cli.common import _path
 
     rng = np.random.default_rng(seed)
     T = profile.n_tasks
@@ -66,18 +67,16 @@ def build_training_bank(fam, profile, cfg_sim, capacity_large: float, seed: int)
         if fixed_mix.shape != (T,) or (fixed_mix < 0).any() or abs(fixed_mix.sum() - 1.0) > 1e-6:
             raise ValueError(f"train_family.mix = {fixed_mix.tolist()}: need {T} probabilities >= 0 summing to 1 "
                              f"(tasks {profile.task_names}), or null for randomised mixes")
-    counts = W.load_maf_minute_counts(fam.maf_path) if "maf" in kinds else None
+    counts = W.load_maf_minute_counts(_path(fam.maf_path, "train_family.maf_path")) if "maf" in kinds else None
     lo_min, hi_min = fam.maf_minutes
     trace_t = None
     if "trace" in kinds:
         if fam.get("trace_path") is None:
-            raise ValueError("train_family.trace_path = None: the 'trace' kind needs a trace file "
-                             "(e.g. train_family.trace_path=../shared/traces/AzureLLMInferenceTrace_code.csv)")
-        if not Path(str(fam.trace_path)).exists():
-            raise FileNotFoundError(f"train_family.trace_path = {str(fam.trace_path)!r}: no such file (relative paths "
-                                    f"are taken from the directory the command runs in)")
+            raise ValueError("train_family.trace_path = None: the 'trace' kind needs a trace file, passed by path "
+                             "(e.g. train_family.trace_path=pkg:AzureLLMInferenceTrace_code.csv, the shipped one)")
+        _path(fam.trace_path, "train_family.trace_path")
         try:
-            trace_t = trace_part(fam.trace_path, fam.get("trace_span", [0.0, 1.0]))
+            trace_t = trace_part(fam.trace_path, fam.get("trace_span", [0.0, 1.0]), "train_family.trace_path")
         except ValueError as e:
             raise ValueError(f"train_family.trace_{e}") from None
     bank = []

@@ -92,7 +92,9 @@ PRIOR_BW_EFF, PRIOR_FLOP_EFF, PRIOR_SIGMA = 0.8, 0.6, 0.2
 ROW_SIGMA = 0.05  # relative error expected of one measured row (measurement + model noise)
 
 CSV_NAME = "fastertransformer_a100_80gb_latency.csv"
-CSV_PATH = REPO_ROOT.parent / "shared" / "docs" / CSV_NAME  # ../shared/docs/ from the repo
+#: The calibration rows: ``../shared/docs/`` next to a source checkout (scripts and tests use them;
+#: an installed package needs only :data:`CALIBRATED`, so they do not ship).
+CSV_PATH = REPO_ROOT.parent / "shared" / "docs" / CSV_NAME
 
 
 def resolve_arch(arch: Arch | str) -> Arch:
@@ -180,6 +182,10 @@ def load_rows(path: str | Path = CSV_PATH) -> list[dict]:
     """Rows of the calibration CSV: model (lower-case shape name), batch, input_len, output_len,
     measured_s. The shape columns must agree with :data:`ARCHS`."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file: the calibration rows ({CSV_NAME}) are found in ../shared/docs/ "
+                                "next to a source checkout and are not shipped with the package; pass their path "
+                                "(load_rows(PATH)); CALIBRATED holds the fitted constants")
     with path.open() as fh:
         raw = list(csv.DictReader(fh))
     rows = []

@@ -12,7 +12,11 @@ simulator, and compare.
    server used and a ``SimConfig`` matching the server's pool (placement, devices, replicas,
    queue capacity, deadlines).
 4. A report (``report.md``, ``report.json``, ``latency.png``) compares availability, latency
-   percentiles, per-model share and performance.
+   percentiles, per-model share and performance, and gives a verdict: ``passed`` when the live
+   availability is within ``tol_availability_points`` (2) points of the simulator's and the
+   live p50 latency within ``tol_latency_p50_rel`` (5%) of it. ``bes-validate`` exits 1 when it
+   failed. (The per-model share is equal by construction: the simulator replays the server's
+   choices.)
 
 Example: ``bes-serve pool=tiny router=greedy server.port=8000`` in one shell, then
 ``bes-validate url=http://127.0.0.1:8000 rate=20 n_requests=600 out_dir=validate_out``.
@@ -20,7 +24,6 @@ Example: ``bes-serve pool=tiny router=greedy server.port=8000`` in one shell, th
 import asyncio
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -45,7 +48,8 @@ def make_arrivals(n: int, rate: float, n_tasks: int, *, seed: int = 0, mix=None,
 
     mix = None if mix is None else np.asarray(mix, np.float64) / np.sum(mix)
     if trace_path:
-        wp = W.trace(trace_path, target_mean_rate=rate, n_tasks=n_tasks, mix=mix)
+        from bes_jax.data import resolve_path
+        wp = W.trace(resolve_path(trace_path, "trace_path"), target_mean_rate=rate, n_tasks=n_tasks, mix=mix)
         source = f"bes_jax.workloads trace {trace_path} at {rate} req/s"
     else:
         wp = W.poisson(rate, n_tasks=n_tasks, mix=mix)
@@ -106,91 +110,14 @@ def run_load(url: str, times, tasks, task_names, prompt_lens, out_lens, timeout:
 
 # ----------------------------------------------------------------------------- simulator replay
 
-def replay_fallback(profile, cfg, times, tasks, actions):
-    """docs/simulator.md for fixed actions, no drops: used only when bes_jax.reference is absent."""
-    M = profile.n_models
-    B, C = profile.b_max, cfg.queue_capacity
-    R = cfg.replica_counts(M)
-    reps = [(m, k) for m in range(M) for k in range(R[m])]
-    if cfg.placement == "concurrent":
-        server_of = list(range(len(reps)))
-    else:
-        server_of = [cfg.gpu_of_replica(m, k) for (m, k) in reps]
-    S = max(server_of) + 1
-    busy = [False] * S
-    busy_until = [0.0] * S
-    running = [None] * S  # (replica, [requests])
-    queues = [[] for _ in reps]
-    n = len(times)
-    start, finish = np.full(n, np.nan), np.full(n, np.nan)
-    status = np.full(n, QUEUED)
-    dl = np.asarray(cfg.task_deadlines(profile))
-    del dl
-
-    def form(s, T):
-        cands = [r for r in range(len(reps)) if server_of[r] == s and queues[r]]
-        if not cands:
-            return
-        r = min(cands, key=lambda r: (times[queues[r][0]], reps[r][0], reps[r][1]))
-        b = min(len(queues[r]), B)
-        batch, queues[r][:] = queues[r][:b], queues[r][b:]
-        lam = max(profile.latency[reps[r][0], tasks[i], b - 1] for i in batch)
-        for i in batch:
-            start[i], finish[i] = T, T + lam
-        busy[s], busy_until[s], running[s] = True, T + lam, (r, batch)
-
-    def advance(t_next):
-        while True:
-            ev = [(busy_until[s], s) for s in range(S) if busy[s] and busy_until[s] <= t_next]
-            if not ev:
-                return
-            T, s = min(ev)
-            r, batch = running[s]
-            for i in batch:
-                status[i] = SERVED
-            busy[s], running[s] = False, None
-            form(s, T)
-
-    for i in range(n):
-        now = float(times[i])
-        advance(now)
-        m = int(actions[i])
-        cand = [r for r in range(len(reps)) if reps[r][0] == m]
-        if not cand:
-            status[i], finish[i] = REJECTED, now
-            continue
-
-        def key(r):
-            cnt = len(queues[r]) + (len(running[server_of[r]][1]) if running[server_of[r]] and running[server_of[r]][0] == r else 0)
-            free = max(busy_until[server_of[r]], now) if busy[server_of[r]] else now
-            return (cnt, free, r)
-        r = min(cand, key=key)
-        if len(queues[r]) >= C:
-            status[i], finish[i] = REJECTED, now
-            continue
-        queues[r].append(i)
-        if not busy[server_of[r]]:
-            form(server_of[r], now)
-    advance(math.inf)
-    return {"model": np.asarray(actions), "status": status, "start": start, "finish": finish,
-            "latency": finish - np.asarray(times)}
-
-
 def simulate(profile, sim_cfg, times, tasks, actions):
     """Per-request ``model, status, start, finish, latency`` (status in this module's codes)."""
-    try:
-        from bes_jax.reference import simulator as ref
-        ReferenceSimulator = ref.ReferenceSimulator
-    except (ImportError, AttributeError) as e:
-        log.warning("bes_jax.reference.simulator unavailable (%s): using the built-in replay", e)
-        return replay_fallback(profile, sim_cfg, times, tasks, actions), "bes_jax.serving.validate.replay_fallback"
-    res = ReferenceSimulator(profile, sim_cfg).run(np.asarray(times), np.asarray(tasks), np.asarray(actions))
-    out = {k: np.asarray(res[k] if isinstance(res, dict) else getattr(res, k))
-           for k in ("model", "status", "start", "finish", "latency")}
-    served_code = getattr(ref, "SERVED", SERVED)
+    from bes_jax.reference import simulator as ref
+    res = ref.ReferenceSimulator(profile, sim_cfg).run(np.asarray(times), np.asarray(tasks), np.asarray(actions))
+    out = {k: np.asarray(getattr(res, k)) for k in ("model", "status", "start", "finish", "latency")}
     st = out["status"]
-    out["status"] = np.where(st == served_code, SERVED, np.where(st == getattr(ref, "REJECTED", REJECTED), REJECTED,
-                                                                np.where(st == getattr(ref, "DROPPED", DROPPED), DROPPED, QUEUED)))
+    out["status"] = np.select([st == ref.SERVED, st == ref.REJECTED, st == ref.DROPPED], [SERVED, REJECTED, DROPPED],
+                              QUEUED)
     return out, "bes_jax.reference.simulator.ReferenceSimulator"
 
 
@@ -216,15 +143,36 @@ def summarise(profile, deadlines, tasks, models, served, latency, miss_value=0.0
             "per_model_share": share}
 
 
-def compare(live: dict, sim: dict) -> dict:
+#: stated tolerances of the verdict (override with ``+tol_availability_points=`` and
+#: ``+tol_latency_p50_rel=``): availability within 2 points, p50 latency within 5% of the simulator
+DEFAULT_TOLERANCES = {"availability_points": 2.0, "latency_p50_rel": 0.05}
+
+
+def tolerances_from(cfg) -> dict:
+    tol = dict(DEFAULT_TOLERANCES)
+    for key in tol:
+        v = cfg.get(f"tol_{key}", None)
+        if v is not None:
+            tol[key] = float(v)
+    return tol
+
+
+def compare(live: dict, sim: dict, tolerances: dict | None = None) -> dict:
+    """Gaps live - simulator and the verdict: ``passed`` when availability and p50 latency are
+    both within ``tolerances`` (availability in points, p50 as a fraction of the simulator's)."""
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+
     def rel(a, b):
         return float((a - b) / b) if b else float("nan")
-    return {"availability_gap_points": 100 * (live["availability"] - sim["availability"]),
-            "latency_p50_rel": rel(live["latency_p50"], sim["latency_p50"]),
+    gap = 100 * (live["availability"] - sim["availability"])
+    p50 = rel(live["latency_p50"], sim["latency_p50"])
+    avail_ok = bool(abs(gap) <= tol["availability_points"])  # NaN compares False: not within
+    p50_ok = bool(abs(p50) <= tol["latency_p50_rel"])
+    return {"availability_gap_points": gap, "latency_p50_rel": p50,
             "latency_p99_rel": rel(live["latency_p99"], sim["latency_p99"]),
             "performance_gap": live["performance"] - sim["performance"],
-            "availability_within_2_points": abs(live["availability"] - sim["availability"]) <= 0.02,
-            "p50_within_5_percent": abs(rel(live["latency_p50"], sim["latency_p50"])) <= 0.05}
+            "tolerances": tol, "availability_within_tolerance": avail_ok,
+            "p50_within_tolerance": p50_ok, "passed": avail_ok and p50_ok}
 
 
 def plot(path, live_lat, sim_lat, models, served_live, served_sim, names):
@@ -270,10 +218,14 @@ def markdown(rep: dict) -> str:
         out.append(f"| {k} | {f.format(L[k])} | {f.format(S[k])} |")
     for m in L["per_model_share"]:
         out.append(f"| share {m} | {L['per_model_share'][m]:.2%} | {S['per_model_share'][m]:.2%} |")
-    out += ["", f"- availability gap: {C['availability_gap_points']:+.2f} points "
-                f"({'within' if C['availability_within_2_points'] else 'NOT within'} 2 points)",
+    tol = C["tolerances"]
+    out += ["", f"- **verdict: {'PASSED' if C['passed'] else 'FAILED'}** (availability within "
+                f"{tol['availability_points']:g} points and p50 latency within {100 * tol['latency_p50_rel']:g}%)",
+            f"- availability gap: {C['availability_gap_points']:+.2f} points "
+            f"({'within' if C['availability_within_tolerance'] else 'NOT within'} {tol['availability_points']:g} points)",
             f"- p50 latency: {100 * C['latency_p50_rel']:+.1f}% "
-            f"({'within' if C['p50_within_5_percent'] else 'NOT within'} 5%); p99 {100 * C['latency_p99_rel']:+.1f}%",
+            f"({'within' if C['p50_within_tolerance'] else 'NOT within'} {100 * tol['latency_p50_rel']:g}%); "
+            f"p99 {100 * C['latency_p99_rel']:+.1f}%",
             f"- batch time on the live pool vs the profile (median ratio per model): {rep['service_ratio']}",
             f"- of which model compute vs the profile (median ratio): {rep['compute_ratio']}; "
             f"hand-off outside the model (median ms): {rep['handoff_ms']}",
@@ -283,29 +235,17 @@ def markdown(rep: dict) -> str:
 
 # ----------------------------------------------------------------------------- main
 
-def validate(cfg) -> dict:
-    import httpx
+def analyse(profile, health: dict, rec: list, tolerances: dict | None = None) -> tuple[dict, dict]:
+    """Replay recorded live requests in the simulator with ``profile`` and compare.
 
-    from bes_jax.profile import load_profile
-    from bes_jax.sim_config import SimConfig
-    url = str(cfg.url).rstrip("/")
-    health = httpx.get(f"{url}/healthz", timeout=10).json()
-    prof_path = cfg.get("profile") or health["profile_source"]
-    profile = load_profile(prof_path)
-    if profile.model_names != health["pool"]["models"]:
-        raise SystemExit(f"bes-validate: profile {prof_path} has models {profile.model_names}, "
-                         f"the server {health['pool']['models']}")
-    names, T = profile.task_names, profile.n_tasks
-    times, tasks, src = make_arrivals(int(cfg.n_requests), float(cfg.rate), T, seed=int(cfg.seed),
-                                      mix=cfg.get("task_mix"), trace_path=cfg.get("trace_path"))
-    plens = [t.prompt_len for t in profile.tasks]
-    olens = [t.output_len for t in profile.tasks]
-    log.info("sending %d requests (%s) to %s", len(times), src, url)
-    wall0 = time.time()
-    rec = run_load(url, times, tasks, names, plens, olens, float(cfg.client_timeout_s))
-    wall = time.time() - wall0
-    after = httpx.get(f"{url}/healthz", timeout=10).json()
-
+    ``health`` is the server's ``/healthz`` (pool layout, deadlines, its simulator view) and
+    ``rec`` the per-request records of :func:`run_load` (or ``requests.json``). Returns the
+    report's fields that depend on the profile (``live``, ``sim``, ``comparison`` with the
+    verdict, the batch-time ratios, ...) and the per-request arrays the plot needs. Apart from
+    :func:`validate` so that one live run can be checked against more than one profile.
+    """
+    from bes_jax.sim_config import SimConfig, sim_config_from_mapping
+    tasks = np.array([r["task"] for r in rec], np.int64)
     n = len(rec)
     midx = {m: i for i, m in enumerate(profile.model_names)}
     model = np.array([midx.get(r["bes"].get("model"), -1) for r in rec])
@@ -324,9 +264,14 @@ def validate(cfg) -> dict:
     order = order[known[order]]
     t_sim = arr[order] - arr[order][0]
     p = health["pool"]
-    sim_cfg = SimConfig(placement=p["placement"], n_gpus=int(p["n_gpus"]), replicas=tuple(p["replicas"]),
-                        queue_capacity=int(p["queue_capacity"]), deadline_scale=float(health["deadline_scale"]),
-                        episode_len=max(1, n), outcome_slots=max(2048, n + 1))
+    if health.get("sim_config"):
+        # the server's own simulator view: its pool, and a policy's settings as bes-serve adopted them
+        sim_cfg = sim_config_from_mapping({**health["sim_config"], "episode_len": max(1, n),
+                                           "outcome_slots": max(2048, n + 1)})
+    else:  # a server that does not report it
+        sim_cfg = SimConfig(placement=p["placement"], n_gpus=int(p["n_gpus"]), replicas=tuple(p["replicas"]),
+                            queue_capacity=int(p["queue_capacity"]), deadline_scale=float(health["deadline_scale"]),
+                            episode_len=max(1, n), outcome_slots=max(2048, n + 1))
     res, sim_name = simulate(profile, sim_cfg, t_sim, tasks[order], model[order])
     sim_lat = np.full(n, np.nan)
     sim_served = np.zeros(n, bool)
@@ -347,17 +292,49 @@ def validate(cfg) -> dict:
             compute_ratio[m] = round(float(np.median(comp / prof_l)), 3)
             handoff[m] = round(float(np.median(svc - comp)) * 1000, 3)
     e2e = np.array([r["e2e_s"] for r in rec if r["status"] == 200])
-    rep = {
-        "url": url, "router": health["router"], "profile": profile.name, "profile_source": str(prof_path),
-        "pool": {k: p[k] for k in ("placement", "n_gpus", "replicas", "queue_capacity", "b_max", "device", "num_threads")},
-        "arrivals": src, "n_requests": n, "duration_s": float(times[-1]), "wall_s": wall,
-        "offered_rate": float(n / max(times[-1], 1e-9)), "simulator": sim_name, "sim_config": {
+    part = {
+        "simulator": sim_name, "sim_config": {
             "placement": sim_cfg.placement, "n_gpus": sim_cfg.n_gpus, "replicas": list(sim_cfg.replicas),
             "queue_capacity": sim_cfg.queue_capacity, "deadline_scale": sim_cfg.deadline_scale},
         "http_status": status, "client_e2e_p50": float(np.percentile(e2e, 50)) if e2e.size else float("nan"),
         "client_e2e_p99": float(np.percentile(e2e, 99)) if e2e.size else float("nan"),
-        "live": live, "sim": sim, "comparison": compare(live, sim), "service_ratio": ratio,
+        "live": live, "sim": sim, "comparison": compare(live, sim, tolerances), "service_ratio": ratio,
         "compute_ratio": compute_ratio, "handoff_ms": handoff,
+    }
+    arrays = {"model": model, "latency": lat, "served": served_live, "sim_latency": sim_lat, "sim_served": sim_served}
+    return part, arrays
+
+
+def validate(cfg) -> dict:
+    import httpx
+
+    from bes_jax.profile import load_profile
+    url = str(cfg.url).rstrip("/")
+    health = httpx.get(f"{url}/healthz", timeout=10).json()
+    prof_path = cfg.get("profile") or health["profile_source"]
+    profile = load_profile(prof_path)
+    if profile.model_names != health["pool"]["models"]:
+        raise SystemExit(f"bes-validate: profile {prof_path} has models {profile.model_names}, "
+                         f"the server {health['pool']['models']}")
+    names, T = profile.task_names, profile.n_tasks
+    times, tasks, src = make_arrivals(int(cfg.n_requests), float(cfg.rate), T, seed=int(cfg.seed),
+                                      mix=cfg.get("task_mix"), trace_path=cfg.get("trace_path"))
+    plens = [t.prompt_len for t in profile.tasks]
+    olens = [t.output_len for t in profile.tasks]
+    log.info("sending %d requests (%s) to %s", len(times), src, url)
+    wall0 = time.time()
+    rec = run_load(url, times, tasks, names, plens, olens, float(cfg.client_timeout_s))
+    wall = time.time() - wall0
+    after = httpx.get(f"{url}/healthz", timeout=10).json()
+
+    part, a = analyse(profile, health, rec, tolerances_from(cfg))
+    n, p = len(rec), health["pool"]
+    sim_lat, sim_served = a["sim_latency"], a["sim_served"]
+    rep = {
+        "url": url, "router": health["router"], "profile": profile.name, "profile_source": str(prof_path),
+        "pool": {k: p[k] for k in ("placement", "n_gpus", "replicas", "queue_capacity", "b_max", "device", "num_threads")},
+        "arrivals": src, "n_requests": n, "duration_s": float(times[-1]), "wall_s": wall,
+        "offered_rate": float(n / max(times[-1], 1e-9)), **part,
         "server_counters_after": after.get("counters"),
     }
     out = Path(cfg.out_dir)
@@ -366,8 +343,8 @@ def validate(cfg) -> dict:
     (out / "requests.json").write_text(json.dumps(
         [{**r, "sim_latency_s": None if not np.isfinite(sim_lat[r["i"]]) else float(sim_lat[r["i"]]),
           "sim_served": bool(sim_served[r["i"]])} for r in rec]) + "\n")
-    plot(out / "latency.png", np.nan_to_num(lat, nan=0.0), np.nan_to_num(sim_lat, nan=0.0), model,
-         served_live, sim_served, profile.model_names)
+    plot(out / "latency.png", np.nan_to_num(a["latency"], nan=0.0), np.nan_to_num(sim_lat, nan=0.0), a["model"],
+         a["served"], sim_served, profile.model_names)
     (out / "report.md").write_text(markdown(rep))
     return rep
 
@@ -377,6 +354,8 @@ def _run(cfg) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     rep = validate(cfg)
     print(markdown(rep))
+    if not rep["comparison"]["passed"]:
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
     python -m bes_jax.workloads.plot [--out docs/workloads_maf.png] [--maf PATH]
 
-Defaults are derived from the repository location (``../shared/traces/`` next to it).
+Defaults: the shipped per-minute totals of the MAF excerpt (``pkg:maf2019_minute_totals.csv``,
+``bes_jax/data/``) and ``docs/workloads_maf.png`` of the source checkout (``workloads_maf.png`` in the
+current directory when the package is installed without one).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MAF = REPO.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv"
-DEFAULT_OUT = REPO / "docs" / "workloads_maf.png"
+DEFAULT_MAF = "pkg:maf2019_minute_totals.csv"
+DEFAULT_OUT = REPO / "docs" / "workloads_maf.png" if (REPO / "docs").is_dir() else Path("workloads_maf.png")
 
 
 def maf_rate_series(counts, target_mean_rate: float, time_scale: float, n_arrivals: int, seed: int = 0,
@@ -45,8 +47,10 @@ def plot_maf(out=DEFAULT_OUT, maf_path=DEFAULT_MAF, minutes=(0, 120), target_mea
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bes_jax.data import resolve_path
     from bes_jax.workloads.traces import load_maf_minute_counts
 
+    maf_path = resolve_path(maf_path, "--maf")
     counts = load_maf_minute_counts(maf_path, minutes=minutes)
     expect = int(target_mean_rate * len(counts) * 60.0 / time_scale)
     fine = maf_rate_series(counts, target_mean_rate, time_scale, int(expect * 1.05) + 100, seed, bin_s=1.0)
