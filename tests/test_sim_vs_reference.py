@@ -52,11 +52,11 @@ def jax_runner(profile, cfg):
         def body(carry, _):
             obs, st = carry
             a = jnp.where(use_greedy, greedy_action(st, params), actions[st.decision])
-            obs, st, _, _, _ = env.step(jax.random.PRNGKey(0), st, a, params)
-            return (obs, st), a
+            nxt, st, _, _, _ = env.step(jax.random.PRNGKey(0), st, a, params)
+            return (nxt, st), (a, obs)
         obs, st = env.reset(jax.random.PRNGKey(0), params)
-        (obs, st), acts = jax.lax.scan(body, (obs, st), None, length=N)
-        return env.drain(st, params), acts
+        (obs, st), (acts, seen) = jax.lax.scan(body, (obs, st), None, length=N)
+        return env.drain(st, params), acts, seen
     return env, run
 
 
@@ -67,7 +67,8 @@ STATIC = list(itertools.product(["concurrent", "exclusive"], [False, True], [3, 
 def test_same_per_request_outcomes(placement, drop_expired, capacity):
     profile = quantized_profile(seed=capacity)
     base = SimConfig(placement=placement, drop_expired=drop_expired, queue_capacity=capacity, n_gpus=2,
-                     replicas=(2, 1, 2), outcome_slots=N + 1, episode_len=N)
+                     replicas=(2, 1, 2), outcome_slots=N + 1, episode_len=N, obs_mode="rich", ewma_alpha=0.2,
+                     ref_rate=40.0)
     env, run = jax_runner(profile, base)
     rng = np.random.default_rng(hash((placement, drop_expired, capacity)) % 2**32)
     variants = [("hard", "linear", 0.0, 0.0), ("hard", "linear", 0.5, 0.1)]
@@ -82,7 +83,7 @@ def test_same_per_request_outcomes(placement, drop_expired, capacity):
         actions = rng.integers(0, 3, N)
         # reward settings are params: one compiled program serves every variant
         params = ServingEnv(profile, cfg).make_params(W.trace(times=times, tasks=tasks, n_tasks=2))
-        st, acts = run(params, jnp.asarray(actions, jnp.int32), policy == "greedy")
+        st, acts, seen = run(params, jnp.asarray(actions, jnp.int32), policy == "greedy")
         ref = ReferenceSimulator(profile, cfg).run(times, tasks, "greedy" if policy == "greedy" else actions, drain=True)
         o = jax.tree.map(np.asarray, st.outcomes)
         order = np.argsort(o.decision)[-N:]
@@ -92,6 +93,8 @@ def test_same_per_request_outcomes(placement, drop_expired, capacity):
         np.testing.assert_array_equal(o.start[order], ref.start, err_msg=ctx)
         np.testing.assert_array_equal(o.finish[order], ref.finish, err_msg=ctx)
         np.testing.assert_allclose(o.reward[order], ref.reward, rtol=1e-5, atol=1e-6, err_msg=ctx)
+        # the observation each decision was made on: one-hot, loads, rate, capped wait / d, d
+        np.testing.assert_allclose(np.asarray(seen), ref.observations, rtol=1e-6, atol=1e-6, err_msg=ctx)
         checked += 1
     assert checked == len(variants) * 4
 

@@ -383,6 +383,15 @@ class ServingEnv:
         F = jnp.where(busy, st.free_at[s], st.now)
         lat = params.latency[:, st.task, :]  # [M, B]
         wait = (F - st.now) + (q // B) * lat[:, B - 1]
+        if self.exclusive:  # every request queued on the GPU's other replicas arrived earlier: served first
+            members = jnp.asarray(self.server_members)[s]  # [M, W]
+            other = (members >= 0) & (members != r[:, None])
+            mem = jnp.maximum(members, 0)
+            qo = jnp.where(other, st.queue_len[mem], 0)
+            mo = mem // Rm
+            rest = qo % B
+            work = (qo // B) * lat[mo, B - 1] + jnp.where(rest > 0, lat[mo, jnp.maximum(rest - 1, 0)], 0.0)
+            wait = wait + sum_last(work)
         # our own batch: exactly a batch of one if the server is idle; otherwise assume it fills
         # up (arrivals keep joining until it starts), which is what happens under load.
         own = jnp.where(busy, lat[:, B - 1], lat[:, 0])

@@ -5,7 +5,9 @@ clocks, written from ``docs/simulator.md`` alone; every rule there (replica choi
 tie-breaks, queue capacity, FIFO batching with ``B_max``, batch latency as the max over members,
 ``drop_expired`` batch formation, exclusive GPU sharing, hard/soft rewards, the ``greedy``
 router and its prediction heuristic, the ``paper``/``rich`` observation) is implemented here a
-second time, on purpose.
+second time, on purpose. The routing view (replica choice, prediction, observation) lives in
+:mod:`bes_jax.reference.routing_view`, numpy code the live server uses too, so that what a
+served policy reads is what this twin gives.
 
 What it deliberately does *not* share with the JAX simulator (``bes_jax.env``): any code at all
 except the profile tables (``bes_jax.profile``) and the config dataclass
@@ -33,11 +35,12 @@ from typing import Callable, Union
 import numpy as np
 
 from bes_jax.profile import Profile
+from bes_jax.reference import routing_view as rv
 from bes_jax.sim_config import SimConfig
 
 QUEUED, SERVED, DROPPED, REJECTED = 1, 2, 3, 4
 STATUS = {"QUEUED": QUEUED, "SERVED": SERVED, "DROPPED": DROPPED, "REJECTED": REJECTED}
-WAIT_CAP = 10.0  # rich observation: predicted wait in deadlines, capped (a full queue reads as 10)
+WAIT_CAP = rv.WAIT_CAP
 
 
 @dataclass
@@ -152,15 +155,11 @@ class ReferenceSimulator:
 
         # ---- layout
         reps: list[_Replica] = []
-        by_model: list[list[int]] = []
         for m in range(self.M):
-            ids = []
             for k in range(self.counts[m]):
                 gpu = cfg.gpu_of_replica(m, k)
                 server = gpu if cfg.placement == "exclusive" else len(reps)
-                ids.append(len(reps))
                 reps.append(_Replica(m, k, gpu, server))
-            by_model.append(ids)
         n_servers = cfg.n_gpus if cfg.placement == "exclusive" else len(reps)
         servers = [_Server() for _ in range(n_servers)]
         members = [[r for r, rep in enumerate(reps) if rep.server == s] for s in range(n_servers)]
@@ -226,9 +225,12 @@ class ReferenceSimulator:
             if i > 0:
                 gap_ewma = cfg.ewma_alpha * (now - times[i - 1]) + (1.0 - cfg.ewma_alpha) * gap_ewma
             t = int(tasks[i])
-            chosen, wait, pred = self._routing_view(by_model, now, t)
-            load = self._load(by_model)
-            obs = self._observation(t, load, gap_ewma, wait)
+            snap = self._snapshot(now)
+            wait, pred, chosen = rv.predict(snap, self.lat[:, t, :])
+            load = rv.model_load(snap, self.counts)
+            rate = 1.0 / gap_ewma if gap_ewma > 0 else math.inf  # IEEE 1/0 (only with alpha = 1, gap 0)
+            obs = rv.build_observation(cfg.obs_mode, snap, t, self.T, rate / cfg.ref_rate,
+                                       deadline=float(self.d[t]), replica_counts=self.counts, wait=wait)
             observations[i] = obs
             if greedy:
                 a = self.greedy_choice(t, now, pred)
@@ -286,58 +288,18 @@ class ReferenceSimulator:
         return a_int
 
     # ------------------------------------------------------------------ routing view
-    def _pick(self, ids, now) -> int:
-        """Fewest queued + in flight; then earliest free = max(busy_until, now); then lowest index."""
-        best, key = -1, None
-        for r in ids:
-            rep = self._reps[r]
-            sv = self._servers[rep.server]
-            k = (len(rep.queue) + rep.inflight, max(sv.until, now), r)
-            if key is None or k < key:
-                best, key = r, k
-        return best
-
-    def _routing_view(self, by_model, now, t):
-        """Per model: the replica the rule picks, predicted wait and completion (docs/simulator.md)."""
-        chosen = np.full(self.M, -1, np.int64)
-        wait = np.full(self.M, np.inf)
-        pred = np.full(self.M, np.inf)
-        for m in range(self.M):
-            r = self._pick(by_model[m], now)
-            chosen[m] = r
-            if r < 0:
-                continue
-            rep = self._reps[r]
-            q = len(rep.queue)
-            if q >= self.cfg.queue_capacity:
-                continue
-            sv = self._servers[rep.server]
-            F = sv.until if sv.busy else now
-            wait[m] = (F - now) + (q // self.B) * self.lat[m, t, self.B - 1]
-            own = self.lat[m, t, self.B - 1] if sv.busy else self.lat[m, t, 0]
-            pred[m] = now + wait[m] + own
-        return chosen, wait, pred
+    def _snapshot(self, now: float) -> rv.Snapshot:
+        """The state a router sees at ``now`` (every replica is alive here)."""
+        reps, servers = self._reps, self._servers
+        return rv.Snapshot(
+            now=now, replica_model=np.array([r.model for r in reps], np.int64),
+            replica_server=np.array([r.server for r in reps], np.int64),
+            queue_len=np.array([len(r.queue) for r in reps], np.int64),
+            inflight=np.array([r.inflight for r in reps], np.int64), valid=np.ones(len(reps), bool),
+            server_busy=np.array([s.busy for s in servers], bool),
+            server_free_at=np.array([s.until for s in servers], np.float64),
+            queue_capacity=self.cfg.queue_capacity, b_max=self.B, n_models=self.M)
 
     def greedy_choice(self, t: int, now: float, pred: np.ndarray) -> int:
         """Best quality (ties: lower index) predicted on time; else the earliest predicted."""
-        ok = [m for m in range(self.M) if pred[m] - now <= self.d[t]]
-        if ok:
-            return max(ok, key=lambda m: (self.q[m, t], -m))
-        return int(np.argmin(pred))  # first minimum: the lower index on ties
-
-    def _load(self, by_model) -> np.ndarray:
-        load = np.zeros(self.M)
-        for m in range(self.M):
-            if self.counts[m] > 0:
-                n_sys = sum(len(self._reps[r].queue) + self._reps[r].inflight for r in by_model[m])
-                load[m] = n_sys / (self.B * self.counts[m])
-        return load
-
-    def _observation(self, t, load, gap_ewma, wait) -> np.ndarray:
-        onehot = np.zeros(self.T)
-        onehot[t] = 1.0
-        rate = 1.0 / gap_ewma if gap_ewma > 0 else math.inf  # IEEE 1/0 (only with alpha = 1, gap 0)
-        parts = [onehot, load, [rate / self.cfg.ref_rate]]
-        if self.cfg.obs_mode == "rich":
-            parts += [np.minimum(wait / self.d[t], WAIT_CAP), [self.d[t]]]
-        return np.concatenate(parts)
+        return rv.greedy_choice(pred, now, self.q[:, t], float(self.d[t]))
