@@ -64,3 +64,36 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     assert r.returncode == 2 and "bad.csv" in r.stderr and "line 4" in r.stderr and "soon" in r.stderr, r.stderr
     r = bes_eval("router=static", "router.model=opt-175b", "n_decisions=10")
     assert r.returncode == 2 and "opt-175b" in r.stderr and "opt-6.7b" in r.stderr, r.stderr
+
+
+def _export_policy(path, profile_name, obs_mode, **sim):
+    from bes_jax.agents.export import export_policy
+    from bes_jax.profile import load_profile
+    from bes_jax.sim_config import SimConfig
+
+    profile = load_profile(profile_name)
+    M, T = profile.n_models, profile.n_tasks
+    size = T + M + 1 + (M + 1 if obs_mode == "rich" else 0)
+    rng = np.random.default_rng(0)
+    params = {"params": {"hidden_0": {"kernel": rng.normal(size=(size, 8)), "bias": np.zeros(8)},
+                         "out": {"kernel": rng.normal(size=(8, M)), "bias": np.zeros(M)}}}
+    return export_policy(path, params, np.zeros(size), np.ones(size), obs_mode=obs_mode, hidden=[8], profile=profile,
+                         sim_config=SimConfig(obs_mode=obs_mode, **sim).to_dict(), train_config={})
+
+
+def test_policy_router_adopts_the_policys_observation_settings(tmp_path):
+    """`bes-eval router=policy` evaluates with the observation settings the policy was trained
+    with (as bes-serve serves it), unless the command line sets them; it says what it changed."""
+    pol = _export_policy(tmp_path / "pol", "opt-a100-80gb", "rich", ewma_alpha=0.2, ref_rate=40.0, deadline_scale=1.5)
+    r = bes_eval("router=policy", f"router.path={pol}", "n_decisions=300", f"out={tmp_path / 'a.json'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sim = json.loads((tmp_path / "a.json").read_text())["config"]["sim"]
+    assert (sim["obs_mode"], sim["ewma_alpha"], sim["ref_rate"], sim["deadline_scale"]) == ("rich", 0.2, 40.0, 1.5), sim
+    assert "sim.ewma_alpha = 0.05 -> 0.2" in r.stderr and "sim.ref_rate = 100.0 -> 40.0" in r.stderr, r.stderr
+    # what the user sets on the command line stays; obs_mode cannot (the policy has one input layout)
+    r = bes_eval("router=policy", f"router.path={pol}", "n_decisions=300", "sim.deadline_scale=2", "sim.obs_mode=paper",
+                 f"out={tmp_path / 'b.json'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sim = json.loads((tmp_path / "b.json").read_text())["config"]["sim"]
+    assert (sim["obs_mode"], sim["ewma_alpha"], sim["ref_rate"], sim["deadline_scale"]) == ("rich", 0.2, 40.0, 2.0), sim
+    assert "sim.deadline_scale = 2 kept as set" in r.stderr and "sim.obs_mode = 'paper' -> 'rich'" in r.stderr, r.stderr

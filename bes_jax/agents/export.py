@@ -47,3 +47,84 @@ def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: s
     }
     (out / "metadata.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return out
+
+
+# ----------------------------------------------------------------------------- reading it back
+
+#: SimConfig fields that define every policy's observation: its layout (obs_mode) and the
+#: arrival-rate feature (EWMA smoothing, reference rate).
+OBS_FIELDS = ("obs_mode", "ewma_alpha", "ref_rate")
+#: ... and, in ``rich`` mode (the pending task's deadline and wait / deadline are inputs), the deadlines.
+RICH_OBS_FIELDS = ("deadlines", "deadline_scale")
+
+
+def read_policy_metadata(path: str | Path) -> dict:
+    """``metadata.json`` of an exported policy directory (a clear error if missing or broken)."""
+    from bes_jax.agents.numpy_router import PolicyFormatError
+
+    f = Path(path) / "metadata.json"
+    if not f.exists():
+        raise PolicyFormatError(f"{f}: missing (an exported policy directory holds metadata.json and weights.npz)")
+    try:
+        meta = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise PolicyFormatError(f"{f}: not valid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(meta, dict) or "obs_mode" not in meta:
+        raise PolicyFormatError(f"{f}: field 'obs_mode' missing")
+    if not isinstance(meta.get("sim_config") or {}, dict):
+        raise PolicyFormatError(f"{f}: field 'sim_config' = {meta['sim_config']!r}: must be an object")
+    return meta
+
+
+def policy_observation_settings(path: str | Path) -> dict:
+    """``{SimConfig field: value}`` that define the observation of the policy at ``path``, as it
+    was trained: ``obs_mode`` always, the others as far as its ``sim_config`` records them."""
+    meta = read_policy_metadata(path)
+    sc = meta.get("sim_config") or {}
+    fields = OBS_FIELDS + (RICH_OBS_FIELDS if meta["obs_mode"] == "rich" else ())
+    out = {"obs_mode": meta["obs_mode"]}
+    out.update({k: sc[k] for k in fields if k != "obs_mode" and k in sc})
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return a is not None and b is not None and list(a) == list(b)
+    return a == b
+
+
+def adopt_policy_sim_config(path: str | Path, sim_cfg, explicit=(), *, prefix: str = "sim.", note=None):
+    """``sim_cfg`` with the observation settings of the policy at ``path`` adopted (the one
+    place `bes-eval`, `bes-serve` and `bes-validate` get them from).
+
+    Every field of :func:`policy_observation_settings` takes the policy's value, except those
+    named in ``explicit`` (set by the user on purpose: a deadline sweep, say), which are kept;
+    ``obs_mode`` is adopted even then (another mode has another observation size). Each value
+    that is overridden, or kept although it differs from the policy's, is reported through
+    ``note`` (default: printed to stderr), naming the setting as ``prefix + field``.
+    """
+    import dataclasses
+    import sys
+
+    if note is None:
+        def note(msg):
+            print(msg, file=sys.stderr)
+    explicit = set(explicit)
+    pol = policy_observation_settings(path)
+    changes = {}
+    for k, v in pol.items():
+        if k == "deadlines" and v is not None:
+            v = tuple(float(x) for x in v)
+        cur = getattr(sim_cfg, k)
+        if _same(cur, v):
+            continue
+        shown = list(v) if isinstance(v, tuple) else v
+        cur_shown = list(cur) if isinstance(cur, tuple) else cur
+        if k in explicit and k != "obs_mode":
+            note(f"router=policy: {prefix}{k} = {cur_shown!r} kept as set; the policy at {path} "
+                 f"was trained with {shown!r}")
+            continue
+        note(f"router=policy: {prefix}{k} = {cur_shown!r} -> {shown!r}, the value the policy at {path} "
+             f"was trained with" + (" (its observation has no other layout)" if k == "obs_mode" else ""))
+        changes[k] = v
+    return dataclasses.replace(sim_cfg, **changes) if changes else sim_cfg

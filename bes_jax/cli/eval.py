@@ -15,15 +15,30 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bes_jax import CONF_DIR
+from bes_jax.agents.export import adopt_policy_sim_config
 from bes_jax.cli.common import build_workload, format_table, load_profile_for, sim_config_from
 from bes_jax.profile import ProfileError
+from bes_jax.routers.factory import parse_router_config
 
 # jax reports missing TPU/GPU plugins at INFO; not news on a CPU machine.
 logging.getLogger("jax").setLevel(logging.WARNING)
 log = logging.getLogger("bes-eval")
 
 
-def run_eval(cfg: DictConfig) -> dict:
+def explicit_sim_overrides() -> set[str]:
+    """The ``sim`` fields set on the command line (``sim.deadline_scale=2``), from Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError, AttributeError):
+        return set()
+    keys = (str(o).split("=", 1)[0].lstrip("+~") for o in overrides)
+    return {k[len("sim."):].split(".")[0] for k in keys if k.startswith("sim.")}
+
+
+def run_eval(cfg: DictConfig, explicit_sim: set[str] | None = None) -> dict:
+    """One evaluation. ``explicit_sim``: the sim fields the user set on purpose, which a policy's
+    observation settings do not override (None: the command-line ``sim.*`` overrides)."""
     import jax
 
     if cfg.get("x64", True):
@@ -32,14 +47,12 @@ def run_eval(cfg: DictConfig) -> dict:
         jax.config.update("jax_enable_x64", True)
     profile = load_profile_for(cfg)
     router_cfg = OmegaConf.to_container(cfg.router, resolve=True)
+    spec = parse_router_config(router_cfg, profile.model_names, where=f"profile {profile.name!r}")
     sim_cfg = sim_config_from(cfg.sim)
-    if router_cfg.get("name") == "policy":
-        from bes_jax.agents.numpy_router import Router as NumpyRouter
-        obs_mode = NumpyRouter.load(router_cfg["path"]).obs_mode
-        if obs_mode != sim_cfg.obs_mode:
-            log.info("policy expects obs_mode=%s; using it", obs_mode)
-            import dataclasses
-            sim_cfg = dataclasses.replace(sim_cfg, obs_mode=obs_mode)
+    if spec.name == "policy":
+        # the policy's observation settings, as bes-serve adopts them; sim.* set explicitly are kept
+        sim_cfg = adopt_policy_sim_config(spec.path, sim_cfg, explicit_sim if explicit_sim is not None
+                                          else explicit_sim_overrides(), prefix="sim.")
     n = int(cfg.n_decisions)
     if n <= 0:
         raise ValueError(f"n_decisions = {n}: must be positive")
@@ -63,8 +76,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "workload": OmegaConf.to_container(cfg.workload, resolve=True), "sim": sim_cfg.to_dict(),
         "n_decisions": n, "seed": int(cfg.seed),
     }
-    print(format_table([report], [router_cfg.get("name") if router_cfg.get("name") != "static"
-                                  else f"static:{router_cfg.get('model')}"]))
+    print(format_table([report], [spec.label if spec.name != "policy" else "policy"]))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -36,13 +36,18 @@ def uniform_random() -> Router:
 
 
 def weighted(weights: Sequence[float]) -> Router:
+    """Models drawn in proportion to ``weights``, over the models that have at least one replica
+    (as ``random``); if none of the weighted models has one, the largest weight's model."""
     w = jnp.asarray(weights, dtype=float)
     if w.ndim != 1 or bool((w < 0).any()) or float(w.sum()) <= 0:
         raise ValueError(f"router.weights = {list(weights)}: need non-negative weights, one per model, sum > 0")
     logp = jnp.log(w / w.sum())
 
     def act(key, obs, state, params):
-        return jax.random.categorical(key, logp).astype(jnp.int32)
+        masked = jnp.where(params.replica_count > 0, logp, -jnp.inf)
+        if_none = jnp.where(jnp.arange(logp.shape[0]) == jnp.argmax(logp), 0.0, -jnp.inf)
+        logits = jnp.where(jnp.isfinite(masked).any(), masked, if_none)
+        return jax.random.categorical(key, logits).astype(jnp.int32)
     return Router("weighted:" + ",".join(f"{x:g}" for x in weights), act)
 
 

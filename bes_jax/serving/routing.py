@@ -1,5 +1,8 @@
 """Routers evaluated on the live pool state (numpy only), from a ``conf/router/*.yaml`` node.
 
+They are built by ``bes_jax.routers.factory.make_live_router`` (re-exported here), which parses
+the router config the same way for `bes-eval`, `bes-serve` and `bes-validate`.
+
 Every router has ``choose(snapshot, task) -> model index`` and is called under the pool lock at
 the request's arrival, after the arrival-rate estimate was updated with that arrival. Models
 whose replicas all crashed are masked out (``static`` keeps its model and the request fails with
@@ -11,10 +14,10 @@ import logging
 
 import numpy as np
 
+from bes_jax.routers.factory import ROUTER_NAMES, make_live_router  # noqa: F401 (re-exported)
 from bes_jax.serving.observation import RateEstimator, build_observation, greedy_choice
 
 log = logging.getLogger(__name__)
-ROUTER_NAMES = ("static", "random", "weighted", "greedy", "policy")
 
 
 class LiveRouter:
@@ -101,47 +104,14 @@ class PolicyRouter(LiveRouter):
         return int(np.argmax(q))
 
 
-def policy_sim_config(path) -> dict:
-    """The simulator settings a policy was trained with (rate smoothing, reference rate)."""
-    import json
-    from pathlib import Path
+def stand_ins(model_names) -> dict:
+    """``{OPT name: the pool model standing in for it}`` for the pool's models (``router.model``)."""
     try:
-        meta = json.loads((Path(path) / "metadata.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    sc = meta.get("sim_config") or {}
-    return sc if isinstance(sc, dict) else {}
-
-
-def make_live_router(cfg, profile, deadlines, replica_counts, rate: RateEstimator, seed: int = 0) -> LiveRouter:
-    cfg = dict(cfg)
-    name = cfg.get("name")
-    common = (profile, deadlines, replica_counts, rate)
-    names = profile.model_names
-    if name == "static":
-        model = cfg.get("model")
-        if model not in names:
-            from bes_jax.serving.pool import PRESETS
-            stand_ins = [n for n in names if n in PRESETS and PRESETS[n].stands_in_for == model]
-            if not stand_ins:
-                raise ValueError(f"router.model = {model!r}: not a model of the pool (choose from {names})")
-            log.info("router.model %s is served by its stand-in %s", model, stand_ins[0])
-            model = stand_ins[0]
-        return StaticRouter(names.index(model), f"static:{model}", *common)
-    if name == "random":
-        return RandomRouter(np.ones(len(names)), seed, *common)
-    if name == "weighted":
-        w = [float(x) for x in (cfg.get("weights") or [])]
-        if len(w) != len(names) or any(x < 0 for x in w) or sum(w) <= 0:
-            raise ValueError(f"router.weights = {w}: need {len(names)} non-negative weights with a positive sum ({names})")
-        r = RandomRouter(w, seed, *common)
-        r.name = "weighted:" + ",".join(f"{x:g}" for x in w)
-        return r
-    if name == "greedy":
-        return GreedyRouter(*common)
-    if name == "policy":
-        path = cfg.get("path")
-        if not path or path == "???":
-            raise ValueError("router.path is required for router=policy (a directory with metadata.json and weights.npz)")
-        return PolicyRouter(str(path), *common)
-    raise ValueError(f"router.name = {name!r}: unknown router (choose from {ROUTER_NAMES})")
+        from bes_jax.serving.models import PRESETS
+    except ImportError:  # the presets' older home
+        from bes_jax.serving.pool import PRESETS
+    out = {}
+    for n in model_names:
+        if n in PRESETS and PRESETS[n].stands_in_for and PRESETS[n].stands_in_for not in out:
+            out[PRESETS[n].stands_in_for] = n
+    return out

@@ -18,7 +18,8 @@ from bes_jax import CONF_DIR
 from bes_jax.profile import Profile, load_profile
 from bes_jax.serving.observation import RateEstimator
 from bes_jax.serving.pool import ModelUnavailable, Pool, QueueFull, WorkerCrashed, build_pool
-from bes_jax.serving.routing import LiveRouter, make_live_router, policy_sim_config
+from bes_jax.serving.routing import LiveRouter, make_live_router
+from bes_jax.sim_config import SimConfig
 
 log = logging.getLogger("bes_jax.serving")
 
@@ -99,16 +100,34 @@ class Metrics:
             self.latency.labels(m)
 
 
+def serving_sim_config(pool, router_cfg: dict, settings: ServeSettings, profile: Profile) -> SimConfig:
+    """The simulator's view of this server: the pool's layout, ``serve.*`` settings and, for
+    ``router=policy``, the policy's observation settings (``adopt_policy_sim_config``, as
+    `bes-eval` adopts them); ``serve.ewma_alpha`` / ``serve.ref_rate`` / ``serve.deadline_scale``
+    when set are kept."""
+    from bes_jax.agents.export import adopt_policy_sim_config
+    from bes_jax.routers.factory import parse_router_config
+    from bes_jax.serving.routing import stand_ins
+
+    set_here = {k: float(getattr(settings, k)) for k in ("ewma_alpha", "ref_rate") if getattr(settings, k) is not None}
+    cfg = SimConfig(placement=pool.placement, n_gpus=int(pool.n_gpus), replicas=tuple(pool.replica_counts),
+                    queue_capacity=int(pool.queue_capacity), deadline_scale=float(settings.deadline_scale), **set_here)
+    spec = parse_router_config(router_cfg, profile.model_names, where="the pool",
+                               stand_ins=stand_ins(profile.model_names))
+    if spec.name == "policy":
+        cfg = adopt_policy_sim_config(spec.path, cfg, explicit={"deadline_scale", *set_here}, prefix="serve.",
+                                      note=log.warning)
+    return cfg
+
+
 class Service:
     """Routing, admission, accounting; the HTTP layer is a thin wrapper around :meth:`complete`."""
 
     def __init__(self, pool: Pool, profile: Profile, router_cfg: dict, settings: ServeSettings):
         self.pool, self.profile, self.settings = pool, profile, settings
-        pol = policy_sim_config(router_cfg.get("path")) if router_cfg.get("name") == "policy" else {}
-        alpha = settings.ewma_alpha if settings.ewma_alpha is not None else pol.get("ewma_alpha", 0.05)
-        ref = settings.ref_rate if settings.ref_rate is not None else pol.get("ref_rate", 100.0)
-        self.rate = RateEstimator(float(alpha), float(ref))
-        self.deadlines = profile.deadlines * float(settings.deadline_scale)
+        self.sim_config = serving_sim_config(pool, router_cfg, settings, profile)
+        self.rate = RateEstimator(self.sim_config.ewma_alpha, self.sim_config.ref_rate)
+        self.deadlines = np.asarray(self.sim_config.task_deadlines(profile), np.float64)
         self.router: LiveRouter = make_live_router(router_cfg, profile, self.deadlines, pool.replica_counts,
                                                    self.rate, seed=settings.seed)
         self.default_task = settings.default_task or profile.task_names[0]
@@ -277,6 +296,7 @@ class Service:
                          "device": self.pool.device, "num_threads": self.pool.num_threads},
                 "deadlines_s": [float(x) for x in self.deadlines],
                 "deadline_scale": float(self.settings.deadline_scale),
+                "sim_config": self.sim_config.to_dict(),
                 "counters": self.counters.as_dict(), "uptime_s": self.pool.now()}
 
     def metrics_text(self) -> bytes:
