@@ -22,6 +22,7 @@ from flax import struct
 from bes_jax.agents.network import QNetwork, normalize
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
+from bes_jax.workloads import workload_restart
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,11 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         replay = Replay(ts.replay.obs.at[rows, slot].set(ts.obs),
                         ts.replay.action.at[rows, slot].set(action),
                         ts.replay.next_obs.at[rows, slot].set(next_obs))
-        # domain randomisation: a truncated episode continues on a freshly drawn workload
+        # domain randomisation: a truncated episode continues on a freshly drawn workload,
+        # which starts at the current clock (its own times are measured from its start)
         new_index = jax.random.randint(k_idx, (N,), 0, n_bank)
         index = jnp.where(done, new_index, ts.workload_index)
+        env_state = env_state.replace(workload=workload_restart(env_state.workload, index != ts.workload_index))
         ts = ts.replace(env_state=env_state, obs=next_obs, replay=replay, workload_index=index,
                         obs_stats=update_stats(ts.obs_stats, next_obs), iteration=ts.iteration + 1, key=key)
         ts, logs = jax.lax.scan(update, ts, jax.random.split(k_upd, cfg.updates_per_iteration))

@@ -1,12 +1,16 @@
 """Arrival generation inside `jit`: one cheap, fixed-cost draw per simulator step.
 
+Times inside a workload are measured from its start, ``origin`` in the state (0 at reset;
+the clock at the switch when `workload_restart` installs another workload mid-run), so a
+newly installed workload continues from the current clock and the clock never runs back.
+
 Schedules: the gap after an arrival at time t is drawn with the rate of the window holding
-``start_offset + t`` (an approximation of a non-homogeneous process that is exact for
-constant rates): exponential when cv = 1, else Gamma with shape 1/cv^2 and mean 1/rate.
+``start_offset + t - origin`` (an approximation of a non-homogeneous process that is exact
+for constant rates): exponential when cv = 1, else Gamma with shape 1/cv^2 and mean 1/rate.
 If that window's rate is 0, the process restarts at the start of the next window with a
 positive rate. Gamma uses Marsaglia-Tsang with a few vectorised candidates (no while loop,
 so `vmap` stays cheap) and the U^(1/a) boost for shape < 1. Traces replay their
-timestamps cyclically from the position given by ``start_offset``.
+timestamps cyclically from the position given by ``start_offset``, shifted to ``origin``.
 
 Both branches (schedule and trace) are computed for every environment and one is picked
 with `jnp.where`, so environments of different kinds share one compiled program.
@@ -57,17 +61,17 @@ def gamma_unit_mean(key, shape):
     return _gamma_and_exp(key, shape)[0]
 
 
-def _rate_base(t_prev, wp: WorkloadParams):
+def _rate_base(t_prev, origin, wp: WorkloadParams):
     """``(base, rate)``: the gap is drawn at `rate` and added to `base` (the previous arrival,
     or the start of the next window with a positive rate if the current one has rate 0)."""
     n = jnp.maximum(wp.n_windows, 1)
-    x = wp.start_offset + t_prev
+    x = wp.start_offset + (t_prev - origin)
     w_abs = jnp.floor(x / wp.window_s)
     w = w_abs.astype(jnp.int32) % n
     rate = wp.rates[w]
     k = _windows_to_positive(wp)[w]
     next_rate = wp.rates[(w + k) % n]
-    next_start = (w_abs + k) * wp.window_s - wp.start_offset
+    next_start = jnp.maximum(origin + ((w_abs + k) * wp.window_s - wp.start_offset), t_prev)
     zero = rate <= 0
     return jnp.where(zero, next_start, t_prev), jnp.where(zero, next_rate, rate)
 
@@ -85,9 +89,9 @@ def _windows_to_positive(wp: WorkloadParams):
     return jnp.where(k == jnp.iinfo(jnp.int32).max, 0, k)
 
 
-def _mix_task(u, t, wp: WorkloadParams):
-    """Task drawn with uniform `u` from the mix row of the window holding ``start_offset + t``."""
-    row = (jnp.floor((wp.start_offset + t) / wp.mix_window_s).astype(jnp.int32)) % jnp.maximum(wp.n_mix, 1)
+def _mix_task(u, t, origin, wp: WorkloadParams):
+    """Task drawn with uniform `u` from the mix row of the window holding ``start_offset + t - origin``."""
+    row = (jnp.floor((wp.start_offset + (t - origin)) / wp.mix_window_s).astype(jnp.int32)) % jnp.maximum(wp.n_mix, 1)
     cdf = jnp.cumsum(wp.mix, axis=1)[row]  # per workload, not per environment (as above)
     return jnp.minimum(sum_last((cdf <= u * cdf[-1]).astype(jnp.int32)), wp.mix.shape[-1] - 1)
 
@@ -107,7 +111,8 @@ def _trace_start(wp: WorkloadParams, offset):
 
 
 def _trace_arrival(j, wp: WorkloadParams):
-    """Time and listed task of the j-th replayed arrival (j counts from the start offset)."""
+    """Time (from the workload's start) and listed task of the j-th replayed arrival (j counts
+    from the start offset); non-decreasing in j and >= 0."""
     L = jnp.maximum(wp.trace_len, 1)
     period = jnp.maximum(wp.trace_period, jnp.finfo(wp.trace_period.dtype).tiny)
     lap0 = jnp.floor(wp.start_offset / period)
@@ -118,17 +123,19 @@ def _trace_arrival(j, wp: WorkloadParams):
     return wp.trace_times[i] + lap.astype(period.dtype) * period - offset, wp.trace_tasks[i]
 
 
-def _draw(key, t_prev, j, wp: WorkloadParams):
+def _draw(key, t_prev, j, origin, wp: WorkloadParams):
     k_gap, k_task = jax.random.split(key)
     f = t_prev.dtype
-    base, rate = _rate_base(t_prev, wp)
+    base, rate = _rate_base(t_prev, origin, wp)
     unit_gamma, unit_exp = _gamma_and_exp(k_gap, 1.0 / wp.cv ** 2)
     unit = jnp.where(wp.cv == 1.0, unit_exp, unit_gamma)
     t_sched = base + unit / jnp.maximum(rate, jnp.finfo(f).tiny)
-    t_trace, listed = _trace_arrival(j, wp)
+    t_rel, listed = _trace_arrival(j, wp)
+    # at or after the previous arrival (a guard against rounding: origin <= t_prev, t_rel >= 0)
+    t_trace = jnp.maximum(origin + t_rel, t_prev)
     is_trace = wp.kind == TRACE
     t = jnp.where(is_trace, t_trace, t_sched).astype(f)
-    drawn = _mix_task(jax.random.uniform(k_task, (), f), t, wp)
+    drawn = _mix_task(jax.random.uniform(k_task, (), f), t, origin, wp)
     task = jnp.where(is_trace & (listed >= 0), listed, drawn)
     return t, task.astype(jnp.int32)
 
@@ -139,11 +146,27 @@ def workload_init(key, wp: WorkloadParams):
     Schedules: t0 is one gap after time 0 (the env starts mid-process at `start_offset`).
     Traces: t0 is the first trace entry at or after `start_offset`, minus `start_offset`.
     """
-    t, task = _draw(key, jnp.zeros((), _float()), jnp.zeros((), jnp.int32), wp)
-    return WorkloadState(t, jnp.ones((), jnp.int32)), t, task
+    zero = jnp.zeros((), _float())
+    t, task = _draw(key, zero, jnp.zeros((), jnp.int32), zero, wp)
+    return WorkloadState(t, jnp.ones((), jnp.int32), zero), t, task
 
 
 def workload_next(key, ws: WorkloadState, wp: WorkloadParams):
     """Next arrival after ``ws``: ``(state, t, task)``; pure and fixed-cost."""
-    t, task = _draw(key, ws.t, ws.idx, wp)
-    return WorkloadState(t, ws.idx + 1), t, task
+    t, task = _draw(key, ws.t, ws.idx, ws.origin, wp)
+    return WorkloadState(t, ws.idx + 1, ws.origin), t, task
+
+
+def workload_restart(ws: WorkloadState, restart=True) -> WorkloadState:
+    """Start the workload over at the latest arrival ``ws.t`` (where `restart`, a bool that
+    broadcasts over a batch of states): call it when another workload is installed mid-run.
+
+    The following `workload_next` calls then draw the arrivals that `workload_init` and
+    `workload_next` would give from a reset, shifted by ``ws.t``: a trace replays from its
+    `start_offset`, a schedule's windows and the mix rows start at their `start_offset`.
+    So the clock never runs back (without it, a trace's j-th arrival would be read on its
+    own clock from 0, before the current time when the new trace is faster).
+    """
+    restart = jnp.asarray(restart, bool)
+    return WorkloadState(ws.t, jnp.where(restart, 0, ws.idx).astype(ws.idx.dtype),
+                         jnp.where(restart, ws.t, ws.origin).astype(ws.origin.dtype))

@@ -21,7 +21,7 @@ class WorkloadParams:
     mix: jnp.ndarray           # [K, T] task probabilities, row k during mix window k (cyclic)
     n_mix: jnp.ndarray         # int32 valid rows
     mix_window_s: jnp.ndarray
-    start_offset: jnp.ndarray  # seconds into the schedule / trace where the env starts
+    start_offset: jnp.ndarray  # seconds into the schedule / trace at the workload's start (`origin`)
 
     @property
     def n_tasks(self) -> int:
@@ -30,5 +30,6 @@ class WorkloadParams:
 
 @struct.dataclass
 class WorkloadState:
-    t: jnp.ndarray    # time of the latest arrival (env clock, seconds)
-    idx: jnp.ndarray  # int32 arrivals produced so far
+    t: jnp.ndarray       # time of the latest arrival (env clock, seconds)
+    idx: jnp.ndarray     # int32 arrivals produced since the workload started at `origin`
+    origin: jnp.ndarray  # env-clock time at which the workload started (0 at reset): its clock 0
