@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bes_jax.serving.observation import RateEstimator, build_observation, choose_replica, greedy_choice, predict
-from bes_jax.serving.pool import ByteTokenizer
+from bes_jax.serving.tokenizers import ByteTokenizer
 
 
 def test_byte_tokenizer_offline_roundtrip():

@@ -1,139 +1,41 @@
 """A live pool of OPT models served with the simulator's batching rules (docs/simulator.md).
 
-Layout, routing inside a model and batch formation follow ``docs/simulator.md`` exactly:
+The pool owns what is live: the models (in this process or one process per replica), one worker
+thread per replica, the lock under which requests are queued and batches formed, and the
+routing view (:class:`Snapshot`). The rules themselves (layout, FIFO queues, batch formation)
+are in :mod:`bes_jax.serving.scheduler`; model specs in :mod:`~bes_jax.serving.models`,
+tokenizers in :mod:`~bes_jax.serving.tokenizers`, the batch decode in
+:mod:`~bes_jax.serving.decode`, model processes in :mod:`~bes_jax.serving.runner` and devices in
+:mod:`~bes_jax.serving.devices`.
 
-* model ``m`` has ``R_m`` replicas; replica ``k`` lives on device ("GPU") ``k mod n_gpus``;
-* a *server* runs one batch at a time: in ``concurrent`` placement every replica is its own
-  server, in ``exclusive`` placement every device is one server shared by its replicas (on a
-  CPU this is a per-device lock: only one batch of any model runs on it at a time);
-* every replica has a FIFO queue of at most ``queue_capacity`` requests;
-* when a server is idle and one of its replicas has a non-empty queue it forms a batch at once
-  with the first ``min(len(queue), B_max)`` requests (exclusive: from the replica whose oldest
-  queued request arrived first; ties lowest model index, then lowest replica index).
+A batch is a greedy decode of exactly ``max(n_out)`` new tokens (every request gets its own
+``n_out`` tokens). Random-weight pools use :class:`ByteTokenizer`, which needs no files; pools
+with real weights (``weights="pretrained"``) use the real OPT tokenizer.
 
-Batch formation runs under the pool lock at the event that makes it possible (an arrival at an
-idle server or a batch completion), exactly as in the simulator; one worker thread per
-(model, replica) then runs the batch it was handed. A batch is a greedy decode of exactly
-``max(n_out)`` new tokens (every request gets its own ``n_out`` tokens).
-
-Weights are random (from ``OPTConfig`` at the preset's dimensions, seeded) unless a hub name or
-a local directory is given, in which case ``from_pretrained`` loads them together with the real
-OPT tokenizer. Random-weight pools use :class:`ByteTokenizer`, which needs no files.
-
-On a CPU all "devices" are the same cores: ``torch.set_num_threads`` is set once for the
-process, and replicas that run at the same time (``concurrent`` placement, or several devices)
-share those cores and slow each other down. Use ``exclusive`` placement on one device to get
-latencies that match a profile measured one batch at a time.
+On a CPU all "devices" are the same cores, and replicas that run at the same time
+(``concurrent`` placement, or several devices) share those cores and slow each other down. Use
+``exclusive`` placement on one device to get latencies that match a profile measured one batch
+at a time.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from bes_jax.serving.decode import greedy_decode
+from bes_jax.serving.devices import pick_device, setup_threads, torch_device
+from bes_jax.serving.models import POOL_PRESETS, PRESETS, load_model
+from bes_jax.serving.runner import ChildRunner
+from bes_jax.serving.scheduler import PLACEMENTS, Replica, Request, Server, build_layout, form_batch
+from bes_jax.serving.tokenizers import ByteTokenizer, HFTokenizer
+
 log = logging.getLogger(__name__)
 
-PLACEMENTS = ("concurrent", "exclusive")
-
-# OPT's reserved ids: <s>=0, <pad>=1, </s>=2, <unk>=3.
-PAD_ID, BOS_ID, EOS_ID = 1, 2, 2
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Dimensions of one OPT-architecture model."""
-
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    ffn: int
-    vocab: int = 50272
-    max_positions: int = 2048
-    hub_id: Optional[str] = None  # where real weights live, when asked for
-    #: for tiny models: the OPT size they stand in for (qualities are borrowed from it)
-    stands_in_for: Optional[str] = None
-
-    def opt_config(self):
-        from transformers import OPTConfig
-        return OPTConfig(vocab_size=self.vocab, hidden_size=self.hidden, num_hidden_layers=self.layers,
-                         num_attention_heads=self.heads, ffn_dim=self.ffn,
-                         max_position_embeddings=self.max_positions, word_embed_proj_dim=self.hidden,
-                         do_layer_norm_before=True, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
-                         eos_token_id=EOS_ID, dropout=0.0, attention_dropout=0.0)
-
-
-#: OPT paper Table 1 (see ../shared/docs/OPT_FACTS.md) and a tiny family for CPU runs.
-#: The tiny sizes are chosen for a clear latency ratio (about 1 : 4 : 12 at batch 1 on one CPU
-#: thread) while a batch of 8 on the large one stays under about 0.2 s.
-PRESETS: dict[str, ModelSpec] = {
-    "opt-125m": ModelSpec("opt-125m", 768, 12, 12, 3072, hub_id="facebook/opt-125m"),
-    "opt-1.3b": ModelSpec("opt-1.3b", 2048, 24, 32, 8192, hub_id="facebook/opt-1.3b"),
-    "opt-6.7b": ModelSpec("opt-6.7b", 4096, 32, 32, 16384, hub_id="facebook/opt-6.7b"),
-    "tiny-s": ModelSpec("tiny-s", 64, 2, 2, 256, vocab=260, max_positions=512, stands_in_for="opt-125m"),
-    "tiny-m": ModelSpec("tiny-m", 256, 4, 4, 1024, vocab=260, max_positions=512, stands_in_for="opt-1.3b"),
-    "tiny-l": ModelSpec("tiny-l", 512, 6, 8, 2048, vocab=260, max_positions=512, stands_in_for="opt-6.7b"),
-}
-POOL_PRESETS = {"tiny": ("tiny-s", "tiny-m", "tiny-l"), "opt": ("opt-125m", "opt-1.3b", "opt-6.7b")}
-
-
-def param_count(spec: ModelSpec) -> int:
-    """Parameters of an OPT model with tied embeddings (the position table has 2 extra rows)."""
-    h, f = spec.hidden, spec.ffn
-    per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
-    return spec.vocab * h + (spec.max_positions + 2) * h + spec.layers * per_layer + 2 * h
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-class ByteTokenizer:
-    """Offline tokenizer: one token per UTF-8 byte, id = byte + 4 (ids 0..3 are OPT's specials).
-
-    Works for any vocabulary of at least 260 ids, so it maps into the tiny models' vocabulary
-    and into the real OPT one alike. Decoding drops ids outside the byte range.
-    """
-
-    offset = 4
-    pad_id = PAD_ID
-
-    def __init__(self, vocab_size: int = 260):
-        if vocab_size < 256 + self.offset:
-            raise ValueError(f"ByteTokenizer needs a vocabulary of at least {256 + self.offset} ids, got {vocab_size}")
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return [b + self.offset for b in text.encode("utf-8")]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        data = bytes(int(i) - self.offset for i in ids if self.offset <= int(i) < self.offset + 256)
-        return data.decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    """The real OPT tokenizer (only used when weights come from the hub or a local directory)."""
-
-    pad_id = PAD_ID
-
-    def __init__(self, source: str):
-        from transformers import AutoTokenizer
-        self.tok = AutoTokenizer.from_pretrained(source)
-        self.vocab_size = len(self.tok)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=True)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
-
-
-# ----------------------------------------------------------------------------- requests
 
 class WorkerCrashed(RuntimeError):
     """The replica that held a request failed; the request was not served."""
@@ -149,30 +51,6 @@ class QueueFull(RuntimeError):
     def __init__(self, model: str, replica: int, capacity: int):
         super().__init__(f"queue of model {model!r} (replica {replica}) is full ({capacity} requests)")
         self.model, self.replica, self.capacity = model, replica, capacity
-
-
-@dataclass
-class Request:
-    rid: int
-    task: int
-    prompt_ids: list[int]
-    n_out: int
-    arrival: float  # pool clock (seconds since the pool started)
-    model: int = -1
-    replica: int = -1
-    start: float = float("nan")
-    finish: float = float("nan")
-    batch_size: int = 0
-    compute: float = float("nan")  # seconds the model spent decoding this request's batch
-    future: Future = field(default_factory=Future)
-
-    @property
-    def queue_wait(self) -> float:
-        return self.start - self.arrival
-
-    @property
-    def latency(self) -> float:
-        return self.finish - self.arrival
 
 
 @dataclass
@@ -196,177 +74,6 @@ class Snapshot:
     queue_capacity: int
     b_max: int
     n_models: int
-
-
-class _Replica:
-    def __init__(self, index: int, model: int, k: int, server: int, device_index: int):
-        self.index, self.model, self.k, self.server, self.device_index = index, model, k, server, device_index
-        self.queue: deque[Request] = deque()
-        self.inflight: list[Request] = []
-        self.pending: Optional[list[Request]] = None  # batch formed, waiting for the worker
-        self.alive = True
-        self.fault: Optional[str] = None
-        self.thread: Optional[threading.Thread] = None
-        self.runner: Optional[_ChildRunner] = None
-        self.batches = 0
-
-
-class _Server:
-    def __init__(self, index: int):
-        self.index = index
-        self.busy = False
-        self.free_at = 0.0  # busy_until while busy; the time it last went idle otherwise
-        self.replicas: list[_Replica] = []
-
-
-# ----------------------------------------------------------------------------- running a batch
-
-def greedy_decode(model, prompts: Sequence[Sequence[int]], n_out: int, dev: str) -> list[list[int]]:
-    """Greedy decode of exactly ``n_out`` new tokens for a left-padded batch (KV cache)."""
-    import torch
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if len(p):
-            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    out = []
-    with torch.inference_mode():
-        res = model(input_ids=ids, attention_mask=mask, use_cache=True)
-        for step in range(n_out):
-            nxt = res.logits[:, -1, :].argmax(dim=-1, keepdim=True)
-            out.append(nxt)
-            if step == n_out - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            res = model(input_ids=nxt, attention_mask=mask, past_key_values=res.past_key_values, use_cache=True)
-    return torch.cat(out, dim=1).cpu().tolist() if out else [[] for _ in prompts]
-
-
-def load_model(spec: ModelSpec, weights: str, source: Optional[str], dtype: str, device: str, seed: int):
-    import torch
-    from transformers import OPTForCausalLM
-    dt = getattr(torch, dtype)
-    if weights == "pretrained":
-        model = OPTForCausalLM.from_pretrained(source, dtype=dt)
-    else:
-        torch.manual_seed(seed)
-        model = OPTForCausalLM(spec.opt_config()).to(dt)
-    return model.to(device).eval()
-
-
-def _child_main(rx, tx) -> None:
-    """A model process: receives ``(load_args, num_threads)``, loads the model, then runs
-    ``(prompts, n_out)`` batches until ``None`` or end of input."""
-    import torch
-    load_args, num_threads = rx.recv()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
-        model = load_model(*load_args)
-        dev = load_args[4]
-        tx.send(("ready", None))
-    except Exception as e:  # reported to the parent, which refuses to start
-        tx.send(("err", f"{type(e).__name__}: {e}"))
-        return
-    while True:
-        try:
-            msg = rx.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        prompts, n_out = msg
-        try:
-            t0 = time.perf_counter()
-            toks = greedy_decode(model, prompts, n_out, dev)
-            tx.send(("ok", (toks, time.perf_counter() - t0)))
-        except Exception as e:
-            tx.send(("err", f"{type(e).__name__}: {e}"))
-
-
-class _ChildRunner:
-    """One model process per replica (``executor: process``): batches run outside this
-    interpreter, so the HTTP event loop and the model never compete for one GIL. The process is
-    ``python -m bes_jax.serving.pool`` talking over two pipes (no re-import of the caller's main)."""
-
-    def __init__(self, load_args: tuple, num_threads: int):
-        import subprocess
-        import sys
-        from multiprocessing.connection import Connection
-        c_r, p_w = os.pipe()  # parent -> child
-        p_r, c_w = os.pipe()  # child -> parent
-        self.proc = subprocess.Popen([sys.executable, "-m", "bes_jax.serving.pool", str(c_r), str(c_w)],
-                                     pass_fds=(c_r, c_w))
-        os.close(c_r)
-        os.close(c_w)
-        self.tx, self.rx = Connection(p_w, readable=False), Connection(p_r, writable=False)
-        self.tx.send((load_args, num_threads))
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        if not self.rx.poll(timeout):
-            raise RuntimeError("model process did not start in time")
-        kind, info = self.rx.recv()
-        if kind != "ready":
-            raise RuntimeError(f"model process failed to load: {info}")
-
-    def run(self, prompts, n_out: int):
-        """Tokens of the batch; ``self.last_compute`` is the decode time inside the process."""
-        self.tx.send(([list(p) for p in prompts], int(n_out)))
-        kind, val = self.rx.recv()  # EOFError if the process died
-        if kind != "ok":
-            raise RuntimeError(f"model process: {val}")
-        toks, self.last_compute = val
-        return toks
-
-    def close(self) -> None:
-        try:
-            self.tx.send(None)
-        except OSError:
-            pass
-        try:
-            self.proc.wait(5)
-        except Exception:
-            self.proc.kill()
-        self.tx.close()
-        self.rx.close()
-
-
-# ----------------------------------------------------------------------------- the pool
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def setup_threads(num_threads: int = 0) -> int:
-    """CPU threads for torch ops; 0 = all cores. Every worker shares them (one process)."""
-    import torch
-    n = int(num_threads) if num_threads and num_threads > 0 else (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware_name(device: str) -> str:
-    import torch
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 class Pool:
@@ -417,29 +124,15 @@ class Pool:
         self.latency = None if latency is None else np.asarray(latency, np.float64)
         self._measured: list[list[float]] = [[] for _ in range(M)]
 
-        # layout
-        self.replicas: list[_Replica] = []
-        for m, R in enumerate(self.replica_counts):
-            for k in range(R):
-                dev = k % self.n_gpus
-                self.replicas.append(_Replica(len(self.replicas), m, k, -1, dev))
-        if placement == "concurrent":
-            self.servers = [_Server(i) for i in range(len(self.replicas))]
-            for r in self.replicas:
-                r.server = r.index
-        else:
-            self.servers = [_Server(g) for g in range(self.n_gpus)]
-            for r in self.replicas:
-                r.server = r.device_index
-        for r in self.replicas:
-            self.servers[r.server].replicas.append(r)
+        # layout (bes_jax.serving.scheduler)
+        self.replicas, self.servers = build_layout(self.replica_counts, self.n_gpus, placement)
 
         # models (one set of weights per model and device; replicas on one device share it)
         self._models: dict[tuple[int, int], object] = {}
         self.tokenizer = self._load_tokenizer()
         if executor == "process":
             for r in self.replicas:  # start every model process, then wait for all of them
-                r.runner = _ChildRunner(self._load_args(r.model, r.device_index), self.num_threads)
+                r.runner = ChildRunner(self._load_args(r.model, r.device_index), self.num_threads)
             for r in self.replicas:
                 r.runner.wait_ready()
         else:
@@ -457,10 +150,7 @@ class Pool:
 
     # ------------------------------------------------------------------ loading
     def _torch_device(self, device_index: int) -> str:
-        import torch
-        if self.device.startswith("cuda") and self.device == "cuda":
-            return f"cuda:{device_index % max(1, torch.cuda.device_count())}"
-        return self.device
+        return torch_device(self.device, device_index)
 
     def _source(self, m: int) -> str:
         spec = self.specs[m]
@@ -493,7 +183,7 @@ class Pool:
             self._models[(m, device_index)] = self._load_model(m, device_index)
         return greedy_decode(self._models[(m, device_index)], prompts, n_out, self._torch_device(device_index))
 
-    def _run_batch(self, r: "_Replica", prompts, n_out: int):
+    def _run_batch(self, r: "Replica", prompts, n_out: int):
         if r.runner is not None:
             return r.runner.run(prompts, n_out)
         return self.generate(r.model, prompts, n_out, r.device_index)
@@ -636,30 +326,18 @@ class Pool:
         seen = self._measured[m]
         return float(np.mean(seen[-20:])) if seen else 0.0
 
-    def _try_form(self, s: _Server, now: float) -> None:
-        if s.busy or self._stopping:
+    def _try_form(self, s: Server, now: float) -> None:
+        if self._stopping:
             return
-        cands = [r for r in s.replicas if r.alive and r.queue]
-        if not cands:
-            return
-        # exclusive: the replica whose oldest queued request arrived first (then model, replica)
-        r = min(cands, key=lambda r: (r.queue[0].arrival, r.model, r.k))
-        b = min(len(r.queue), self.b_max)
-        batch = [r.queue.popleft() for _ in range(b)]
-        for q in batch:
-            q.start = now
-            q.batch_size = b
-        s.busy = True
-        s.free_at = now + self._batch_time(r.model, batch)
-        r.pending = batch
-        self._cv.notify_all()
+        if form_batch(s, now, self.b_max, self._batch_time) is not None:
+            self._cv.notify_all()
 
     def _fail(self, req: Request, exc: BaseException) -> None:
         if not req.future.done():
             req.future.set_exception(exc)
 
     # ------------------------------------------------------------------ worker
-    def _worker(self, r: _Replica) -> None:
+    def _worker(self, r: Replica) -> None:
         while True:
             with self._cv:
                 while r.pending is None and not self._stopping and r.alive:
@@ -739,9 +417,3 @@ def build_pool(cfg, profile=None) -> Pool:
                 num_threads=int(cfg.get("num_threads", 0) or 0), seed=int(cfg.get("seed", 0)),
                 latency=latency, executor=str(cfg.get("executor", "thread")),
                 preset=str(cfg.get("preset", "custom")))
-
-
-if __name__ == "__main__":  # a model process of ``executor: process``
-    import sys
-    from multiprocessing.connection import Connection
-    _child_main(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from bes_jax.profile import profile_from_dict
-from bes_jax.serving.pool import POOL_PRESETS, PRESETS, Pool, hardware_name, param_count
+from bes_jax.serving.devices import hardware_name
+from bes_jax.serving.models import POOL_PRESETS, PRESETS, param_count
+from bes_jax.serving.pool import Pool
 
 QUALITY_SOURCE = ("zero-shot accuracy / 100 from EleutherAI/lm-evaluation-harness commit "
                   "8a7077017886d5829a7c6a9265babcfdad2c707a, results/opt/opt-{125m,1.3b,6.7b}/*.json "
