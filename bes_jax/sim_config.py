@@ -20,7 +20,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SimConfig:
-    placement: str = "concurrent"
+    #: exclusive (a GPU runs one batch at a time, the default) or concurrent (an upper bound)
+    placement: str = "exclusive"
     n_gpus: int = 4
     #: replicas per model (None: one replica of every model on every GPU).
     replicas: Optional[tuple[int, ...]] = None

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not (TRACES / "maf2019_invitro_500fn_min480-959.
                                 reason="../shared/traces not present")
 
 SMALL = ["dqn.iterations=200", "dqn.chunk_iterations=100", "dqn.learning_starts=50", "eval.n_decisions=300",
-         "eval.seeds=[1]", "progress.n_decisions=200", "~eval.workloads.maf_late_x4", "~eval.workloads.azure_code",
+         "eval.seeds=[1]", "progress.n_decisions=200", "~eval.workloads.maf_test_x20", "~eval.workloads.gamma_test_x10",
          "train_family.bank_size=6"]
 
 
@@ -28,12 +28,13 @@ def test_train_writes_everything_and_resumes(tmp_path):
     run = tmp_path / "run"
     r = bes_train(run)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[chunk   2/2]" in r.stdout and "held-out workload maf_late_x2" in r.stdout
+    assert "[chunk   2/2]" in r.stdout and "held-out workload maf_test_x5" in r.stdout
     for name in ("policy/weights.npz", "policy/metadata.json", "results.json", "train.png"):
         assert (run / name).exists(), name
     res = json.loads((run / "results.json").read_text())
-    routers = res["results"]["maf_late_x2"]["routers"]
+    routers = res["results"]["maf_test_x5"]["routers"]
     assert set(routers) == {"learned", "static:opt-125m", "static:opt-1.3b", "static:opt-6.7b", "random", "greedy"}
+    assert res["sim"]["placement"] == "exclusive" and res["capacity"]["req_per_s"] > 0
     w1 = dict(np.load(run / "policy" / "weights.npz"))
     r2 = bes_train(run)  # everything is checkpointed: a rerun resumes at the end and exports the same policy
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -42,3 +43,5 @@ def test_train_writes_everything_and_resumes(tmp_path):
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)
     r3 = bes_train(run, "dqn.lr=0.01")  # another config in the same directory is refused
     assert r3.returncode == 2 and "fingerprint" in r3.stderr
+    r4 = bes_train(tmp_path / "run4", "progress.workload=maf_test_x5")  # progress is never measured on the test set
+    assert r4.returncode == 2 and "not a tuning-set workload" in r4.stderr

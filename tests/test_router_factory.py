@@ -129,3 +129,14 @@ def test_bes_serve_adopts_through_the_same_function(tmp_path):
     assert (cfg.ewma_alpha, cfg.ref_rate) == (0.2, 70.0)
     cfg = serving_sim_config(pool, {"name": "greedy"}, ServeSettings(deadline_scale=2.0), profile)
     assert (cfg.ewma_alpha, cfg.ref_rate, cfg.deadline_scale) == (0.05, 100.0, 2.0)
+
+
+def test_bes_eval_weighted_actions_skip_models_without_replicas(synthetic_profile):
+    """bes-eval draws a weighted router's actions on the host (both simulators replay them):
+    the same mask applies there."""
+    from bes_jax.eval.replay import host_actions
+    from bes_jax.sim_config import SimConfig
+
+    cfg = SimConfig(replicas=(2, 0, 2), n_gpus=2)
+    acts = host_actions({"name": "weighted", "weights": [0.2, 0.6, 0.2]}, synthetic_profile, cfg, 4000, seed=0)
+    assert (acts != 1).all() and set(np.unique(acts)) == {0, 2}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bes_jax.eval.capacity import static_capacity
+from bes_jax.eval.capacity import measured_capacity, nominal_capacity
 from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
 from bes_jax.routers import greedy, static
 from bes_jax.sim_config import SimConfig
@@ -19,10 +19,21 @@ def test_sweep_availability_falls_with_rate(synthetic_profile):
 
 
 def test_max_sustainable_rate_greedy_beats_static_large(synthetic_profile):
-    cap = static_capacity(synthetic_profile, CFG)
+    cap = nominal_capacity(synthetic_profile, CFG)
     kw = dict(n_decisions=800, seeds=(0,), threshold=0.95, n_grid=8)
     large = max_sustainable_rate(synthetic_profile, CFG, static(2), cap[-1] / 8, cap[0] * 2, **kw)
     best = max_sustainable_rate(synthetic_profile, CFG, greedy(), cap[-1] / 8, cap[0] * 2, **kw)
     assert 0 < large["max_sustainable_rate"] < best["max_sustainable_rate"], (large, best)
     i = int(np.searchsorted(large["rates"], large["max_sustainable_rate"]))
     assert large["availability"][i] >= 0.95
+
+
+def test_measured_capacity_is_the_sustainable_rate(synthetic_profile):
+    """The unit of every load: static-large holds 99% availability at it and not far above it,
+    and it lies below the nominal formula's figure."""
+    cap = measured_capacity(synthetic_profile, CFG)
+    assert 0 < cap < nominal_capacity(synthetic_profile, CFG)[-1]
+    a = sweep_rates(synthetic_profile, CFG, static(2), [cap, 2.0 * cap], n_decisions=3000, seeds=(0, 1))
+    a = a["availability"].mean(1)
+    assert a[0] >= 0.99 > a[1], a
+    assert measured_capacity(synthetic_profile, CFG.__class__(**{**CFG.to_dict(), "obs_mode": "rich"})) == cap

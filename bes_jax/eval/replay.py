@@ -27,11 +27,14 @@ def host_actions(router_cfg: dict, profile: Profile, sim_cfg: SimConfig, n: int,
         make_router(router_cfg, profile)  # validates the model name
         return np.full(n, profile.model_index(router_cfg["model"]), np.int64)
     if name in ("random", "weighted"):
+        served = np.array([c > 0 for c in sim_cfg.replica_counts(profile.n_models)])
         if name == "random":
-            w = np.array([1.0 if c > 0 else 0.0 for c in sim_cfg.replica_counts(profile.n_models)])
+            w = served.astype(np.float64)
         else:
-            w = np.asarray(router_cfg.get("weights") or [], np.float64)
             make_router(router_cfg, profile)  # validates the weights
+            w = np.asarray(router_cfg.get("weights"), np.float64)
+            # like the JAX router: only models with a replica (else the largest weight's, rejected)
+            w = np.where(served, w, 0.0) if (w * served).sum() > 0 else (np.arange(w.size) == np.argmax(w)) * 1.0
         rng = np.random.default_rng(seed)
         return rng.choice(profile.n_models, size=n, p=w / w.sum()).astype(np.int64)
     return None
