@@ -25,30 +25,33 @@ def main(argv=None):
     import numpy as np
 
     from bes_jax import REPO_ROOT
-    from bes_jax.cli.train import build_eval_workloads, compose_train_config, setup_training
+    from bes_jax.agents.training import setup_training
+    from bes_jax.config import compose_train_config
     from bes_jax.env import ServingEnv
-    from bes_jax.eval.rollout import eval_config, make_evaluate
+    from bes_jax.eval.baselines import build_eval_workloads
+    from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.routers import Router, baseline_routers
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     from bench_sim import machine_name
 
     cfg = compose_train_config(args.overrides)
     s = setup_training(cfg)
-    init, chunk, train, greedy_policy, _ = s["fns"]
+    init, chunk, train, greedy_policy = s["fns"].init, s["fns"].train_chunk, s["fns"].train, s["fns"].greedy_policy
     dq = s["dqn_cfg"]
     wname = str(cfg.progress.workload)
     node, wp = build_eval_workloads(cfg.eval, s["profile"], s["cap_large"])[wname]
     n_eval = int(cfg.progress.n_decisions)
     env = ServingEnv(s["profile"], eval_config(s["sim_cfg"], n_eval))
     params = env.make_params(wp)
+    n_windows = metric_windows(n_eval, 5.0, wp)
     keys = jnp.stack([jax.random.PRNGKey(7), jax.random.PRNGKey(8)])
     statics = [r for r in baseline_routers(s["profile"]) if r.name.startswith("static")]
-    best_static = max(float(jax.jit(make_evaluate(env, r, n_eval, 5.0, 4096))(keys, params)["performance"].mean())
+    best_static = max(float(jax.jit(make_evaluate(env, r, n_eval, 5.0, n_windows))(keys, params)["performance"].mean())
                       for r in statics)
 
     @jax.jit
     def perf(p, stats):
-        return make_evaluate(env, Router("learned", greedy_policy(p, stats)), n_eval, 5.0, 4096)(keys, params)["performance"].mean()
+        return make_evaluate(env, Router("learned", greedy_policy(p, stats)), n_eval, 5.0, n_windows)(keys, params)["performance"].mean()
 
     print(f"machine: {machine_name()}; jax {jax.__version__} on {jax.devices()[0].platform}")
     print(f"config: {dq}")

@@ -25,15 +25,17 @@ def main(argv=None):
 
     from bes_jax import REPO_ROOT
     from bes_jax.eval.report import replace_section
-    from bes_jax.cli.train import build_eval_workloads, compose_train_config, evaluate_against_baselines, setup_training
+    from bes_jax.agents.training import setup_training
+    from bes_jax.config import compose_train_config
+    from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
     from bes_jax.env import ServingEnv
     from bes_jax.eval.metrics import to_report
-    from bes_jax.eval.rollout import eval_config, make_evaluate
+    from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.routers import Router, baseline_routers
 
     cfg = compose_train_config(args.overrides)
     s = setup_training(cfg)
-    init, chunk, train, greedy_policy, _ = s["fns"]
+    train, greedy_policy = s["fns"].train, s["fns"].greedy_policy
     t0 = time.perf_counter()
     ts, _ = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in args.seeds])))
     train_s = time.perf_counter() - t0
@@ -48,10 +50,11 @@ def main(argv=None):
     per_seed = [{w: {"workload": base[w]["workload"], "routers": {}} for w in evals} for _ in args.seeds]
     for w, (node, wp) in evals.items():
         params = env.make_params(wp)
+        n_windows = metric_windows(n_eval, window_s, wp)
 
         @jax.jit  # one compilation per workload, reused for every seed's weights
         def learned_metrics(p, stats):
-            return make_evaluate(env, Router("learned", greedy_policy(p, stats)), n_eval, window_s, 4096)(keys, params)
+            return make_evaluate(env, Router("learned", greedy_policy(p, stats)), n_eval, window_s, n_windows)(keys, params)
 
         for i in range(len(args.seeds)):
             m = learned_metrics(jax.tree.map(lambda x: x[i], ts.params), jax.tree.map(lambda x: x[i], ts.obs_stats))

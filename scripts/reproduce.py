@@ -40,11 +40,13 @@ def main(argv=None):
     from bes_jax import CONF_DIR, REPO_ROOT
     from bes_jax.eval.report import replace_section
     from bes_jax import workloads as W
-    from bes_jax.cli.train import compose_train_config, setup_training, trace_part
+    from bes_jax.agents.training import setup_training
+    from bes_jax.config import compose_train_config
+    from bes_jax.workloads.from_config import trace_part
     from bes_jax.eval.experiments import evaluate_variants
     from bes_jax.env import ServingEnv
     from bes_jax.eval.metrics import to_report
-    from bes_jax.eval.rollout import eval_config, make_evaluate
+    from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
     from bes_jax.routers import Router, greedy, static, uniform_random
 
@@ -53,7 +55,7 @@ def main(argv=None):
     cfg = compose_train_config(list(exp.train_overrides))
     s = setup_training(cfg)
     profile, sim_cfg, cap = s["profile"], s["sim_cfg"], s["cap_large"]
-    init, chunk, train, greedy_policy, _ = s["fns"]
+    train, greedy_policy = s["fns"].train, s["fns"].greedy_policy
     seeds = list(exp.seeds)
     ts, _ = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
     learned = [Router("learned", greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
@@ -105,7 +107,7 @@ def main(argv=None):
 
     def run_metrics_for(router, wp, env_=env):
         params = env_.make_params(wp)
-        mm = jax.jit(make_evaluate(env_, router, n, window_s, 4096))(keys, params)
+        mm = jax.jit(make_evaluate(env_, router, n, window_s, metric_windows(n, window_s, wp)))(keys, params)
         return [to_report(jax.tree.map(lambda x: x[i], mm), profile.model_names, window_s) for i in range(len(eval_seeds))]
 
     maf = {}
@@ -173,8 +175,8 @@ def main(argv=None):
     def train_variant(overrides):
         c = compose_train_config(list(exp.train_overrides) + list(overrides))
         sv = setup_training(c)
-        tv, _ = jax.block_until_ready(jax.jit(jax.vmap(sv["fns"][2]))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
-        gp = sv["fns"][3]
+        tv, _ = jax.block_until_ready(jax.jit(jax.vmap(sv["fns"].train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
+        gp = sv["fns"].greedy_policy
         return sv["sim_cfg"], [Router("learned", gp(jax.tree.map(lambda x: x[i], tv.params),
                                                     jax.tree.map(lambda x: x[i], tv.obs_stats))) for i in range(len(seeds))]
 
@@ -301,7 +303,7 @@ def main(argv=None):
     axes[1].bar(np.arange(nreq.size) * window_s, nreq / window_s, width=window_s, align="edge", color="gray")
     axes[1].set_ylabel("arrivals / s")
     env_l = ServingEnv(profile, eval_config(sim_cfg, n))
-    mm = jax.jit(make_evaluate(env_l, learned[0], n, window_s, 4096))(keys[:1], env_l.make_params(wp))
+    mm = jax.jit(make_evaluate(env_l, learned[0], n, window_s, metric_windows(n, window_s, wp)))(keys[:1], env_l.make_params(wp))
     share = np.asarray(mm["windows"]["share"][0])[: nreq.size]
     axes[2].stackplot(np.arange(share.shape[0]) * window_s, share.T, labels=profile.model_names)
     axes[2].set_ylabel("learned routing share"); axes[2].set_xlabel("simulated time (s)"); axes[2].legend(fontsize=7, loc="upper right")

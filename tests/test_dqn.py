@@ -26,9 +26,9 @@ def _trained(profile, rate, cfg=SimConfig(queue_capacity=8, outcome_slots=256, e
     env = ServingEnv(profile, cfg)
     bank = W.stack_workloads([W.poisson(rate, n_tasks=profile.n_tasks)])
     base = env.make_params(jax.tree.map(lambda x: x[0], bank))
-    init, chunk, train, policy, _ = make_train(DQNConfig(**{**SMALL, **dqn}), env, base, bank)
-    ts, _ = jax.jit(train)(jax.random.PRNGKey(0))
-    return env, base, ts, policy
+    fns = make_train(DQNConfig(**{**SMALL, **dqn}), env, base, bank)
+    ts, _ = jax.jit(fns.train)(jax.random.PRNGKey(0))
+    return env, base, ts, fns.greedy_policy
 
 
 def _choices(env, base, ts, policy, n=200, counts=False):
@@ -98,8 +98,8 @@ def short_run(synthetic_profile):
 
 
 def test_delayed_rewards_attach_to_their_own_decision(short_run):
-    env, base, bank, cfg, (init, chunk, train, policy, _) = short_run
-    ts = jax.jit(chunk)(jax.jit(init)(jax.random.PRNGKey(1)))[0]
+    env, base, bank, cfg, fns = short_run
+    ts = jax.jit(fns.train_chunk)(jax.jit(fns.init)(jax.random.PRNGKey(1)))[0]
     ready = np.asarray(jax.vmap(resolved_mask)(ts.env_state))
     o = jax.tree.map(np.asarray, ts.env_state.outcomes)
     assert ready.sum() > 100
@@ -116,7 +116,8 @@ def test_delayed_rewards_attach_to_their_own_decision(short_run):
 
 
 def test_resume_equals_uninterrupted(short_run, tmp_path):
-    env, base, bank, cfg, (init, chunk, train, policy, _) = short_run
+    env, base, bank, cfg, fns = short_run
+    init, chunk = fns.init, fns.train_chunk
     key = jax.random.PRNGKey(5)
     fp = {"test": 1}
     full, _ = run_training(init, chunk, 3, key, tmp_path / "a", fingerprint=fp, log=lambda *_: None)
@@ -131,8 +132,9 @@ def test_resume_equals_uninterrupted(short_run, tmp_path):
 
 
 def test_export_round_trip_makes_the_same_decisions(short_run, tmp_path, synthetic_profile):
-    env, base, bank, cfg, (init, chunk, train, policy, _) = short_run
-    ts = jax.jit(chunk)(jax.jit(init)(jax.random.PRNGKey(2)))[0]
+    env, base, bank, cfg, fns = short_run
+    policy = fns.greedy_policy
+    ts = jax.jit(fns.train_chunk)(jax.jit(fns.init)(jax.random.PRNGKey(2)))[0]
     out = export_policy(tmp_path / "policy", ts.params, ts.obs_stats.mean, ts.obs_stats.var, obs_mode="rich",
                         hidden=cfg.hidden, profile=synthetic_profile, sim_config={}, train_config={})
     npr = NumpyRouter.load(out)
@@ -166,8 +168,8 @@ def test_trained_over_a_range_of_deadlines_the_policy_follows_the_deadline():
     base = env.make_params(jax.tree.map(lambda x: x[0], bank))
     tight, loose = base.deadline * 0.25, base.deadline
     assert (prof.latency[2, :, 0] > np.asarray(tight)).all() and (prof.latency[1, :, 0] < np.asarray(tight)).all()
-    init, chunk, train, policy, _ = make_train(DQNConfig(**SMALL), env, base, bank, jnp.stack([tight, loose]))
-    ts, _ = jax.jit(train)(jax.random.PRNGKey(0))
+    fns = make_train(DQNConfig(**SMALL), env, base, bank, jnp.stack([tight, loose]))
+    ts, policy = jax.jit(fns.train)(jax.random.PRNGKey(0))[0], fns.greedy_policy
     at_loose = _choices(env, base.replace(deadline=loose), ts, policy)
     at_tight = _choices(env, base.replace(deadline=tight), ts, policy)
     assert at_loose and all(c == {2} for c in at_loose.values()), at_loose

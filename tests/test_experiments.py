@@ -20,7 +20,8 @@ needs_traces = pytest.mark.skipif(not (AZURE.exists() and MAF.exists()), reason=
 
 
 def _bank(overrides, bank_size=4):
-    from bes_jax.cli.train import build_training_bank, compose_train_config
+    from bes_jax.agents.training import build_training_bank
+    from bes_jax.config import compose_train_config
     from bes_jax.profile import load_profile
 
     cfg = compose_train_config([f"train_family.bank_size={bank_size}", *overrides])
@@ -30,7 +31,7 @@ def _bank(overrides, bank_size=4):
 @needs_traces
 def test_trace_kind_trains_on_its_part_of_the_trace(monkeypatch):
     from bes_jax import workloads as W
-    from bes_jax.cli.train import trace_part
+    from bes_jax.workloads.from_config import trace_part
 
     monkeypatch.chdir(REPO)
     bank = _bank(["train_family.kinds=[trace,poisson]", f"train_family.trace_path={AZURE}",
@@ -66,7 +67,7 @@ def test_bad_training_family_values_are_named(monkeypatch, overrides, exc, words
 
 @needs_traces
 def test_held_out_trace_workload(monkeypatch):
-    from bes_jax.cli.common import build_workload
+    from bes_jax.workloads.from_config import build_workload
     from bes_jax.profile import load_profile
 
     monkeypatch.chdir(REPO)
@@ -129,7 +130,8 @@ def test_experiment_multirun_writes_one_json_per_job(tmp_path):
 
 
 def test_deadline_bank_scales_every_task_within_the_range_and_refuses_bad_ranges():
-    from bes_jax.cli.train import build_deadline_bank, compose_train_config
+    from bes_jax.agents.training import build_deadline_bank
+    from bes_jax.config import compose_train_config
 
     base = np.array([0.5, 0.25, 0.25, 1.0])
     assert build_deadline_bank(compose_train_config([]).train_family, base, 64, 0) is None  # default: the sim's

@@ -77,7 +77,8 @@ def _run(profile):
     base = env.make_params(jax.tree.map(lambda x: x[0], bank))
     cfg = DQNConfig(n_envs=N_ENVS, iterations=ITERS, chunk_iterations=1, batch_size=32, learning_starts=50,
                     hidden=(16,), eps_decay_fraction=0.5)
-    init, chunk, _, _, _ = make_train(cfg, env, base, bank)
+    fns = make_train(cfg, env, base, bank)
+    init, chunk = fns.init, fns.train_chunk
     axes = jax.tree.map(lambda _: None, base).replace(workload=jax.tree.map(lambda _: 0, bank))
 
     @jax.jit

@@ -1,8 +1,8 @@
 """Double DQN trained end to end inside `jit` (PureJaxRL/Stoix style).
 
-``make_train(cfg, env, base_params, workload_bank, deadline_bank=None)`` returns pure functions: ``init(key)``,
-``train_chunk(ts)`` (a `lax.scan` over iterations; the host logs and checkpoints between
-chunks) and ``train(key)`` (the whole run in one program, `vmap`-able over seeds).
+``make_train(cfg, env, base_params, workload_bank, deadline_bank=None)`` returns :class:`TrainFns`,
+pure functions: ``init(key)``, ``train_chunk(ts)`` (a `lax.scan` over iterations; the host logs
+and checkpoints between chunks) and ``train(key)`` (the whole run in one program, `vmap`-able over seeds).
 
 Delayed rewards: the replay is a ring per environment with the same slot index as the
 simulator's outcome record (``decision % outcome_slots``). A transition is sampleable only
@@ -12,7 +12,7 @@ exactly that reward: nothing is estimated and nothing is attached to the wrong d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,16 @@ def update_stats(stats: ObsStats, batch) -> ObsStats:
     return ObsStats(tot, mean, m2 / tot)
 
 
-def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank, deadline_bank=None):
+class TrainFns(NamedTuple):
+    """What :func:`make_train` builds: pure functions of one environment layout and bank."""
+    init: Callable           # init(key) -> TrainState
+    train_chunk: Callable    # train_chunk(ts) -> (ts, logs): `chunk_iterations` iterations in one scan
+    train: Callable          # train(key) -> (ts, logs): the whole run in one program (vmap over seeds)
+    greedy_policy: Callable  # greedy_policy(params, obs_stats) -> router `act` of the Q-network
+    network: Any             # the flax Q-network module
+
+
+def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank, deadline_bank=None) -> TrainFns:
     """Build the pure training functions for one environment layout and a workload bank.
 
     Each episode, every environment draws one entry of the bank: a workload, and with
@@ -218,4 +227,4 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
             return jnp.argmax(q_values(params, stats, obs)).astype(jnp.int32)
         return act
 
-    return init, train_chunk, train, greedy_policy, net
+    return TrainFns(init=init, train_chunk=train_chunk, train=train, greedy_policy=greedy_policy, network=net)

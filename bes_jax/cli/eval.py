@@ -16,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from bes_jax import CONF_DIR
 from bes_jax.agents.export import adopt_policy_sim_config
-from bes_jax.cli.common import build_workload, format_table, load_profile_for, sim_config_from
-from bes_jax.profile import ProfileError
+from bes_jax.config import sim_config_from
+from bes_jax.eval.baselines import format_table
+from bes_jax.profile import ProfileError, load_profile
 from bes_jax.routers.factory import parse_router_config
+from bes_jax.workloads.from_config import build_workload
 
 # jax reports missing TPU/GPU plugins at INFO; not news on a CPU machine.
 logging.getLogger("jax").setLevel(logging.WARNING)
@@ -45,7 +47,7 @@ def run_eval(cfg: DictConfig, explicit_sim: set[str] | None = None) -> dict:
         # float64 clocks for arrival sampling and the JAX simulator alike: both simulators then
         # see bit-identical arrivals and agree per request to float64 precision.
         jax.config.update("jax_enable_x64", True)
-    profile = load_profile_for(cfg)
+    profile = load_profile(cfg.profile)
     router_cfg = OmegaConf.to_container(cfg.router, resolve=True)
     spec = parse_router_config(router_cfg, profile.model_names, where=f"profile {profile.name!r}")
     sim_cfg = sim_config_from(cfg.sim)

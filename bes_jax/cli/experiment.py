@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +28,7 @@ SUMMARY_KEYS = ("performance", "pct_of_peak", "availability", "frac_windows_ge_9
 
 
 def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
-    from bes_jax.cli.train import build_eval_workloads, evaluate_against_baselines
+    from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
     from bes_jax.eval.experiments import mean_std, train_routers
     from bes_jax.routers import baseline_routers
     from bes_jax.sim_config import SimConfig, sim_config_from_mapping

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes_jax.eval.metrics import to_report
-from bes_jax.eval.rollout import make_evaluate
+from bes_jax.eval.rollout import make_evaluate, metric_windows
 from bes_jax.routers import Router
 
 
@@ -22,13 +22,13 @@ def train_routers(cfg, seeds, name: str = "learned"):
 
     Returns ``(setup, routers)``: `setup_training`'s dict and one greedy-policy router per seed.
     """
-    from bes_jax.cli.train import setup_training
+    from bes_jax.agents.training import setup_training
 
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds = []: need at least one training seed")
     setup = setup_training(cfg)
-    train, greedy_policy = setup["fns"][2], setup["fns"][3]
+    train, greedy_policy = setup["fns"].train, setup["fns"].greedy_policy
     keys = jnp.stack([jax.random.PRNGKey(k) for k in seeds])
     ts, _ = jax.block_until_ready(jax.jit(jax.vmap(train))(keys))
     routers = [Router(name, greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
@@ -51,6 +51,7 @@ def evaluate_variants(env, router: Router, params_list, eval_seeds, n_decisions:
     params = jax.tree.map(lambda d, *xs: jnp.stack(xs) if d else xs[0], differs, *flat)
     axes = jax.tree.map(lambda d: 0 if d else None, differs)
     keys = jnp.stack([jax.random.PRNGKey(s) for _ in params_list for s in seeds])
-    m = jax.jit(make_evaluate(env, router, n_decisions, window_s, 4096, params_axis=axes))(keys, params)
+    n_windows = metric_windows(n_decisions, window_s, params.workload)
+    m = jax.jit(make_evaluate(env, router, n_decisions, window_s, n_windows, params_axis=axes))(keys, params)
     reps = [to_report(jax.tree.map(lambda x: x[i], m), list(model_names), window_s) for i in range(len(flat))]
     return [reps[v * len(seeds):(v + 1) * len(seeds)] for v in range(len(params_list))]

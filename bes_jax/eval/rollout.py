@@ -49,9 +49,54 @@ def make_run(env: ServingEnv, router: Router, n_decisions: int, drain: bool = Tr
     return run
 
 
+def metric_windows(n_decisions: int, window_s: float, workload=None) -> int:
+    """The static number of metric windows for runs of `n_decisions` arrivals (``n_windows`` of
+    :func:`make_evaluate`): windows are `window_s` seconds by arrival from the first arrival, and an
+    arrival later than ``n_windows * window_s`` would be counted in no window.
+
+    The bound is the larger of
+    - ``n_decisions + 1``: enough whenever no window between the first and last arrival is empty;
+    - with `workload` (WorkloadParams, a stack of them, or EnvParams), an upper estimate of the
+      time `n_decisions` arrivals can take: for a trace replay the whole replay periods they can
+      touch (``(n // trace_len + 2) * period``); for a rate schedule the time at its lowest
+      non-zero window rate of ``n + 6 cv sqrt(n) + 6`` arrivals (six standard deviations of a
+      renewal process with gap CV `cv`) plus the zero-rate windows of every cycle it can span.
+    Rounded up to a power of two, so nearby runs share a compiled program.
+    """
+    import math
+
+    import numpy as np
+
+    n = int(n_decisions)
+    need = n + 1
+    if workload is not None:
+        wp = getattr(workload, "workload", workload)  # EnvParams -> its WorkloadParams
+        base_ndim = {"kind": 0, "rates": 1, "n_windows": 0, "window_s": 0, "cv": 0, "trace_len": 0, "trace_period": 0}
+        leaves = {k: np.asarray(getattr(wp, k)) for k in base_ndim}
+        batched = {k: v.ndim > base_ndim[k] for k, v in leaves.items()}  # stacked leaves (others shared)
+        n_items = max([int(v.shape[0]) for k, v in leaves.items() if batched[k]], default=1)
+        b = lambda k, i: leaves[k][i] if batched[k] else leaves[k]
+        for i in range(n_items):
+            kind, rates = int(b("kind", i)), np.asarray(b("rates", i), np.float64)
+            if kind == 1:  # trace replay
+                span = (n // max(int(b("trace_len", i)), 1) + 2) * float(b("trace_period", i))
+            else:
+                r = rates[:max(int(b("n_windows", i)), 1)]
+                pos = r[r > 0]
+                if pos.size == 0:
+                    continue
+                span = (n + 6.0 * float(b("cv", i)) * math.sqrt(n) + 6.0) / float(pos.min())
+                zero_s = float((r <= 0).sum()) * float(b("window_s", i))
+                if zero_s > 0:
+                    span += (math.ceil(span / (pos.size * float(b("window_s", i)))) + 1) * zero_s
+            if math.isfinite(span):
+                need = max(need, math.ceil(span / float(window_s)) + 1)
+    return 1 << (int(need) - 1).bit_length()
+
+
 def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: float, n_windows: int,
                   params_axis=None):
-    """``evaluate(keys[N], params) -> metrics[N]`` (jittable)."""
+    """``evaluate(keys[N], params) -> metrics[N]`` (jittable); ``n_windows``: see :func:`metric_windows`."""
     run = make_run(env, router, n_decisions, params_axis=params_axis)
 
     def evaluate(keys, params):

@@ -8,7 +8,7 @@ import numpy as np
 
 from bes_jax import workloads as W
 from bes_jax.env import ServingEnv
-from bes_jax.eval.rollout import eval_config, make_evaluate
+from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
 from bes_jax.profile import Profile
 from bes_jax.routers import Router
 from bes_jax.sim_config import SimConfig
@@ -32,9 +32,10 @@ def sweep_rates(profile: Profile, cfg: SimConfig, router: Router, rates, n_decis
     params = base.replace(workload=wps)
     axes = jax.tree.map(lambda _: None, base).replace(workload=jax.tree.map(lambda _: 0, wps))
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for _ in rates for s in seeds])
-    key = (profile.name, id(profile), cfg, router, n_decisions, window_s, rates.size, tuple(seeds))
+    n_windows = metric_windows(n_decisions, window_s, wps)
+    key = (profile.name, id(profile), cfg, router, n_decisions, window_s, n_windows, rates.size, tuple(seeds))
     if key not in _COMPILED:  # the coarse and the fine sweep share one compiled program
-        _COMPILED[key] = jax.jit(make_evaluate(env, router, n_decisions, window_s, 4096, params_axis=axes))
+        _COMPILED[key] = jax.jit(make_evaluate(env, router, n_decisions, window_s, n_windows, params_axis=axes))
     m = _COMPILED[key](keys, params)
     shape = (rates.size, len(seeds))
     out = {k: np.asarray(m[k]).reshape(shape) for k in ("availability", "performance", "pct_of_peak",
