@@ -82,11 +82,19 @@ def main(argv=None):
              f"(`{s['profile'].name}`), hard deadlines, default `bes-train` config, {len(args.seeds)} training seeds "
              f"(trained in one vmapped program, {train_s:.0f} s on this machine); each policy evaluated on "
              f"{len(cfg.eval.seeds)} evaluation seeds x {int(cfg.eval.n_decisions)} requests per workload. "
-             "Mean ± std over training seeds (baselines have no training seed: std 0). Rates are multiples of the "
-             f"rate static OPT-6.7B sustains ({s['cap_large']:.0f} req/s).", ""]
+             "Mean ± std over training seeds (baselines have no training seed: std 0). "
+             f"Placement `{s['sim_cfg'].placement}`. Loads are multiples (`rate_x`) of static "
+             f"OPT-6.7B's measured max_sustainable_rate under this placement, {s['cap_large']:.2f} req/s "
+             "(availability >= 0.99, Poisson, uniform task mix; `bes_jax.eval.capacity.measured_capacity`).", "",
+             "Evaluation protocol: the **tuning set** (`tuning.workloads` in `bes_jax/conf/train.yaml`: "
+             + ", ".join(f"`{w}`" for w in cfg.tuning.workloads) + ") is where the learner's defaults were chosen "
+             "and what training reports progress on; the **test set** below (`eval.workloads`: "
+             + ", ".join(f"`{w}`" for w in cfg.eval.workloads) + ") was used for no choice. MAF minutes: "
+             "training [0, 240), tuning [300, 330) and [400, 430) plus the whole Azure code trace, test "
+             "[330, 360) and [440, 470) plus a Gamma workload.", ""]
     for w, rows in table.items():
         node = out["workloads"][w]
-        lines += [f"### {w}: {node.get('kind')} {node.get('minutes', '')} mean rate {node['rate']:.0f} req/s", "",
+        lines += [f"### {w}: {node.get('kind')} {node.get('minutes', '')} mean rate {node['rate']:.1f} req/s", "",
                   "| router | performance | availability | % of peak |", "|---|---:|---:|---:|"]
         for r, v in rows.items():
             f = lambda k: f"{v[k]['mean']:.4f} ± {v[k]['std']:.4f}"
