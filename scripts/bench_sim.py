@@ -56,7 +56,7 @@ def main(argv=None):
     from bes_jax import REPO_ROOT
     from bes_jax import workloads as W
     from bes_jax.env import ServingEnv
-    from bes_jax.eval.capacity import static_capacity
+    from bes_jax.eval.capacity import nominal_capacity
     from bes_jax.profile import load_profile
     from bes_jax.reference.simulator import ReferenceSimulator
     from bes_jax.routers import greedy_action
@@ -64,7 +64,7 @@ def main(argv=None):
 
     profile = load_profile(args.profile)
     cfg = SimConfig()
-    rate = args.rate_x * float(static_capacity(profile, cfg)[-1])
+    rate = args.rate_x * float(nominal_capacity(profile, cfg)[-1])  # the load docs/benchmarks.md was measured at
     maf = REPO_ROOT.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv"
     wp = W.maf(str(maf), target_mean_rate=rate, time_scale=6.0, minutes=[0, 60], n_tasks=profile.n_tasks)
     env = ServingEnv(profile, cfg)

@@ -173,7 +173,7 @@ def profiles_md() -> str:
             f"sustains alone is its best throughput `b / L(b)` over batch sizes `b <= {B_MAX}` whose latency fits,",
             f"times {N_GPUS} replicas; two criteria: the batch fits in the deadline (`L(b) <= d`, an upper bound:",
             "requests never wait for a batch in progress) and the batch fits twice (`2 L(b) <= d`: a request",
-            "may arrive just after a batch started, the criterion of `bes_jax.eval.capacity.static_capacity`).",
+            "may arrive just after a batch started, the criterion of `bes_jax.eval.capacity.nominal_capacity`).",
             "Scales, not guarantees: the simulator measures the real ones (`max_sustainable_rate`).", ""]
     for gpu in PROFILE_GPUS:
         lat = latency_table(gpu)
