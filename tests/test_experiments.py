@@ -87,7 +87,7 @@ def test_evaluate_variants_matches_one_at_a_time(synthetic_profile):
     from bes_jax.sim_config import SimConfig
 
     prof = synthetic_profile
-    env = ServingEnv(prof, eval_config(SimConfig(n_gpus=1), 60))
+    env = ServingEnv(prof, eval_config(SimConfig(n_gpus=1, placement="concurrent"), 60))
     base = env.make_params(W.poisson(30.0, n_tasks=prof.n_tasks))
     variants = [base.replace(deadline=base.deadline * s) for s in (0.3, 1.0)]
     both = evaluate_variants(env, greedy(), variants, [0, 1], 60, 5.0, prof.model_names)
