@@ -241,7 +241,7 @@ def test_latency_weight_and_miss_penalty(prof):
 
 def test_greedy_under_load(prof):
     # one replica per model, d(t0) = 2
-    res = run(prof, [0] * 7, [0] * 7, "greedy", replicas=(1, 1, 1))
+    res = run(prof, [0] * 7, [0] * 7, "greedy", replicas=(1, 1, 1), placement="concurrent")
     # r0: m2 predicted 1.0 <= 2.  r1: m2 busy: 1.0 + L[2,0,B]=2.5 -> 3.5 > 2; m1 idle .5 -> m1
     # r2..r5: m1 busy till .5 with q = 0..3 queued: .5 + 1.25 = 1.75 -> m1
     # r6: q = 4: .5 + 1 * 1.25 + 1.25 = 3.0 > 2 -> m0 (idle, .125)
@@ -252,7 +252,8 @@ def test_greedy_under_load(prof):
 
 def test_greedy_falls_back_to_earliest_prediction(prof):
     # d(t0) = 1/16: nothing is predicted on time, greedy takes the smallest predicted completion
-    res = run(prof, [0, 0, 0], [0, 0, 0], "greedy", replicas=(1, 1, 1), deadlines=(.0625, 4.0))
+    res = run(prof, [0, 0, 0], [0, 0, 0], "greedy", replicas=(1, 1, 1), deadlines=(.0625, 4.0),
+              placement="concurrent")
     # r0: m0 (.125); r1: m0 busy -> .125 + .5 = .625 vs m1 .5 -> m1; r2: m0 .625 < m1 1.75, m2 1.0
     eq(res.model, [0, 1, 0])
 
@@ -296,7 +297,7 @@ def test_paper_observation_and_rate_estimate(prof):
 
 def test_rich_observation_wait(prof):
     res = run(prof, [0, 0, .0625], [0, 0, 0], [0, 0, 1], replicas=(1, 1, 0), obs_mode="rich",
-              queue_capacity=1)
+              queue_capacity=1, placement="concurrent")
     o = res.observations
     assert o.shape == (3, 2 + 2 * 3 + 2)
     # r1 arrives at 0: m0 busy till .125, queue 0 -> wait .125; m1 idle 0; m2 no replica -> cap 10
@@ -304,6 +305,15 @@ def test_rich_observation_wait(prof):
     # r2 at 1/16: m0's queue is full (capacity 1) -> 10; m1 idle -> 0
     np.testing.assert_allclose(o[2, 6:], [10.0, 0, 10.0, 2.0])
     np.testing.assert_allclose(o[2, 2:5], [2 / 4, 0, 0])
+
+
+def test_rich_wait_counts_the_shared_gpus_queued_work(prof):
+    # exclusive, one GPU: r0 -> m2 runs alone till 1.0; r1 -> m0 queues behind it. For r2 (task 0,
+    # d = 2) every model waits for the GPU (1.0), and m1 and m2 also wait for m0's queued request,
+    # which arrived earlier: L[0, 0, 1] = .125 -> (1.0 + .125) / 2
+    res = run(prof, [0, 0, 0], [0, 0, 0], [2, 0, 1], replicas=(1, 1, 1), obs_mode="rich", placement="exclusive")
+    np.testing.assert_allclose(res.observations[2, 6:], [1.0 / 2, 1.125 / 2, 1.125 / 2, 2.0])
+    eq(res.start, [0, 1.0, 1.125])  # and that is what happens: m0's request is served first
 
 
 def test_rich_wait_counts_full_batches_ahead(prof):
