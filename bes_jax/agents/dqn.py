@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from bes_jax.agents.network import QNetwork, normalize
+from bes_jax.agents.network import QNetwork, normalize, wait_mask
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
 from bes_jax.workloads import workload_restart
@@ -43,6 +43,10 @@ class DQNConfig:
     target_period: int = 1
     learning_starts: int = 500      # resolved transitions needed before updates start
     huber_delta: float = 1.0
+    #: rich observations only: never choose a model whose observed wait / deadline is at least
+    #: this (a full queue reads as 10) while another's is below it, in training and deployed;
+    #: 0 disables the mask
+    mask_wait_x: float = 0.0
 
     def __post_init__(self):
         for name in ("n_envs", "iterations", "chunk_iterations", "batch_size", "target_period",
@@ -139,8 +143,15 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         frac = jnp.clip(it / decay_iters, 0.0, 1.0)
         return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
 
+    use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
+
     def q_values(params, stats, obs):
         return net.apply(params, normalize(obs, stats.mean, stats.var))
+
+    def allowed(obs):
+        if not use_mask:
+            return jnp.ones(obs.shape[:-1] + (A,), bool)
+        return wait_mask(obs, env.n_tasks, A, cfg.mask_wait_x)
 
     def init(key) -> TrainState:
         k_net, k_env, k_idx, k_run = jax.random.split(key, 4)
@@ -157,7 +168,7 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         obs, action, reward, next_obs = batch
         q = q_values(params, stats, obs)
         q_a = jnp.take_along_axis(q, action[:, None], axis=1)[:, 0]
-        next_online = q_values(params, stats, next_obs)
+        next_online = jnp.where(allowed(next_obs), q_values(params, stats, next_obs), -jnp.inf)
         next_target = q_values(target_params, stats, next_obs)
         a_star = jnp.argmax(next_online, axis=1)
         bootstrap = jnp.take_along_axis(next_target, a_star[:, None], axis=1)[:, 0]
@@ -187,10 +198,14 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
 
     def iteration(ts: TrainState, _):
         key, k_eps, k_rand, k_step, k_idx, k_upd = jax.random.split(ts.key, 6)
-        q = q_values(ts.params, ts.obs_stats, ts.obs)
+        ok = allowed(ts.obs)
+        q = jnp.where(ok, q_values(ts.params, ts.obs_stats, ts.obs), -jnp.inf)
         greedy_a = jnp.argmax(q, axis=1)
         explore = jax.random.uniform(k_eps, (N,)) < epsilon(ts.iteration)
-        random_a = jax.random.randint(k_rand, (N,), 0, A)
+        if use_mask:  # explore among the allowed models only
+            random_a = jax.random.categorical(k_rand, jnp.where(ok, 0.0, -jnp.inf), axis=1)
+        else:
+            random_a = jax.random.randint(k_rand, (N,), 0, A)
         action = jnp.where(explore, random_a, greedy_a).astype(jnp.int32)
         slot = ts.env_state.decision % H
         next_obs, env_state, reward, done, info = env.step_batch(
@@ -224,7 +239,7 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
     def greedy_policy(params, stats):
         """Router `act` for the current Q-network (used for evaluation)."""
         def act(key, obs, state, env_params):
-            return jnp.argmax(q_values(params, stats, obs)).astype(jnp.int32)
+            return jnp.argmax(jnp.where(allowed(obs), q_values(params, stats, obs), -jnp.inf)).astype(jnp.int32)
         return act
 
     return TrainFns(init=init, train_chunk=train_chunk, train=train, greedy_policy=greedy_policy, network=net)

@@ -25,7 +25,10 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 
 def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: str, hidden,
-                  profile, sim_config: dict, train_config: dict, extra: dict | None = None) -> Path:
+                  profile, sim_config: dict, train_config: dict, mask_wait_x: float = 0.0,
+                  extra: dict | None = None) -> Path:
+    """``mask_wait_x``: the learner's action mask (`bes_jax.agents.network.wait_mask`; 0: none),
+    which the numpy router applies as the JAX policy does."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "weights.npz", **flatten_params(params))
@@ -40,6 +43,7 @@ def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: s
                      "var": np.asarray(obs_var, np.float64).tolist(), "clip": 10.0, "eps": 1e-8},
         "model_names": profile.model_names,
         "task_names": profile.task_names,
+        "action_mask": {"kind": "wait", "wait_x": float(mask_wait_x)},
         "profile": profile.identity(),
         "sim_config": sim_config,
         "train_config": train_config,

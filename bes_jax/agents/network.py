@@ -21,3 +21,19 @@ class QNetwork(nn.Module):
 def normalize(obs, mean, var, clip: float = 10.0):
     """Running-statistics normalisation; the same formula runs in the numpy `Router`."""
     return jnp.clip((obs - mean) / jnp.sqrt(var + 1e-8), -clip, clip)
+
+
+#: the rich observation's per-model wait / deadline is capped here (bes_jax.env.core.WAIT_CAP)
+WAIT_CAP = 10.0
+
+
+def wait_mask(obs, n_tasks: int, n_models: int, threshold: float):
+    """[..., M] bool: the models a policy may choose from a ``rich`` observation.
+
+    A model whose observed wait / deadline is at least ``threshold`` (at most WAIT_CAP: a full
+    queue reads as the cap) is left out while another model's is below it; if none is, every
+    model is allowed. The same rule runs in the numpy `Router` (`bes_jax.agents.numpy_router`).
+    """
+    wait = obs[..., n_tasks + n_models + 1:n_tasks + 2 * n_models + 1]
+    ok = wait < min(float(threshold), WAIT_CAP)
+    return ok | ~jnp.any(ok, axis=-1, keepdims=True)

@@ -26,6 +26,8 @@ class Router:
         self.obs_size = int(meta["obs_size"])
         self.model_names = list(meta["model_names"])
         self.task_names = list(meta["task_names"])
+        #: the policy's action mask (bes_jax.agents.network.wait_mask), recorded at export
+        self.mask_wait_x = float((meta.get("action_mask") or {}).get("wait_x", 0.0))
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -72,7 +74,16 @@ class Router:
                 x = np.maximum(x, 0.0)
         return x
 
+    def allowed(self, obs) -> np.ndarray:
+        """Models the policy may choose: `bes_jax.agents.network.wait_mask`, the same rule."""
+        obs = np.asarray(obs)
+        M, T = len(self.model_names), len(self.task_names)
+        if self.mask_wait_x <= 0 or self.obs_mode != "rich":
+            return np.ones(obs.shape[:-1] + (M,), bool)
+        ok = obs[..., T + M + 1:T + 2 * M + 1] < min(self.mask_wait_x, 10.0)
+        return ok | ~ok.any(axis=-1, keepdims=True)
+
     def act(self, obs) -> int | np.ndarray:
-        q = self.q_values(obs)
+        q = np.where(self.allowed(obs), self.q_values(obs), -np.inf)
         a = np.argmax(q, axis=-1)
         return int(a) if np.ndim(a) == 0 else a

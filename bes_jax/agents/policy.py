@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes_jax.agents.export import unflatten_params
-from bes_jax.agents.network import QNetwork, normalize
+from bes_jax.agents.network import QNetwork, normalize, wait_mask
 from bes_jax.agents.numpy_router import PolicyFormatError, Router as NumpyRouter
 from bes_jax.profile import Profile
 from bes_jax.routers.baselines import Router
@@ -24,8 +24,14 @@ def load_policy_router(path, profile: Profile) -> Router:
     mean = jnp.asarray(meta["obs_norm"]["mean"], jnp.float32)
     var = jnp.asarray(meta["obs_norm"]["var"], jnp.float32)
 
+    masked = npr.mask_wait_x > 0 and npr.obs_mode == "rich"
+    T, M = len(npr.task_names), len(npr.model_names)
+
     def act(key, obs, state, env_params):
         x = normalize(obs.astype(jnp.float32), mean, var)
-        return jnp.argmax(net.apply(params, x)).astype(jnp.int32)
+        q = net.apply(params, x)
+        if masked:  # the learner's action mask, as in training and in the numpy router
+            q = jnp.where(wait_mask(obs, T, M, npr.mask_wait_x), q, -jnp.inf)
+        return jnp.argmax(q).astype(jnp.int32)
 
     return Router(f"policy:{path}", act, obs_mode=npr.obs_mode)

@@ -88,7 +88,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
 
     policy_dir = export_policy(run_dir / "policy", ts.params, ts.obs_stats.mean, ts.obs_stats.var,
                                obs_mode=sim_cfg.obs_mode, hidden=dqn_cfg.hidden, profile=profile,
-                               sim_config=sim_cfg.to_dict(), train_config=fingerprint)
+                               sim_config=sim_cfg.to_dict(), train_config=fingerprint,
+                               mask_wait_x=dqn_cfg.mask_wait_x)
     _out(f"policy exported to {policy_dir}")
 
     # ---------------------------------------------------------------- held-out evaluation

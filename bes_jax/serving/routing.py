@@ -97,7 +97,8 @@ class PolicyRouter(LiveRouter):
                                  self.latency, float(self.deadlines[task]), self.replica_counts)
 
     def choose(self, snap, task):
-        q = np.asarray(self.policy.q_values(self.observation(snap, task)), np.float64)
+        obs = self.observation(snap, task)
+        q = np.where(self.policy.allowed(obs), np.asarray(self.policy.q_values(obs), np.float64), -np.inf)
         alive = self.alive(snap)
         if alive.any():
             q = np.where(alive, q, -np.inf)
