@@ -1,6 +1,6 @@
-"""The learner's action mask (`dqn.mask_wait_x`): one rule, applied the same way in training, by
-the JAX policy, by an exported policy in JAX (`bes-eval router=policy`) and by the numpy router
-that serves it."""
+"""Replay sampling, and the learner's action mask (`dqn.mask_wait_x`): one rule, applied the same
+way in training, by the JAX policy, by an exported policy in JAX (`bes-eval router=policy`) and
+by the numpy router that serves it."""
 from __future__ import annotations
 
 import jax
@@ -62,3 +62,15 @@ def test_trained_masked_policy_decides_the_same_everywhere(synthetic_profile, tm
     np.testing.assert_array_equal(exp_a[clear], jax_a[clear])
     allowed = npr.allowed(obs)
     assert allowed[np.arange(len(obs)), np_a].all() and allowed[np.arange(len(obs)), exp_a].all()
+
+
+def test_replay_sampling_flags_unresolved_picks():
+    """`jax.random.choice` with probabilities returns an entry of probability 0 a few times per
+    million draws; the learner must never train on such an (unrealised, NaN) reward."""
+    from bes_jax.agents.dqn import sample_resolved
+
+    ready = jnp.asarray(np.random.default_rng(0).random(32768) < 0.9)
+    idx, valid = jax.jit(jax.vmap(lambda k: sample_resolved(k, ready, 128)))(jax.random.split(jax.random.PRNGKey(0), 20000))
+    idx, valid = np.asarray(idx), np.asarray(valid)
+    np.testing.assert_array_equal(valid, np.asarray(ready)[idx])
+    assert (~valid).sum() > 0  # the case happens, and it is flagged
