@@ -23,9 +23,11 @@ def rich_obs(wait, T=4):
 
 
 def test_models_waiting_past_the_threshold_are_left_out():
-    obs = np.stack([rich_obs([0.2, 0.5, 3.0]), rich_obs([2.0, 5.0, WAIT_CAP]), rich_obs([0.1, 0.9, 0.99])])
+    obs = np.stack([rich_obs([0.2, 0.5, 3.0]), rich_obs([2.0, 5.0, WAIT_CAP]), rich_obs([0.1, 0.9, 0.99]),
+                    rich_obs([WAIT_CAP, 4.0, 4.0])])
+    # the last two: none below the threshold, so only the soonest start (ties: all of them)
     np.testing.assert_array_equal(np.asarray(wait_mask(jnp.asarray(obs), 4, 3, 1.0)),
-                                  [[True, True, False], [True, True, True], [True, True, True]])
+                                  [[True, True, False], [True, False, False], [True, True, True], [False, True, True]])
     # a full queue reads as the cap: left out even with a threshold above the cap
     np.testing.assert_array_equal(np.asarray(wait_mask(jnp.asarray(obs[1:2]), 4, 3, 50.0)), [[True, True, False]])
 

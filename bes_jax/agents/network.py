@@ -31,9 +31,12 @@ def wait_mask(obs, n_tasks: int, n_models: int, threshold: float):
     """[..., M] bool: the models a policy may choose from a ``rich`` observation.
 
     A model whose observed wait / deadline is at least ``threshold`` (at most WAIT_CAP: a full
-    queue reads as the cap) is left out while another model's is below it; if none is, every
-    model is allowed. The same rule runs in the numpy `Router` (`bes_jax.agents.numpy_router`).
+    queue reads as the cap) is left out while another model's is below it; if none is, only the
+    models with the shortest wait are allowed (every request is predicted late: start it as soon
+    as possible, greedy's fallback). The same rule runs in the numpy `Router`
+    (`bes_jax.agents.numpy_router`).
     """
     wait = obs[..., n_tasks + n_models + 1:n_tasks + 2 * n_models + 1]
     ok = wait < min(float(threshold), WAIT_CAP)
-    return ok | ~jnp.any(ok, axis=-1, keepdims=True)
+    soonest = wait <= jnp.min(wait, axis=-1, keepdims=True)
+    return jnp.where(jnp.any(ok, axis=-1, keepdims=True), ok, soonest)

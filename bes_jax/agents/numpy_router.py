@@ -80,8 +80,9 @@ class Router:
         M, T = len(self.model_names), len(self.task_names)
         if self.mask_wait_x <= 0 or self.obs_mode != "rich":
             return np.ones(obs.shape[:-1] + (M,), bool)
-        ok = obs[..., T + M + 1:T + 2 * M + 1] < min(self.mask_wait_x, 10.0)
-        return ok | ~ok.any(axis=-1, keepdims=True)
+        wait = obs[..., T + M + 1:T + 2 * M + 1]
+        ok = wait < min(self.mask_wait_x, 10.0)
+        return np.where(ok.any(axis=-1, keepdims=True), ok, wait <= wait.min(axis=-1, keepdims=True))
 
     def act(self, obs) -> int | np.ndarray:
         q = np.where(self.allowed(obs), self.q_values(obs), -np.inf)

@@ -87,6 +87,7 @@ def setup_training(cfg: DictConfig) -> dict:
     Keys: profile, sim_cfg, dqn_cfg, dqn_dict, cap_large (the rate the static largest model
     sustains), bank, deadline_bank, env, base_params, fns (:class:`bes_jax.agents.dqn.TrainFns`)."""
     import jax
+    import jax.numpy as jnp
 
     from bes_jax.agents.dqn import DQNConfig, make_train
     from bes_jax.config import sim_config_from
@@ -102,6 +103,11 @@ def setup_training(cfg: DictConfig) -> dict:
     bank = build_training_bank(cfg.train_family, profile, sim_cfg, cap_large, int(cfg.seed))
     env = ServingEnv(profile, sim_cfg)
     base_params = env.make_params(jax.tree.map(lambda x: x[0], bank))
+    shaping = cfg.train_family.get("miss_penalty")
+    if shaping is not None:  # training reward only: evaluation keeps the sim's reward
+        if not isinstance(shaping, (int, float)) or shaping < 0:
+            raise ValueError(f"train_family.miss_penalty = {shaping!r}: need a number >= 0, or null for sim.miss_penalty")
+        base_params = base_params.replace(miss_penalty=jnp.asarray(float(shaping), base_params.miss_penalty.dtype))
     deadlines = build_deadline_bank(cfg.train_family, sim_cfg.task_deadlines(profile), int(cfg.train_family.bank_size),
                                     int(cfg.seed))
     return {"profile": profile, "sim_cfg": sim_cfg, "dqn_cfg": dqn_cfg, "dqn_dict": dqn_dict,
