@@ -64,15 +64,10 @@ RICH_OBS_FIELDS = ("deadlines", "deadline_scale")
 
 def read_policy_metadata(path: str | Path) -> dict:
     """``metadata.json`` of an exported policy directory (a clear error if missing or broken)."""
-    from bes_jax.agents.numpy_router import PolicyFormatError
+    from bes_jax.agents.numpy_router import PolicyFormatError, read_metadata
 
     f = Path(path) / "metadata.json"
-    if not f.exists():
-        raise PolicyFormatError(f"{f}: missing (an exported policy directory holds metadata.json and weights.npz)")
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise PolicyFormatError(f"{f}: not valid JSON at line {e.lineno}: {e.msg}") from None
+    meta = read_metadata(path)
     if not isinstance(meta, dict) or "obs_mode" not in meta:
         raise PolicyFormatError(f"{f}: field 'obs_mode' missing")
     if not isinstance(meta.get("sim_config") or {}, dict):

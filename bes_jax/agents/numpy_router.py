@@ -15,6 +15,17 @@ class PolicyFormatError(ValueError):
     """An exported policy directory is incomplete or inconsistent (names file, field, value)."""
 
 
+def read_metadata(path: str | Path) -> dict:
+    """``metadata.json`` of an exported policy directory, with a clear error if missing or broken."""
+    f = Path(path) / "metadata.json"
+    if not f.exists():
+        raise PolicyFormatError(f"{f}: missing (an exported policy directory holds metadata.json and weights.npz)")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise PolicyFormatError(f"{f}: not valid JSON at line {e.lineno}: {e.msg}") from None
+
+
 class Router:
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], meta: dict):
         self.layers, self.meta = layers, meta
@@ -33,13 +44,9 @@ class Router:
     def load(cls, path: str | Path) -> "Router":
         path = Path(path)
         meta_file, weights_file = path / "metadata.json", path / "weights.npz"
-        for f in (meta_file, weights_file):
-            if not f.exists():
-                raise PolicyFormatError(f"{f}: missing (an exported policy directory holds metadata.json and weights.npz)")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as e:
-            raise PolicyFormatError(f"{meta_file}: not valid JSON at line {e.lineno}: {e.msg}") from None
+        meta = read_metadata(path)
+        if not weights_file.exists():
+            raise PolicyFormatError(f"{weights_file}: missing (an exported policy directory holds metadata.json and weights.npz)")
         for key in ("obs_mode", "obs_size", "obs_norm", "hidden", "model_names", "task_names"):
             if key not in meta:
                 raise PolicyFormatError(f"{meta_file}: field '{key}' missing")
