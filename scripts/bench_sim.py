@@ -39,7 +39,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per N (best and median reported)")
     ap.add_argument("--reference-decisions", type=int, default=20000)
     ap.add_argument("--profile", default="opt-a100-80gb")
-    ap.add_argument("--rate-x", type=float, default=3.0, help="mean rate, x the static OPT-6.7B capacity")
+    ap.add_argument("--placement", choices=["exclusive", "concurrent"], default="exclusive",
+                    help="GPU sharing (the simulator's default: exclusive)")
+    ap.add_argument("--rate-x", type=float, default=3.0, help="mean rate, x static OPT-6.7B's nominal capacity (the load of the figures in docs/benchmarks.md)")
     ap.add_argument("--devices", default="auto",
                     help="CPU devices to shard over (auto: one per core; 1: no sharding)")
     ap.add_argument("--write-docs", action="store_true", help="append the figures to docs/benchmarks.md")
@@ -63,7 +65,7 @@ def main(argv=None):
     from bes_jax.sim_config import SimConfig
 
     profile = load_profile(args.profile)
-    cfg = SimConfig()
+    cfg = SimConfig(placement=args.placement)
     rate = args.rate_x * float(nominal_capacity(profile, cfg)[-1])  # the load docs/benchmarks.md was measured at
     maf = REPO_ROOT.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv"
     wp = W.maf(str(maf), target_mean_rate=rate, time_scale=6.0, minutes=[0, 60], n_tasks=profile.n_tasks)
@@ -72,7 +74,8 @@ def main(argv=None):
     device = jax.devices()[0]
     n_dev = jax.local_device_count() if device.platform == "cpu" else 1
     print(f"machine: {machine_name()}; jax {jax.__version__} on {device.platform} ({device.device_kind})")
-    print(f"workload: MAF minutes 0-60, mean {rate:.1f} req/s (x{args.rate_x} static OPT-6.7B capacity); greedy router")
+    print(f"workload: MAF minutes 0-60, mean {rate:.1f} req/s (x{args.rate_x} static OPT-6.7B nominal capacity); "
+          f"greedy router; placement {cfg.placement}")
 
     def make(n):
         v_greedy = jax.vmap(greedy_action, in_axes=(0, None))
@@ -127,7 +130,8 @@ def main(argv=None):
     if args.write_docs:
         doc = REPO_ROOT / "docs" / "benchmarks.md"
         lines = [f"\n### bench_sim ({time.strftime('%Y-%m-%d')}; {machine_name()}; jax {jax.__version__} "
-                 f"{device.platform}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; best of {args.repeats})\n",
+                 f"{device.platform}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; placement {cfg.placement}; "
+                 f"best of {args.repeats})\n",
                  "| N envs | devices | compile + first run (s) | timed run (s) | decisions/s | median |",
                  "|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['n_envs']} | {r['devices']} | {r['compile_and_first_run_s']:.2f} | {r['run_s']:.3f} | "
@@ -137,7 +141,7 @@ def main(argv=None):
         with doc.open("a") as fh:
             fh.write("\n".join(lines))
     print(json.dumps({"decisions_per_s": best["decisions_per_s"], "n_envs": best["n_envs"], "devices": best["devices"],
-                      "ratio_vs_reference": ratio}))
+                      "ratio_vs_reference": ratio, "placement": cfg.placement}))
 
 
 if __name__ == "__main__":
