@@ -6,6 +6,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bes_jax.env.core import WAIT_CAP  # the rich observation's cap on wait / deadline
+
 
 class QNetwork(nn.Module):
     n_actions: int
@@ -21,10 +23,6 @@ class QNetwork(nn.Module):
 def normalize(obs, mean, var, clip: float = 10.0):
     """Running-statistics normalisation; the same formula runs in the numpy `Router`."""
     return jnp.clip((obs - mean) / jnp.sqrt(var + 1e-8), -clip, clip)
-
-
-#: the rich observation's per-model wait / deadline is capped here (bes_jax.env.core.WAIT_CAP)
-WAIT_CAP = 10.0
 
 
 def wait_mask(obs, n_tasks: int, n_models: int, threshold: float):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bes_jax.reference.routing_view import WAIT_CAP
+
 
 class PolicyFormatError(ValueError):
     """An exported policy directory is incomplete or inconsistent (names file, field, value)."""
@@ -88,7 +90,7 @@ class Router:
         if self.mask_wait_x <= 0 or self.obs_mode != "rich":
             return np.ones(obs.shape[:-1] + (M,), bool)
         wait = obs[..., T + M + 1:T + 2 * M + 1]
-        ok = wait < min(self.mask_wait_x, 10.0)
+        ok = wait < min(self.mask_wait_x, WAIT_CAP)
         return np.where(ok.any(axis=-1, keepdims=True), ok, wait <= wait.min(axis=-1, keepdims=True))
 
     def act(self, obs) -> int | np.ndarray:
