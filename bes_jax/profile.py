@@ -1,5 +1,11 @@
 """Profiles: the latency table ``L[m, t, b]`` and quality table ``q[m, t]`` of one pool.
 
+Profiles v2 add what continuous (iteration-level) batching needs (SPEC "Continuous batching"):
+per model ``ctx_max``, ``kv_tokens`` (per replica) and the five-coefficient ``iteration``
+model; a task's ``prompt_len`` / ``output_len`` may be a distribution (`bes_jax.lengths`).
+They are optional, so request-level profiles stay valid; `Profile.require_continuous` names
+what is missing when a continuous run needs it.
+
 A profile is a JSON file (human-readable, diff-friendly). Loading validates every field and
 raises :class:`ProfileError` naming the file, the field and the bad value, because a wrong
 table silently skews every experiment built on it.
@@ -15,6 +21,10 @@ from typing import Any
 import numpy as np
 
 from bes_jax import PROFILES_DIR
+from bes_jax.lengths import LengthDist, LengthError, parse_length
+
+#: the iteration model's coefficients, in the order of `Profile.iteration`'s columns
+ITERATION_FIELDS = ("fixed_s", "per_seq_s", "weights_s", "per_kv_token_s", "per_token_s")
 
 DEFAULT_PROFILE = "opt-a100-80gb"
 
@@ -35,14 +45,32 @@ class Task:
     name: str
     metric: str
     deadline_s: float
-    prompt_len: int
+    prompt_len: int   # the distribution's mean, rounded: what the request-level tables use
     output_len: int
+    prompt_dist: LengthDist = None  # None: fixed at prompt_len
+    output_dist: LengthDist = None
+
+    def __post_init__(self):
+        if self.prompt_dist is None:
+            object.__setattr__(self, "prompt_dist", parse_length(self.prompt_len, "prompt_len"))
+        if self.output_dist is None:
+            object.__setattr__(self, "output_dist", parse_length(self.output_len, "output_len"))
 
 
 @dataclass(frozen=True)
 class Model:
     name: str
     params: int
+    ctx_max: int | None = None        # most tokens (prompt + output) of one sequence
+    kv_tokens: int | None = None      # KV-cache budget of one replica, in tokens
+    iteration: dict | None = None     # {ITERATION_FIELDS: seconds}: one iteration's time
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "params": self.params}
+        for k in ("ctx_max", "kv_tokens", "iteration"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return d
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,49 @@ class Profile:
     def n_tasks(self) -> int:
         return len(self.tasks)
 
+    # ---------------------------------------------------------- continuous batching
+    @property
+    def supports_continuous(self) -> bool:
+        return all(m.ctx_max is not None and m.kv_tokens is not None and m.iteration is not None
+                   for m in self.models)
+
+    def require_continuous(self) -> None:
+        """Raise `ProfileError` naming the first field a continuous-batching run lacks."""
+        for i, m in enumerate(self.models):
+            for k in ("ctx_max", "kv_tokens", "iteration"):
+                if getattr(m, k) is None:
+                    raise ProfileError(self.source, f"models[{i}].{k}", None,
+                                       "missing: continuous batching (sim.batching=continuous) needs "
+                                       "ctx_max, kv_tokens and iteration for every model")
+
+    @property
+    def ctx_max(self) -> np.ndarray:
+        """[M] int64 (requires `supports_continuous`)."""
+        self.require_continuous()
+        return np.array([m.ctx_max for m in self.models], np.int64)
+
+    @property
+    def kv_tokens(self) -> np.ndarray:
+        """[M] int64 KV budget per replica (requires `supports_continuous`)."""
+        self.require_continuous()
+        return np.array([m.kv_tokens for m in self.models], np.int64)
+
+    @property
+    def iteration(self) -> np.ndarray:
+        """[M, 5] float64, columns in `ITERATION_FIELDS` order (requires `supports_continuous`)."""
+        self.require_continuous()
+        return np.array([[m.iteration[k] for k in ITERATION_FIELDS] for m in self.models], np.float64)
+
+    @property
+    def mean_prompt_len(self) -> np.ndarray:
+        """[T] stated mean prompt length per task (what a router may assume)."""
+        return np.array([t.prompt_dist.mean for t in self.tasks], np.float64)
+
+    @property
+    def mean_output_len(self) -> np.ndarray:
+        """[T] stated mean output length per task (what a router may assume)."""
+        return np.array([t.output_dist.mean for t in self.tasks], np.float64)
+
     def model_index(self, name: str) -> int:
         names = self.model_names
         if name not in names:
@@ -96,10 +167,10 @@ class Profile:
         return {
             "name": self.name,
             "hardware": self.hardware,
-            "models": [{"name": m.name, "params": m.params} for m in self.models],
+            "models": [m.to_dict() for m in self.models],
             "tasks": [
                 {"name": t.name, "metric": t.metric, "deadline_s": t.deadline_s,
-                 "prompt_len": t.prompt_len, "output_len": t.output_len}
+                 "prompt_len": t.prompt_dist.to_json(), "output_len": t.output_dist.to_json()}
                 for t in self.tasks
             ],
             "B_max": self.b_max,
@@ -163,6 +234,37 @@ def _unique(names, src, path):
         seen.add(n)
 
 
+def _length(x, src, path) -> LengthDist:
+    try:
+        return parse_length(x, path)
+    except LengthError as e:
+        # parse_length's message starts with the field path; re-raise as a ProfileError
+        raise ProfileError(src, path, x, str(e)) from None
+
+
+def _continuous_fields(m: dict, src: str, p: str):
+    """``(ctx_max, kv_tokens, iteration)`` of a model entry (each None when absent)."""
+    ctx = m.get("ctx_max")
+    kv = m.get("kv_tokens")
+    it = m.get("iteration")
+    if ctx is not None:
+        ctx = _positive_int(ctx, src, f"{p}.ctx_max")
+    if kv is not None:
+        kv = _positive_int(kv, src, f"{p}.kv_tokens")
+    if it is not None:
+        if not isinstance(it, dict):
+            raise ProfileError(src, f"{p}.iteration", it, f"expected an object with {list(ITERATION_FIELDS)}")
+        unknown = sorted(set(it) - set(ITERATION_FIELDS))
+        if unknown:
+            raise ProfileError(src, f"{p}.iteration.{unknown[0]}", it[unknown[0]],
+                               f"unknown coefficient; known: {list(ITERATION_FIELDS)}")
+        it = {k: _finite_number(_req(it, k, f"{p}.iteration", src), src, f"{p}.iteration.{k}", lo=0.0)
+              for k in ITERATION_FIELDS}
+        if it["fixed_s"] + it["per_seq_s"] + it["weights_s"] + it["per_kv_token_s"] + it["per_token_s"] <= 0:
+            raise ProfileError(src, f"{p}.iteration", it, "all coefficients are 0: an iteration would take no time")
+    return ctx, kv, it
+
+
 def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:
     """Validate a parsed profile document and build a :class:`Profile`."""
     src = source
@@ -181,7 +283,8 @@ def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:
     for i, m in enumerate(models_raw):
         p = f"models[{i}]"
         models.append(Model(_name(_req(m, "name", p, src), src, f"{p}.name"),
-                            _positive_int(_req(m, "params", p, src), src, f"{p}.params")))
+                            _positive_int(_req(m, "params", p, src), src, f"{p}.params"),
+                            *_continuous_fields(m, src, p)))
     _unique([m.name for m in models], src, "models")
 
     tasks_raw = _req(d, "tasks", "", src)
@@ -190,12 +293,13 @@ def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:
     tasks = []
     for i, t in enumerate(tasks_raw):
         p = f"tasks[{i}]"
+        pd, od = (_length(_req(t, k, p, src), src, f"{p}.{k}") for k in ("prompt_len", "output_len"))
         tasks.append(Task(
             name=_name(_req(t, "name", p, src), src, f"{p}.name"),
             metric=_name(_req(t, "metric", p, src), src, f"{p}.metric"),
             deadline_s=_finite_number(_req(t, "deadline_s", p, src), src, f"{p}.deadline_s", positive=True),
-            prompt_len=_positive_int(_req(t, "prompt_len", p, src), src, f"{p}.prompt_len"),
-            output_len=_positive_int(_req(t, "output_len", p, src), src, f"{p}.output_len"),
+            prompt_len=max(1, int(round(pd.mean))), output_len=max(1, int(round(od.mean))),
+            prompt_dist=pd, output_dist=od,
         ))
     _unique([t.name for t in tasks], src, "tasks")
 

@@ -12,6 +12,8 @@ PLACEMENTS = ("concurrent", "exclusive")
 DEADLINE_KINDS = ("hard", "soft")
 SOFT_DECAYS = ("linear", "exp")
 OBS_MODES = ("paper", "rich")
+BATCHINGS = ("request", "continuous")
+CONTEXT_OVERFLOWS = ("truncate", "reject")
 
 
 class ConfigError(ValueError):
@@ -20,6 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SimConfig:
+    #: request (the paper's request-level batches) or continuous (iteration-level, like vLLM)
+    batching: str = "request"
     #: exclusive (a GPU runs one batch at a time, the default) or concurrent (an upper bound)
     placement: str = "exclusive"
     n_gpus: int = 4
@@ -42,6 +46,16 @@ class SimConfig:
     episode_len: int = 1000
     #: decisions remembered per environment (outcome ring); must exceed what can be in system.
     outcome_slots: int = 2048
+    # ---- continuous batching (docs/simulator.md "Continuous batching"); unused in request mode
+    #: most sequences in a replica's running set
+    max_num_seqs: int = 64
+    #: tokens one iteration processes (decode tokens + prefill chunks); >= max_num_seqs
+    max_num_batched_tokens: int = 2048
+    #: a request with prompt + output > the model's ctx_max: truncate the prompt, or reject it
+    context_overflow: str = "truncate"
+    #: per-task TTFT / TPOT deadlines in seconds (None: not configured), scaled by deadline_scale
+    ttft_deadlines: Optional[tuple[float, ...]] = None
+    tpot_deadlines: Optional[tuple[float, ...]] = None
 
     def __post_init__(self):
         def bad(field_name, value, why):
@@ -53,9 +67,14 @@ class SimConfig:
             bad("deadline_kind", self.deadline_kind, f"must be one of {DEADLINE_KINDS}")
         if self.soft_decay not in SOFT_DECAYS:
             bad("soft_decay", self.soft_decay, f"must be one of {SOFT_DECAYS}")
+        if self.batching not in BATCHINGS:
+            bad("batching", self.batching, f"must be one of {BATCHINGS}")
+        if self.context_overflow not in CONTEXT_OVERFLOWS:
+            bad("context_overflow", self.context_overflow, f"must be one of {CONTEXT_OVERFLOWS}")
         if self.obs_mode not in OBS_MODES:
             bad("obs_mode", self.obs_mode, f"must be one of {OBS_MODES}")
-        for name in ("n_gpus", "queue_capacity", "episode_len", "outcome_slots"):
+        for name in ("n_gpus", "queue_capacity", "episode_len", "outcome_slots", "max_num_seqs",
+                     "max_num_batched_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(name, v, "must be a positive integer")
@@ -75,10 +94,15 @@ class SimConfig:
             object.__setattr__(self, "replicas", tuple(int(r) for r in self.replicas))
             if any(r < 0 for r in self.replicas) or sum(self.replicas) == 0:
                 bad("replicas", self.replicas, "need non-negative counts and at least one replica")
-        if self.deadlines is not None:
-            object.__setattr__(self, "deadlines", tuple(float(x) for x in self.deadlines))
-            if any(x <= 0 for x in self.deadlines):
-                bad("deadlines", self.deadlines, "every deadline must be > 0")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            bad("max_num_batched_tokens", self.max_num_batched_tokens,
+                f"must be >= max_num_seqs ({self.max_num_seqs}): every running sequence decodes each iteration")
+        for name in ("deadlines", "ttft_deadlines", "tpot_deadlines"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(float(x) for x in v))
+                if any(not x > 0 for x in getattr(self, name)):
+                    bad(name, v, "every deadline must be > 0")
 
     # --------------------------------------------------------------- derived layout
     def replica_counts(self, n_models: int) -> tuple[int, ...]:
@@ -100,9 +124,20 @@ class SimConfig:
                               f"({profile.n_tasks}: {profile.task_names})")
         return tuple(float(x) * self.deadline_scale for x in base)
 
+    def optional_task_deadlines(self, name: str, n_tasks: int) -> Optional[tuple[float, ...]]:
+        """``ttft_deadlines`` / ``tpot_deadlines`` scaled by deadline_scale, or None if unset."""
+        base = getattr(self, name)
+        if base is None:
+            return None
+        if len(base) != n_tasks:
+            raise ConfigError(f"sim config: field '{name}' = {base!r}: needs one per task ({n_tasks})")
+        return tuple(float(x) * self.deadline_scale for x in base)
+
     def in_system_bound(self, n_models: int, b_max: int) -> int:
-        """Most requests that can be queued or in flight at once."""
-        return sum(self.replica_counts(n_models)) * (self.queue_capacity + b_max)
+        """Most requests that can be queued or in flight at once (running: a batch of B_max,
+        or a running set of max_num_seqs)."""
+        per = b_max if self.batching == "request" else self.max_num_seqs
+        return sum(self.replica_counts(n_models)) * (self.queue_capacity + per)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +150,7 @@ def sim_config_from_mapping(m) -> SimConfig:
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"sim config: unknown field(s) {unknown}; known: {sorted(known)}")
-    for k in ("replicas", "deadlines"):
+    for k in ("replicas", "deadlines", "ttft_deadlines", "tpot_deadlines"):
         if d.get(k) is not None:
             d[k] = tuple(d[k])
     return SimConfig(**d)

@@ -36,6 +36,33 @@ def synthetic_profile_dict(n_models=3, n_tasks=2, b_max=4, seed=0):
     }
 
 
+def continuous_profile_dict(n_models=3, n_tasks=2, seed=0, kv_tokens=(3000, 2000, 1200), ctx_max=(512, 768, 1024),
+                            quantum=2.0 ** -16):
+    """A small profile with the continuous-batching fields (SPEC "Continuous batching").
+
+    Coefficients are multiples of ``quantum`` (so float64 clocks stay exact); KV budgets and
+    context limits are small enough that tests can make them bind. Task 0 has fixed lengths,
+    the others draw them (uniform prompt, log-normal output).
+    """
+    d = synthetic_profile_dict(n_models=n_models, n_tasks=n_tasks, b_max=4, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    q = lambda x: float(max(1.0, round(x / quantum)) * quantum)
+    for m, entry in enumerate(d["models"]):
+        scale = 2.0 ** m
+        entry["ctx_max"] = int(ctx_max[m % len(ctx_max)])
+        entry["kv_tokens"] = int(kv_tokens[m % len(kv_tokens)])
+        entry["iteration"] = {"fixed_s": q(2e-3 * (1 + 0.1 * rng.random())), "per_seq_s": q(2e-5 * scale),
+                              "weights_s": q(4e-3 * scale), "per_kv_token_s": q(1e-6 * scale),
+                              "per_token_s": q(3e-5 * scale)}
+    for t, task in enumerate(d["tasks"]):
+        if t == 0:
+            task["prompt_len"], task["output_len"] = 48, 6
+        else:
+            task["prompt_len"] = {"dist": "uniform", "min": 8, "max": 300}
+            task["output_len"] = {"dist": "lognormal", "mean": 12, "cv": 1.0, "min": 1, "max": 200}
+    return d
+
+
 @pytest.fixture(scope="session")
 def synthetic_profile():
     return profile_from_dict(synthetic_profile_dict(), "synthetic.json")
