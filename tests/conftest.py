@@ -37,7 +37,7 @@ def synthetic_profile_dict(n_models=3, n_tasks=2, b_max=4, seed=0):
 
 
 def continuous_profile_dict(n_models=3, n_tasks=2, seed=0, kv_tokens=(3000, 2000, 1200), ctx_max=(512, 768, 1024),
-                            quantum=2.0 ** -16):
+                            quantum=2.0 ** -24):
     """A small profile with the continuous-batching fields (SPEC "Continuous batching").
 
     Coefficients are multiples of ``quantum`` (so float64 clocks stay exact); KV budgets and
