@@ -75,8 +75,28 @@ def _pad(x, n, fill, name="pad"):
     return np.concatenate([x, np.full((int(n) - x.shape[0],) + x.shape[1:], fill, dtype=x.dtype)])
 
 
+def _tokens(name, x, shape, low) -> np.ndarray:
+    """int32 token counts per arrival: -1 = not given, else an integer >= `low`."""
+    if x is None:
+        return np.full(shape, -1, np.int32)
+    a = np.asarray(x)
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, times has shape {shape}: need one count per arrival")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() or (a != np.round(a)).any():
+            i = int(np.argmax(~np.isfinite(a) | (a != np.round(a)))) if np.issubdtype(a.dtype, np.floating) else 0
+            raise ValueError(f"{name}[{i}] = {a.ravel()[i]!r}: need integer token counts (-1 = not given)")
+    a = a.astype(np.int64)
+    bad = ((a < low) & (a != -1)) | (a > np.iinfo(np.int32).max)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}[{i}] = {int(a[i])}: need a token count >= {low} (or -1: not given)")
+    return a.astype(np.int32)
+
+
 def _make(kind, rates, window_s, cv, mix, n_tasks, mix_window_s, start_offset, trace_times=None,
-          trace_tasks=None, trace_period=1.0, pad_windows=None, pad_trace=None, pad_mix=None) -> WorkloadParams:
+          trace_tasks=None, trace_period=1.0, trace_prompt=None, trace_output=None, pad_windows=None,
+          pad_trace=None, pad_mix=None) -> WorkloadParams:
     f = _f()
     rates = np.atleast_1d(np.asarray(rates, np.float64))
     if rates.ndim != 1 or rates.size == 0 or not np.isfinite(rates).all() or (rates < 0).any() or rates.max() <= 0:
@@ -100,6 +120,8 @@ def _make(kind, rates, window_s, cv, mix, n_tasks, mix_window_s, start_offset, t
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"tasks[{i}] = {int(tasks[i])}: not a task index (0..{m.shape[1] - 1}, or -1 to draw from the mix)")
+    prompt = _tokens("prompt", trace_prompt, times.shape, 1)
+    output = _tokens("output", trace_output, times.shape, 1)
     return WorkloadParams(
         kind=jnp.asarray(kind, jnp.int32),
         rates=jnp.asarray(_pad(rates, pad_windows, 0.0, "pad_windows"), f), n_windows=jnp.asarray(rates.size, jnp.int32),
@@ -108,7 +130,9 @@ def _make(kind, rates, window_s, cv, mix, n_tasks, mix_window_s, start_offset, t
         trace_len=jnp.asarray(times.size, jnp.int32), trace_period=jnp.asarray(trace_period, f),
         trace_tasks=jnp.asarray(_pad(tasks.astype(np.int32), pad_trace, -1, "pad_trace"), jnp.int32),
         mix=jnp.asarray(_pad(m, pad_mix, 0.0, "pad_mix"), f), n_mix=jnp.asarray(m.shape[0], jnp.int32),
-        mix_window_s=jnp.asarray(mix_window_s, f), start_offset=jnp.asarray(start_offset, f))
+        mix_window_s=jnp.asarray(mix_window_s, f), start_offset=jnp.asarray(start_offset, f),
+        trace_prompt=jnp.asarray(_pad(prompt, pad_trace, -1, "pad_trace"), jnp.int32),
+        trace_output=jnp.asarray(_pad(output, pad_trace, -1, "pad_trace"), jnp.int32))
 
 
 def _check_pads(pad):
@@ -176,7 +200,7 @@ def maf(path=None, target_mean_rate: float | None = None, time_scale: float = 1.
 
 def trace(path=None, times=None, tasks=None, target_mean_rate: float | None = None, column: str | None = None,
           n_tasks: int | None = None, mix=None, mix_window_s: float = 60.0, start_offset: float = 0.0,
-          **pad) -> WorkloadParams:
+          prompt=None, output=None, **pad) -> WorkloadParams:
     """Replay real timestamps (from a file `path`, or an array `times`), optionally rescaled.
 
     Times are shifted to start at 0. The mean rate of a trace of n arrivals spanning S seconds
@@ -185,6 +209,9 @@ def trace(path=None, times=None, tasks=None, target_mean_rate: float | None = No
     (the last arrival plus one mean gap), so the long-run rate equals the mean rate.
     `start_offset` (seconds of rescaled trace time) is where the environment starts.
     `tasks` fixes each request's task (-1: draw from the mix); otherwise tasks are drawn.
+    `prompt`, `output`: each request's prompt / output tokens (integers >= 1, -1 = not given:
+    the continuous simulator draws it from the profile); they stay with their request under
+    rescaling and offsets.
     """
     if path is not None and not isinstance(path, (str, Path)):
         path, times = None, path  # trace(array)
@@ -208,7 +235,8 @@ def trace(path=None, times=None, tasks=None, target_mean_rate: float | None = No
         t, mean_gap = t * scale, mean_gap * scale
     period = t[-1] + mean_gap
     return _make(TRACE, [1.0 / mean_gap], 1.0, 1.0, mix, n_tasks, mix_window_s, start_offset,
-                 trace_times=t, trace_tasks=tasks, trace_period=period, **_check_pads(pad))
+                 trace_times=t, trace_tasks=tasks, trace_period=period, trace_prompt=prompt, trace_output=output,
+                 **_check_pads(pad))
 
 
 def with_task_mix(wp: WorkloadParams, mix, mix_window_s: float | None = None, pad_mix: int | None = None) -> WorkloadParams:
@@ -234,7 +262,9 @@ def stack_workloads(items: Sequence[WorkloadParams]) -> WorkloadParams:
     def pad_to(w):
         p = lambda x, n, fill: jnp.asarray(_pad(np.asarray(x), n, fill), x.dtype)
         return w.replace(rates=p(w.rates, sizes["rates"], 0.0), trace_times=p(w.trace_times, sizes["trace_times"], 0.0),
-                         trace_tasks=p(w.trace_tasks, sizes["trace_times"], -1), mix=p(w.mix, sizes["mix"], 0.0))
+                         trace_tasks=p(w.trace_tasks, sizes["trace_times"], -1), mix=p(w.mix, sizes["mix"], 0.0),
+                         trace_prompt=p(w.trace_prompt, sizes["trace_times"], -1),
+                         trace_output=p(w.trace_output, sizes["trace_times"], -1))
 
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[pad_to(w) for w in items])
 

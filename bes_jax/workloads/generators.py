@@ -12,6 +12,11 @@ positive rate. Gamma uses Marsaglia-Tsang with a few vectorised candidates (no w
 so `vmap` stays cheap) and the U^(1/a) boost for shape < 1. Traces replay their
 timestamps cyclically from the position given by ``start_offset``, shifted to ``origin``.
 
+The ``_request`` variants (`workload_init_request`, `workload_next_request`) give the same
+time and task for a key plus the request's prompt and output tokens (int32, -1 = not given
+by the workload: the simulator draws it from the profile's task length distribution). They
+are what the continuous-batching simulator calls; request mode keeps calling the plain ones.
+
 Both branches (schedule and trace) are computed for every environment and one is picked
 with `jnp.where`, so environments of different kinds share one compiled program.
 """
@@ -111,8 +116,8 @@ def _trace_start(wp: WorkloadParams, offset):
 
 
 def _trace_arrival(j, wp: WorkloadParams):
-    """Time (from the workload's start) and listed task of the j-th replayed arrival (j counts
-    from the start offset); non-decreasing in j and >= 0."""
+    """Time (from the workload's start), listed task and trace entry of the j-th replayed
+    arrival (j counts from the start offset); the time is non-decreasing in j and >= 0."""
     L = jnp.maximum(wp.trace_len, 1)
     period = jnp.maximum(wp.trace_period, jnp.finfo(wp.trace_period.dtype).tiny)
     lap0 = jnp.floor(wp.start_offset / period)
@@ -120,24 +125,39 @@ def _trace_arrival(j, wp: WorkloadParams):
     k = _trace_start(wp, offset) + j
     lap = k // L
     i = k % L
-    return wp.trace_times[i] + lap.astype(period.dtype) * period - offset, wp.trace_tasks[i]
+    return wp.trace_times[i] + lap.astype(period.dtype) * period - offset, wp.trace_tasks[i], i
 
 
-def _draw(key, t_prev, j, origin, wp: WorkloadParams):
+def _draw_entry(key, t_prev, j, origin, wp: WorkloadParams):
+    """``(t, task, entry, is_trace)``: the arrival and the trace entry it replays."""
     k_gap, k_task = jax.random.split(key)
     f = t_prev.dtype
     base, rate = _rate_base(t_prev, origin, wp)
     unit_gamma, unit_exp = _gamma_and_exp(k_gap, 1.0 / wp.cv ** 2)
     unit = jnp.where(wp.cv == 1.0, unit_exp, unit_gamma)
     t_sched = base + unit / jnp.maximum(rate, jnp.finfo(f).tiny)
-    t_rel, listed = _trace_arrival(j, wp)
+    t_rel, listed, entry = _trace_arrival(j, wp)
     # at or after the previous arrival (a guard against rounding: origin <= t_prev, t_rel >= 0)
     t_trace = jnp.maximum(origin + t_rel, t_prev)
     is_trace = wp.kind == TRACE
     t = jnp.where(is_trace, t_trace, t_sched).astype(f)
     drawn = _mix_task(jax.random.uniform(k_task, (), f), t, origin, wp)
     task = jnp.where(is_trace & (listed >= 0), listed, drawn)
-    return t, task.astype(jnp.int32)
+    return t, task.astype(jnp.int32), entry, is_trace
+
+
+def _draw(key, t_prev, j, origin, wp: WorkloadParams):
+    t, task, _, _ = _draw_entry(key, t_prev, j, origin, wp)
+    return t, task
+
+
+def _draw_request(key, t_prev, j, origin, wp: WorkloadParams):
+    """`_draw` plus the entry's tokens (-1 for schedules: the simulator draws them)."""
+    t, task, entry, is_trace = _draw_entry(key, t_prev, j, origin, wp)
+    none = jnp.asarray(-1, jnp.int32)
+    prompt = jnp.where(is_trace, wp.trace_prompt[entry], none).astype(jnp.int32)
+    output = jnp.where(is_trace, wp.trace_output[entry], none).astype(jnp.int32)
+    return t, task, prompt, output
 
 
 def workload_init(key, wp: WorkloadParams):
@@ -155,6 +175,22 @@ def workload_next(key, ws: WorkloadState, wp: WorkloadParams):
     """Next arrival after ``ws``: ``(state, t, task)``; pure and fixed-cost."""
     t, task = _draw(key, ws.t, ws.idx, ws.origin, wp)
     return WorkloadState(t, ws.idx + 1, ws.origin), t, task
+
+
+def workload_init_request(key, wp: WorkloadParams):
+    """First request: ``(state, t0, task0, prompt0, output0)``; ``t0``, ``task0`` and the state
+    are exactly `workload_init`'s for the same key. Tokens are int32, -1 = not given by the
+    workload (the simulator draws it from the task's length distribution in the profile)."""
+    zero = jnp.zeros((), _float())
+    t, task, prompt, output = _draw_request(key, zero, jnp.zeros((), jnp.int32), zero, wp)
+    return WorkloadState(t, jnp.ones((), jnp.int32), zero), t, task, prompt, output
+
+
+def workload_next_request(key, ws: WorkloadState, wp: WorkloadParams):
+    """Next request after ``ws``: ``(state, t, task, prompt, output)``, the same state, time and
+    task as `workload_next` for the same key, plus the tokens (-1 = not given)."""
+    t, task, prompt, output = _draw_request(key, ws.t, ws.idx, ws.origin, wp)
+    return WorkloadState(t, ws.idx + 1, ws.origin), t, task, prompt, output
 
 
 def workload_restart(ws: WorkloadState, restart=True) -> WorkloadState:

@@ -22,6 +22,11 @@ class WorkloadParams:
     n_mix: jnp.ndarray         # int32 valid rows
     mix_window_s: jnp.ndarray
     start_offset: jnp.ndarray  # seconds into the schedule / trace at the workload's start (`origin`)
+    # [N] int32 prompt / output tokens per trace entry, -1 = not given (the simulator draws it from
+    # the profile's task length distribution); all -1 for schedules. Read only by the `_request`
+    # generators (continuous batching), so request-level runs never touch them.
+    trace_prompt: jnp.ndarray
+    trace_output: jnp.ndarray
 
     @property
     def n_tasks(self) -> int:
