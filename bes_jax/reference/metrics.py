@@ -12,12 +12,22 @@ Definitions (``SPEC.md``, Metrics), over the ``n`` requests of the run:
   excluded from ``frac_windows_ge_96`` / ``frac_windows_ge_98`` (and reported as None);
 - latency percentiles over completed requests (linear interpolation, NaN if none);
 - ``quality_goodput_per_gpu`` = sum of realised rewards / (last - first arrival) / n_gpus.
+
+Continuous batching (``cfg.batching == "continuous"``, a
+:class:`~bes_jax.reference.continuous.ContinuousResult`; docs/simulator.md "Metrics") adds, over
+completed requests: ``ttft_*``, ``e2e_*`` and ``tpot_*`` (requests with more than one output
+token) percentiles; ``output_tokens_per_s`` = their output tokens / span of arrivals;
+``kv_utilisation`` = ``Σ (p + o)(finish - start) / (Σ_m R_m kv_tokens_m · span)``;
+``slo_goodput`` = requests meeting every configured deadline / span; ``availability`` counts
+those too. The span is the one ``quality_goodput_per_gpu`` uses.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from bes_jax.reference.simulator import DROPPED, QUEUED, REJECTED, SERVED
+
+RUNNING = 5  # continuous batching: admitted, not completed (bes_jax.reference.continuous)
 
 
 def compute_metrics(res, times, tasks, profile, cfg, window_s: float = 10.0) -> dict:
@@ -37,7 +47,12 @@ def compute_metrics(res, times, tasks, profile, cfg, window_s: float = 10.0) -> 
     peak_i = np.asarray(profile.quality, np.float64).max(axis=0)[tasks]
     d = np.asarray(cfg.task_deadlines(profile), np.float64)[tasks]
     lat = finish - times
-    met = done & (lat <= d)
+    continuous = getattr(cfg, "batching", "request") == "continuous"
+    if continuous:
+        # every configured deadline (e2e, TTFT, TPOT), as the run decided it
+        met = done & np.asarray(res.met_deadline, bool)
+    else:
+        met = done & (lat <= d)
 
     window = np.floor((times - times[0]) / window_s).astype(np.int64)
     n_windows = int(window.max()) + 1
@@ -50,14 +65,15 @@ def compute_metrics(res, times, tasks, profile, cfg, window_s: float = 10.0) -> 
 
     served_lat = lat[done]
 
-    def pctl(p):
-        return float(np.percentile(served_lat, p)) if served_lat.size else float("nan")
+    def pctl(p, x=None):
+        x = served_lat if x is None else x
+        return float(np.percentile(x, p)) if x.size else float("nan")
 
     span = max(float(times[-1] - times[0]), 1e-9)
     performance = float(reward.sum() / n)
     peak = float(peak_i.sum() / n)
     model = np.asarray(res.model)
-    return {
+    out = {
         "performance": performance,
         "peak": peak,
         "pct_of_peak": performance / peak,
@@ -75,3 +91,29 @@ def compute_metrics(res, times, tasks, profile, cfg, window_s: float = 10.0) -> 
                     "pct_of_peak": [float(w_pct[w]) if nonempty[w] else None for w in range(n_windows)],
                     "n_requests": w_count.tolist()},
     }
+    if continuous:
+        out.update(_continuous_metrics(res, times, done, met, span, profile, cfg, pctl))
+    return out
+
+
+def _continuous_metrics(res, times, done, met, span, profile, cfg, pctl) -> dict:
+    first = np.asarray(res.first_token, np.float64)
+    finish = np.asarray(res.finish, np.float64)
+    start = np.asarray(res.start, np.float64)
+    o = np.asarray(res.output_tokens, np.int64)
+    p = np.asarray(res.prompt_tokens, np.int64)
+    e2e = (finish - times)[done]
+    ttft = (first - times)[done]
+    multi = done & (o > 1)
+    tpot = ((finish - first) / np.maximum(o - 1, 1))[multi]
+    counts = np.asarray(cfg.replica_counts(profile.n_models), np.float64)
+    pool_kv = float((counts * np.asarray(profile.kv_tokens, np.float64)).sum())
+    held = float((((p + o) * (finish - start))[done]).sum())
+    out = {"n_running": int((np.asarray(res.status) == RUNNING).sum()),
+           "output_tokens_per_s": float(o[done].sum() / span),
+           "kv_utilisation": held / (pool_kv * span),
+           "slo_goodput": float(met.sum() / span)}
+    for name, x in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
+        for q in (50, 90, 99):
+            out[f"{name}_p{q}"] = pctl(q, x)
+    return out
