@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bes_jax.workloads.generators import workload_init, workload_next
+from bes_jax.workloads.generators import workload_init, workload_init_request, workload_next, workload_next_request
 from bes_jax.workloads.params import SCHEDULE, TRACE, WorkloadParams
-from bes_jax.workloads.traces import load_maf_minute_counts, load_trace_times
+from bes_jax.workloads.traces import load_maf_minute_counts, load_trace_requests
 
 _PAD_KEYS = ("pad_windows", "pad_trace", "pad_mix")
 
@@ -200,8 +200,9 @@ def maf(path=None, target_mean_rate: float | None = None, time_scale: float = 1.
 
 def trace(path=None, times=None, tasks=None, target_mean_rate: float | None = None, column: str | None = None,
           n_tasks: int | None = None, mix=None, mix_window_s: float = 60.0, start_offset: float = 0.0,
-          prompt=None, output=None, **pad) -> WorkloadParams:
-    """Replay real timestamps (from a file `path`, or an array `times`), optionally rescaled.
+          prompt=None, output=None, format: str = "auto", prompt_column: str | None = None,
+          output_column: str | None = None, **pad) -> WorkloadParams:
+    """Replay real requests (from a file `path`, or arrays `times`, `prompt`, `output`), optionally rescaled.
 
     Times are shifted to start at 0. The mean rate of a trace of n arrivals spanning S seconds
     is (n - 1) / S; with `target_mean_rate` all times are multiplied by
@@ -211,13 +212,26 @@ def trace(path=None, times=None, tasks=None, target_mean_rate: float | None = No
     `tasks` fixes each request's task (-1: draw from the mix); otherwise tasks are drawn.
     `prompt`, `output`: each request's prompt / output tokens (integers >= 1, -1 = not given:
     the continuous simulator draws it from the profile); they stay with their request under
-    rescaling and offsets.
+    rescaling, offsets and wrap-around. A file is read by
+    :func:`~bes_jax.workloads.traces.load_trace_requests` with `format` (``auto``,
+    ``timestamps``, ``azure_llm``, ``mooncake``, ``csv``), `column` (time column),
+    `prompt_column` and `output_column`; its tokens are used.
     """
     if path is not None and not isinstance(path, (str, Path)):
         path, times = None, path  # trace(array)
     if (path is None) == (times is None):
         raise ValueError("trace(): give exactly one of path= or times=")
-    t = load_trace_times(path, column) if path is not None else np.asarray(times, np.float64)
+    if path is not None:
+        if prompt is not None or output is not None:
+            raise ValueError("trace(): prompt= / output= go with times=; a file's tokens come from the file")
+        d = load_trace_requests(path, format, column, prompt_column, output_column)
+        t, prompt, output = d["times_s"], d["prompt"], d["output"]
+    else:
+        for name, v, default in (("format", format, "auto"), ("column", column, None),
+                                 ("prompt_column", prompt_column, None), ("output_column", output_column, None)):
+            if v != default:
+                raise ValueError(f"trace(): {name} = {v!r} only applies to a file (path=), not to times=")
+        t = np.asarray(times, np.float64)
     if t.ndim != 1 or t.size == 0:
         raise ValueError(f"times: need a non-empty 1-D array, got shape {t.shape}")
     if not np.isfinite(t).all():
@@ -283,7 +297,7 @@ def sample_workload_family(key, n: int, n_tasks: int, *, rate_range=(1.0, 10.0),
                            kinds: Sequence[str] = ("poisson", "gamma", "maf"), kind_probs=None,
                            maf_path=None, maf_counts=None, maf_minutes=None, maf_slice_minutes: int = 30,
                            time_scale_range=(1.0, 1.0), maf_cv_range=(1.0, 1.0), trace_times=None,
-                           dirichlet_alpha: float | None = None, mix_prob: float = 1.0, mix_rows: int = 1,
+                           trace_prompt=None, trace_output=None, dirichlet_alpha: float | None = None, mix_prob: float = 1.0, mix_rows: int = 1,
                            mix_window_s: float = 60.0, return_info: bool = False):
     """`n` random workloads stacked for `vmap` (domain randomisation), built host-side.
 
@@ -296,7 +310,8 @@ def sample_workload_family(key, n: int, n_tasks: int, *, rate_range=(1.0, 10.0),
       `maf_path` or `maf_counts`, restricted to `maf_minutes` = (start, stop)), time-scaled by
       a factor uniform in `time_scale_range`, rescaled to the mean rate, gaps with cv uniform
       in `maf_cv_range`, starting at a random point of its first minute;
-    - ``trace``: `trace_times` replayed at the mean rate from a random start offset.
+    - ``trace``: `trace_times` replayed at the mean rate from a random start offset, with each
+      request's `trace_prompt` / `trace_output` tokens when given (-1 = not given).
 
     With probability `mix_prob` the task mix is Dirichlet(`dirichlet_alpha`) (`mix_rows` rows
     switching every `mix_window_s` seconds), else uniform; ``dirichlet_alpha=None``: uniform.
@@ -330,7 +345,8 @@ def sample_workload_family(key, n: int, n_tasks: int, *, rate_range=(1.0, 10.0),
     if "trace" in kinds:
         if trace_times is None:
             raise ValueError("sample_workload_family: kind 'trace' needs trace_times=")
-        tr = trace(times=trace_times, n_tasks=n_tasks)  # validates the times once
+        tr = trace(times=trace_times, n_tasks=n_tasks, prompt=trace_prompt, output=trace_output)  # validates once
+        trace_prompt, trace_output = np.asarray(tr.trace_prompt), np.asarray(tr.trace_output)
     if dirichlet_alpha is not None and not (dirichlet_alpha > 0):
         raise ValueError(f"dirichlet_alpha = {dirichlet_alpha!r}: must be > 0 (or None for uniform mixes)")
     if int(mix_rows) != mix_rows or mix_rows < 1:
@@ -366,7 +382,8 @@ def sample_workload_family(key, n: int, n_tasks: int, *, rate_range=(1.0, 10.0),
         else:
             period = float(tr.trace_period) * float(tr.rates[0]) / rate  # rescaled period
             offset = float(rng.uniform(0.0, period))
-            wp = trace(times=trace_times, target_mean_rate=rate, start_offset=offset, **common)
+            wp = trace(times=trace_times, target_mean_rate=rate, start_offset=offset, prompt=trace_prompt,
+                       output=trace_output, **common)
             desc["start_offset"] = offset
         items.append(wp)
         info.append(desc)
@@ -374,29 +391,33 @@ def sample_workload_family(key, n: int, n_tasks: int, *, rate_range=(1.0, 10.0),
     return (stacked, info) if return_info else stacked
 
 
-@partial(jax.jit, static_argnums=2)
-def _scan_arrivals(key, wp: WorkloadParams, n: int):
+@partial(jax.jit, static_argnums=(2, 3))
+def _scan_arrivals(key, wp: WorkloadParams, n: int, tokens: bool = False):
     k0, k1 = jax.random.split(key)
-    ws, t0, task0 = workload_init(k0, wp)
+    init, step = (workload_init_request, workload_next_request) if tokens else (workload_init, workload_next)
+    ws, *first = init(k0, wp)
 
     def body(ws, k):
-        ws, t, task = workload_next(k, ws, wp)
-        return ws, (t, task)
+        ws, *out = step(k, ws, wp)
+        return ws, tuple(out)
 
-    _, (ts, tasks) = jax.lax.scan(body, ws, jax.random.split(k1, n - 1))
-    return jnp.concatenate([t0[None], ts]), jnp.concatenate([task0[None], tasks])
+    _, rest = jax.lax.scan(body, ws, jax.random.split(k1, n - 1))
+    return tuple(jnp.concatenate([a[None], b]) for a, b in zip(first, rest))
 
 
-def sample_arrivals(key, wp: WorkloadParams, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `n` arrivals ``(times, tasks)`` of one workload as numpy arrays.
+def sample_arrivals(key, wp: WorkloadParams, n: int, tokens: bool = False) -> tuple[np.ndarray, ...]:
+    """The first `n` arrivals ``(times, tasks)`` of one workload as numpy arrays; with
+    ``tokens=True`` ``(times, tasks, prompt, output)``, the tokens int64 with -1 where the
+    workload gives none (schedules; traces without tokens): the simulator draws those.
 
-    Runs `workload_init` then `workload_next` under `jax.lax.scan` (the same draws the JAX
-    simulator makes for this key); `key` is a JAX key or an int seed. Times are float64
-    numpy (computed in JAX's default float), tasks int64.
+    Runs `workload_init` then `workload_next` (their ``_request`` variants with `tokens`, which
+    give the same times and tasks) under `jax.lax.scan`: the same draws the JAX simulator makes
+    for this key; `key` is a JAX key or an int seed. Times are float64 numpy (computed in
+    JAX's default float), tasks int64.
     """
     if int(n) != n or n < 1:
         raise ValueError(f"n = {n!r}: must be a positive integer")
     if np.ndim(wp.kind) != 0:
         raise ValueError("sample_arrivals: wp must be a single workload, not a stack")
-    times, tasks = _scan_arrivals(_as_key(key), wp, int(n))
-    return np.asarray(times, np.float64), np.asarray(tasks, np.int64)
+    out = _scan_arrivals(_as_key(key), wp, int(n), bool(tokens))
+    return (np.asarray(out[0], np.float64),) + tuple(np.asarray(x, np.int64) for x in out[1:])

@@ -8,21 +8,30 @@ from __future__ import annotations
 import numpy as np
 
 from bes_jax.data import resolve_path
+from bes_jax.workloads.traces import FORMATS, TraceError, load_trace_requests
+
+
+def trace_part_requests(path, span, field: str = "workload.path", format: str = "auto", column=None,
+                        prompt_column=None, output_column=None) -> dict:
+    """``{"times_s", "prompt", "output"}`` of the part of a trace file between fractions
+    ``span = [lo, hi]`` of its requests (by index), times shifted to start at 0 and each
+    request's tokens kept with it: train on one part, test on another."""
+    lo, hi = (float(x) for x in span)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"span = {list(span)}: need 0 <= lo < hi <= 1 (fractions of the trace's arrivals)")
+    d = load_trace_requests(resolve_path(path, field), format, column, prompt_column, output_column)
+    n = d["times_s"].size
+    part = {k: v[int(round(lo * n)):int(round(hi * n))] for k, v in d.items()}
+    if part["times_s"].size < 2:
+        raise ValueError(f"span = {list(span)} of {path}: fewer than 2 arrivals")
+    part["times_s"] = part["times_s"] - part["times_s"][0]
+    return part
 
 
 def trace_part(path, span, field: str = "workload.path") -> np.ndarray:
     """Arrival times of the part of a trace file between fractions ``span = [lo, hi]`` of its
-    arrivals (by index), shifted to start at 0: train on one part, test on another."""
-    from bes_jax.workloads.traces import load_trace_times
-
-    lo, hi = (float(x) for x in span)
-    if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"span = {list(span)}: need 0 <= lo < hi <= 1 (fractions of the trace's arrivals)")
-    t = load_trace_times(resolve_path(path, field), None)
-    part = t[int(round(lo * t.size)):int(round(hi * t.size))]
-    if part.size < 2:
-        raise ValueError(f"span = {list(span)} of {path}: fewer than 2 arrivals")
-    return part - part[0]
+    arrivals (by index), shifted to start at 0 (:func:`trace_part_requests` keeps the tokens)."""
+    return trace_part_requests(path, span, field)["times_s"]
 
 
 def build_workload(node, profile, field: str = "workload", **pad):
@@ -47,12 +56,26 @@ def build_workload(node, profile, field: str = "workload", **pad):
                      time_scale=float(node.get("time_scale", 1.0)), minutes=node.get("minutes"),
                      cv=float(node.get("cv", 1.0)), **common)
     if kind == "trace":
-        if node.get("span") is not None:  # a part of the trace (fractions of its arrivals), e.g. the held-out half
-            try:
-                times = trace_part(node["path"], node["span"], f"{field}.path")
-            except ValueError as e:
-                raise ValueError(f"{field}.{e}") from None
-            return W.trace(times=times, target_mean_rate=node.get("rate"), **common)
-        return W.trace(resolve_path(node["path"], f"{field}.path"), target_mean_rate=node.get("rate"),
-                       column=node.get("column"), **common)
+        fmt = node.get("format") or "auto"
+        if fmt not in FORMATS:
+            raise ValueError(f"{field}.format = {fmt!r}: choose one of {list(FORMATS)}")
+        cols = {k: node.get(k) for k in ("column", "prompt_column", "output_column")}
+        for k in ("prompt_column", "output_column"):
+            if cols[k] is not None and fmt not in ("csv", "auto"):
+                raise ValueError(f"{field}.{k} = {cols[k]!r}: only used with {field}.format = 'csv' "
+                                 f"(format is {fmt!r})")
+        if fmt == "auto" and (cols["prompt_column"] is not None or cols["output_column"] is not None):
+            fmt = "csv"  # naming token columns means the generic CSV
+        path = resolve_path(node["path"], f"{field}.path")
+        try:
+            if node.get("span") is not None:  # a part of the trace (fractions of its arrivals), e.g. the held-out half
+                d = trace_part_requests(path, node["span"], f"{field}.path", fmt, **cols)
+            else:
+                d = load_trace_requests(path, fmt, **cols)
+        except TraceError:
+            raise
+        except ValueError as e:
+            raise ValueError(f"{field}.{e}") from None
+        return W.trace(times=d["times_s"], prompt=d["prompt"], output=d["output"],
+                       target_mean_rate=node.get("rate"), **common)
     raise ValueError(f"{field}.kind = {kind!r}: choose poisson, gamma, schedule, maf or trace")

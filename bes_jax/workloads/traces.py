@@ -197,11 +197,39 @@ def load_timestamp_csv(path, column: str | None = None) -> np.ndarray:
     return _to_seconds(path, header[col], parsed, lines, raw)
 
 
+def _token_count(path, line, column, cell, field="column") -> int:
+    """One token count (an integer >= 1, written ``12`` or ``12.0``) or a TraceError naming
+    the file, the line, the column (or JSON key: `field`) and the value."""
+    s = cell.strip() if isinstance(cell, str) else cell
+    try:
+        if isinstance(s, bool):
+            raise ValueError
+        v = float(s)
+    except (TypeError, ValueError):
+        raise TraceError(f"{path}: line {line}: {field} {column!r}: value {cell!r} is not a token count") from None
+    if not np.isfinite(v) or v != np.floor(v):
+        raise TraceError(f"{path}: line {line}: {field} {column!r}: value {cell!r} is not a whole number of tokens")
+    if v < 1:
+        raise TraceError(f"{path}: line {line}: {field} {column!r}: value {cell!r}: token counts must be >= 1")
+    if v > np.iinfo(np.int32).max:
+        raise TraceError(f"{path}: line {line}: {field} {column!r}: value {cell!r} is too large for int32")
+    return int(v)
+
+
+def _requests(times, prompt, output) -> dict:
+    """The common return value of the request loaders (tokens int32, -1 = not given)."""
+    n = np.asarray(times).size
+    tok = lambda x: np.full(n, -1, np.int32) if x is None else np.asarray(x, np.int32)
+    return {"times_s": np.asarray(times, np.float64), "prompt": tok(prompt), "output": tok(output)}
+
+
 def load_azure_llm_trace(path) -> dict:
     """Azure LLM inference trace 2023 (``TIMESTAMP,ContextTokens,GeneratedTokens``).
 
-    Returns ``{"times_s", "context_tokens", "generated_tokens"}``; times in seconds from the
-    first request (the 7 fractional digits of the timestamps are kept, to the nanosecond).
+    Returns ``{"times_s", "prompt", "output", "context_tokens", "generated_tokens"}``; times in
+    seconds from the first request (the 7 fractional digits of the timestamps are kept, to the
+    nanosecond); ``prompt`` / ``output`` are the token columns as int32 (the last two keys are
+    the same counts as int64, under the file's names). Token counts must be integers >= 1.
     """
     header, rows = _read_rows(path)
     need = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
@@ -221,17 +249,148 @@ def load_azure_llm_trace(path) -> dict:
             cell = row[j].strip()
             if not cell.isdigit():
                 raise TraceError(f"{path}: line {line}: column {name!r}: value {row[j]!r} is not a token count")
-            out.append(int(cell))
-    return {"times_s": _to_seconds(path, "TIMESTAMP", parsed, lines, raw),
-            "context_tokens": np.asarray(ctx, np.int64), "generated_tokens": np.asarray(gen, np.int64)}
+            out.append(_token_count(path, line, name, cell))
+    d = _requests(_to_seconds(path, "TIMESTAMP", parsed, lines, raw), ctx, gen)
+    d.update(context_tokens=np.asarray(ctx, np.int64), generated_tokens=np.asarray(gen, np.int64))
+    return d
+
+
+#: default column names (case-insensitive) of the generic token CSV, in order
+PROMPT_NAMES = ("prompt_tokens", "prompt_len", "prompt_length", "input_tokens", "input_length", "contexttokens")
+OUTPUT_NAMES = ("output_tokens", "output_len", "output_length", "generated_tokens", "generatedtokens")
+
+
+def _find_column(path, header, column, names, what):
+    lower = [h.lower() for h in header]
+    if column is not None:
+        if column not in header:
+            raise TraceError(f"{path}: line 1: {what} column {column!r} not in header {header!r}")
+        return header.index(column)
+    col = next((lower.index(n) for n in names if n in lower), None)
+    if col is None:
+        raise TraceError(f"{path}: line 1: no {what} column in header {header!r} (looked for {list(names)}; "
+                         f"pass {what}_column=)")
+    return col
+
+
+def load_token_csv(path, column: str | None = None, prompt_column: str | None = None,
+                   output_column: str | None = None) -> dict:
+    """Requests from any CSV with a time column and prompt / output token columns.
+
+    ``column``: the time column, found as in :func:`load_timestamp_csv` when None (numbers in
+    seconds, or datetimes). ``prompt_column`` / ``output_column``: the token columns, or when
+    None the first header among :data:`PROMPT_NAMES` / :data:`OUTPUT_NAMES` (case-insensitive).
+    Returns ``{"times_s", "prompt", "output"}`` (tokens int32, integers >= 1).
+    """
+    header, rows = _read_rows(path)
+    times = load_timestamp_csv(path, column)
+    cp = _find_column(path, header, prompt_column, PROMPT_NAMES, "prompt")
+    co = _find_column(path, header, output_column, OUTPUT_NAMES, "output")
+    prompt = [_token_count(path, line, header[cp], row[cp]) for line, row in rows]
+    output = [_token_count(path, line, header[co], row[co]) for line, row in rows]
+    return _requests(times, prompt, output)
+
+
+#: the keys of a Mooncake-style JSONL request (other keys, e.g. ``hash_ids``, are ignored)
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+
+
+def load_mooncake_trace(path) -> dict:
+    """Mooncake-style JSONL: one JSON object per line with ``timestamp`` (milliseconds),
+    ``input_length`` and ``output_length`` (tokens); other keys are ignored and blank lines
+    skipped. Timestamps must not go backwards. Returns ``{"times_s", "prompt", "output"}``
+    (seconds from the first request; tokens int32, integers >= 1)."""
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise TraceError(f"{p}: no such file")
+    if p.is_dir():
+        raise TraceError(f"{p}: is a directory, not a trace file")
+    ms, lines, raw, prompt, output = [], [], [], [], []
+    with p.open(encoding="utf-8-sig") as fh:
+        for line, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            short = text.strip() if len(text.strip()) <= 80 else text.strip()[:77] + "..."
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise TraceError(f"{p}: line {line}: not a JSON object ({e.msg}): {short!r}") from None
+            if not isinstance(obj, dict):
+                raise TraceError(f"{p}: line {line}: not a JSON object: {short!r}")
+            missing = [k for k in MOONCAKE_KEYS if k not in obj]
+            if missing:
+                raise TraceError(f"{p}: line {line}: lacks key(s) {missing} (has {sorted(obj)})")
+            ts = obj["timestamp"]
+            if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not np.isfinite(ts):
+                raise TraceError(f"{p}: line {line}: key 'timestamp': value {ts!r} is not a finite number of ms")
+            prompt.append(_token_count(p, line, "input_length", obj["input_length"], "key"))
+            output.append(_token_count(p, line, "output_length", obj["output_length"], "key"))
+            ms.append(float(ts))
+            lines.append(line)
+            raw.append(ts)
+    if not ms:
+        raise TraceError(f"{p}: line 1: no requests (empty file or only blank lines)")
+    t = np.asarray(ms, np.float64) / 1000.0
+    back = np.nonzero(np.diff(t) < 0)[0]
+    if back.size:
+        i = int(back[0]) + 1
+        raise TraceError(f"{p}: line {lines[i]}: key 'timestamp': value {raw[i]!r} goes backwards "
+                         f"(line {lines[i - 1]} is {raw[i - 1]!r}); the trace must be sorted")
+    return _requests(t - t[0], prompt, output)
+
+
+#: trace formats of :func:`load_trace_requests` (``auto`` picks one from the file)
+FORMATS = ("auto", "timestamps", "azure_llm", "mooncake", "csv")
+
+
+def _is_azure(path) -> bool:
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with p.open(encoding="utf-8-sig") as fh:
+        return fh.readline().startswith("TIMESTAMP,ContextTokens")
+
+
+def detect_format(path, column: str | None = None) -> str:
+    """``azure_llm`` for the Azure header (unless `column` names another time column),
+    ``mooncake`` for a ``.jsonl`` file, else ``timestamps``."""
+    if _is_azure(path) and column in (None, "TIMESTAMP"):
+        return "azure_llm"
+    return "mooncake" if str(path).lower().endswith(".jsonl") else "timestamps"
+
+
+def load_trace_requests(path, format: str = "auto", column: str | None = None, prompt_column: str | None = None,
+                        output_column: str | None = None) -> dict:
+    """Requests of a trace file in one of :data:`FORMATS`: ``{"times_s", "prompt", "output"}``,
+    times in seconds from the first request, tokens int32 with -1 where the format has none
+    (``timestamps``). ``column`` is the time column (``timestamps``, ``csv``); ``prompt_column``
+    and ``output_column`` the token columns (``csv`` only)."""
+    if format not in FORMATS:
+        raise ValueError(f"format = {format!r}: choose one of {list(FORMATS)}")
+    if format == "auto":
+        format = detect_format(path, column)
+    if format != "csv":
+        for name, v in (("prompt_column", prompt_column), ("output_column", output_column)):
+            if v is not None:
+                raise ValueError(f"{name} = {v!r}: only used with format 'csv' (format is {format!r})")
+    if (format == "mooncake" and column is not None) or (format == "azure_llm" and column not in (None, "TIMESTAMP")):
+        raise ValueError(f"column = {column!r}: not used with format {format!r} (its time field is fixed)")
+    if format == "azure_llm":
+        d = load_azure_llm_trace(path)
+        return {k: d[k] for k in ("times_s", "prompt", "output")}
+    if format == "mooncake":
+        return load_mooncake_trace(path)
+    if format == "csv":
+        return load_token_csv(path, column, prompt_column, output_column)
+    return _requests(load_timestamp_csv(path, column), None, None)
 
 
 def load_trace_times(path, column: str | None = None) -> np.ndarray:
-    """Arrival times from the Azure LLM format or any timestamp CSV."""
-    p = Path(path)
-    if p.is_file():
-        with p.open(encoding="utf-8-sig") as fh:
-            first = fh.readline()
-        if first.startswith("TIMESTAMP,ContextTokens") and column in (None, "TIMESTAMP"):
-            return load_azure_llm_trace(path)["times_s"]
+    """Arrival times from the Azure LLM format, a Mooncake ``.jsonl`` or any timestamp CSV."""
+    if _is_azure(path) and column in (None, "TIMESTAMP"):
+        return load_azure_llm_trace(path)["times_s"]
+    if str(path).lower().endswith(".jsonl") and column is None:
+        return load_mooncake_trace(path)["times_s"]
     return load_timestamp_csv(path, column)
