@@ -302,6 +302,18 @@ def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:
             prompt_dist=pd, output_dist=od,
         ))
     _unique([t.name for t in tasks], src, "tasks")
+    # A KV budget below a task's mean reservation would reject most of that task's requests at
+    # routing: almost surely a unit slip (bytes or GB for tokens), so it is an error. A budget
+    # below ctx_max is fine (long requests are rejected; SPEC "Continuous batching").
+    for i, m in enumerate(models):
+        if m.kv_tokens is None:
+            continue
+        for t in tasks:
+            need = t.prompt_dist.mean + t.output_dist.mean
+            if m.kv_tokens < need:
+                raise ProfileError(src, f"models[{i}].kv_tokens", m.kv_tokens,
+                                   f"smaller than task {t.name!r}'s mean prompt + output ({need:g} tokens): "
+                                   "most of its requests could never be admitted; kv_tokens counts tokens, not bytes")
 
     b_max = _positive_int(_req(d, "B_max", "", src), src, "B_max")
     M, T = len(models), len(tasks)

@@ -1,13 +1,16 @@
 """Make the default OPT profiles from the calibrated latency model, and the model's report.
 
     python scripts/make_profile.py            # bes_jax/profiles/opt-a100-80gb.json, bes_jax/profiles/opt-h100-sxm.json,
-                                              # docs/profiles.md
+                                              # the continuous fields of bes_jax/profiles/tiny-cpu.json, docs/profiles.md
     python scripts/make_profile.py --report   # also re-fit the model: docs/latency_model.md + .png
     python scripts/make_profile.py --check    # re-fit and compare with the constants in the code
 
 Every number in a profile comes from ../shared/docs/OPT_FACTS.md (architecture, parameter
-counts, accuracies, datasheets) or from bes_jax.latency.model (latencies); the provenance block
-of each file says which.
+counts, accuracies, datasheets), from bes_jax.latency.model (latencies) and
+bes_jax.latency.iteration (iteration coefficients, KV budgets), or is a stated assumption (memory
+shares, reserve, length spreads); the provenance block of each file says which. tiny-cpu.json is
+measured by bes-profile; this script only adds its continuous-batching fields, fitted to its
+measured table.
 """
 from __future__ import annotations
 
@@ -18,10 +21,12 @@ import sys
 import numpy as np
 
 from bes_jax import PROFILES_DIR, REPO_ROOT
-from bes_jax.latency.model import (CALIBRATED, CSV_NAME, GPUS, PRIOR_BW_EFF, PRIOR_FLOP_EFF,
+from bes_jax.latency.iteration import (DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, fit_iteration,
+                                       iteration_coefficients, kv_tokens, rounded, static_batch_latency)
+from bes_jax.latency.model import (ARCHS, CALIBRATED, CSV_NAME, GPUS, PRIOR_BW_EFF, PRIOR_FLOP_EFF,
                                    PRIOR_SIGMA, ROW_SIGMA, calibrate, constants_dict, errors,
                                    leave_one_model_out, load_rows, predict)
-from bes_jax.profile import profile_from_dict
+from bes_jax.profile import ITERATION_FIELDS, profile_from_dict
 
 B_MAX = 32
 N_GPUS = 4  # default placement: each GPU holds one replica of every model
@@ -50,6 +55,38 @@ TASKS = [
 # Chosen lengths span the calibration rows (128 in / 8 out and 512 in / 32 out), so the latency
 # model interpolates in sequence length and extrapolates only in model size.
 
+# Length distributions (continuous batching): log-normal around the lengths above, which stay
+# their stated means (so the request-level tables do not change). The spreads are assumptions,
+# not measurements: prompts are a fixed instruction template plus a variable item, so modest CVs
+# that grow with how much the item varies; outputs vary more (CV 0.5; 0.8 for LAMBADA's free
+# continuation). The bounds keep prompt + output within ctx_max = 2048 (no truncation) and move
+# the realised mean by < 0.1%.
+LENGTHS = {
+    "arc_easy": ({"dist": "lognormal", "mean": 256, "cv": 0.3, "min": 32, "max": 1024},
+                 {"dist": "lognormal", "mean": 16, "cv": 0.5, "min": 1, "max": 64},
+                 "questions and their four options vary in length (CV 0.3)"),
+    "piqa": ({"dist": "lognormal", "mean": 192, "cv": 0.25, "min": 32, "max": 768},
+             {"dist": "lognormal", "mean": 8, "cv": 0.5, "min": 1, "max": 32},
+             "goals and the two solutions vary in length (CV 0.25)"),
+    "winogrande": ({"dist": "lognormal", "mean": 128, "cv": 0.15, "min": 32, "max": 512},
+                   {"dist": "lognormal", "mean": 8, "cv": 0.5, "min": 1, "max": 32},
+                   "one sentence of fairly uniform length (CV 0.15)"),
+    "lambada": ({"dist": "lognormal", "mean": 512, "cv": 0.4, "min": 64, "max": 1536},
+                {"dist": "lognormal", "mean": 32, "cv": 0.8, "min": 1, "max": 256},
+                "passages vary most (CV 0.4); free continuation, heavier-tailed output (CV 0.8)"),
+}
+
+# Continuous-batching fields of the OPT profiles.
+CTX_MAX = 2048  # OPT's max positions (OPT paper / OPT_FACTS.md)
+GPU_MEMORY_BYTES = 80e9  # both GPUs: 80 GB of HBM (datasheet, decimal GB)
+# Share of one GPU's memory per model's engine under the default placement (one replica of each
+# model on every GPU), as vLLM --gpu-memory-utilization fractions: 0.90 in all (vLLM's default
+# for a lone engine), split by need: the larger model's weights and KV per token are larger.
+MEMORY_SHARE = {"opt-125m": 0.10, "opt-1.3b": 0.25, "opt-6.7b": 0.55}
+# Per engine: CUDA context and cuBLAS workspace (~0.5 GB) plus the activation peak of a
+# 2048-token iteration and CUDA graphs (~1 GB): an assumption, as vLLM measures it by profiling.
+RESERVE_BYTES = 1.5e9
+
 DEADLINE_X = 2.5  # deadline = 2.5 x OPT-6.7B's batch-of-one latency for the task, on that GPU
 
 GPU_DESCRIPTION = {
@@ -69,17 +106,43 @@ def deadlines(lat: np.ndarray) -> list[float]:
     return [round(float(DEADLINE_X * lat[-1, t, 0]), 3) for t in range(len(TASKS))]
 
 
+def continuous_model(name: str, params: int, gpu: str) -> dict:
+    """ctx_max, kv_tokens and iteration of one OPT model on `gpu` (with the model entry's name
+    and params)."""
+    kv = kv_tokens(ARCHS[name].kv_bytes_per_token, GPU_MEMORY_BYTES, MEMORY_SHARE[name], 2 * params, RESERVE_BYTES)
+    return {"name": name, "params": params, "ctx_max": CTX_MAX, "kv_tokens": kv,
+            "iteration": rounded(iteration_coefficients(name, gpu))}
+
+
+def iteration_agreement(doc: dict) -> np.ndarray:
+    """[M, T, B] static-batch latency through the profile's iteration coefficients (at the tasks'
+    mean lengths, simulator defaults) / the request-level table - 1."""
+    out = np.zeros((len(doc["models"]), len(doc["tasks"]), doc["B_max"]))
+    for mi, m in enumerate(doc["models"]):
+        for ti, t in enumerate(doc["tasks"]):
+            p, o = (int(round(_mean(t[k]))) for k in ("prompt_len", "output_len"))
+            for b in range(doc["B_max"]):
+                out[mi, ti, b] = static_batch_latency(m["iteration"], b + 1, p, o) / doc["latency_s"][mi][ti][b] - 1
+    return out
+
+
+def _mean(x) -> float:
+    from bes_jax.lengths import parse_length
+    return parse_length(x, "length").mean
+
+
 def make(gpu: str) -> dict:
     lat = latency_table(gpu)
     dl = deadlines(lat)
     c = constants_dict()
-    return {
+    doc = {
         "name": f"opt-{gpu}",
         "hardware": {"name": gpu, "description": GPU_DESCRIPTION[gpu], "gpus": N_GPUS,
-                     "placement": "each GPU holds one replica of every model"},
-        "models": [{"name": m, "params": n} for m, n in MODELS],
-        "tasks": [{"name": t[0], "metric": t[1], "deadline_s": d, "prompt_len": t[2], "output_len": t[3]}
-                  for t, d in zip(TASKS, dl)],
+                     "placement": "each GPU holds one replica of every model",
+                     "memory_bytes": GPU_MEMORY_BYTES},
+        "models": [continuous_model(m, n, gpu) for m, n in MODELS],
+        "tasks": [{"name": t[0], "metric": t[1], "deadline_s": d, "prompt_len": LENGTHS[t[0]][0],
+                   "output_len": LENGTHS[t[0]][1]} for t, d in zip(TASKS, dl)],
         "B_max": B_MAX,
         "latency_s": np.round(lat, 6).tolist(),
         "quality": [[round(t[4][i] / 100, 4) for t in TASKS] for i in range(len(MODELS))],
@@ -87,19 +150,40 @@ def make(gpu: str) -> dict:
             "latency": (
                 "computed, not measured: bes_jax.latency.model.predict (per-operator roofline of prefill + "
                 "decode passes with fitted efficiencies and fixed overheads; docs/latency_model.md) for "
-                f"batch sizes 1..{B_MAX} at each task's prompt_len/output_len on {gpu}"),
+                f"batch sizes 1..{B_MAX} at each task's mean prompt_len/output_len on {gpu}"),
             "latency_model_constants": c,
             "latency_calibration": (
                 f"../shared/docs/{CSV_NAME}: measured fp16 end-to-end latencies of the GPT-350M and GPT-1.3B "
                 "shapes on one A100-80GB, batch 1-64, 128/8 and 512/32 tokens, transcribed from NVIDIA "
                 f"FasterTransformer docs/gpt_guide.md at commit {FT_COMMIT}"),
-            "architecture": ("layers, heads, head dim, hidden, FFN, vocab and parameter counts: OPT paper "
-                             "(Zhang et al. 2022, arXiv 2205.01068) Table 1, via ../shared/docs/OPT_FACTS.md"),
-            "hardware": (f"{GPU_DESCRIPTION[gpu]}; vendor datasheet numbers via ../shared/docs/OPT_FACTS.md"),
+            "architecture": ("layers, heads, head dim, hidden, FFN, vocab, max positions and parameter counts: OPT "
+                             "paper (Zhang et al. 2022, arXiv 2205.01068) Table 1, via ../shared/docs/OPT_FACTS.md"),
+            "hardware": (f"{GPU_DESCRIPTION[gpu]}, 80 GB of memory; vendor datasheet numbers via "
+                         "../shared/docs/OPT_FACTS.md"),
             "quality": ("zero-shot accuracy / 100 from EleutherAI/lm-evaluation-harness commit "
                         f"{HARNESS_COMMIT}, results/opt/opt-{{125m,1.3b,6.7b}}/*.json (HF facebook/opt-* "
                         "weights), via ../shared/docs/OPT_FACTS.md"),
-            "prompt_output_lengths": {t[0]: f"{t[2]} in / {t[3]} out: {t[5]}" for t in TASKS},
+            "prompt_output_lengths": {t[0]: f"mean {t[2]} in / {t[3]} out: {t[5]}" for t in TASKS},
+            "length_distributions": (
+                "assumed, not measured: log-normal prompt and output lengths whose stated means are the lengths "
+                "above (so the request-level tables use the same numbers); spreads: "
+                + "; ".join(f"{k}: {v[2]}" for k, v in LENGTHS.items())
+                + "; outputs CV 0.5 (LAMBADA 0.8); bounds keep prompt + output <= ctx_max"),
+            "ctx_max": f"{CTX_MAX}: OPT's max positions (arXiv 2205.01068 via ../shared/docs/OPT_FACTS.md)",
+            "kv_tokens": (
+                "bes_jax.latency.iteration.kv_tokens: (memory share x 80 GB - fp16 weights (2 x params) - "
+                f"{RESERVE_BYTES / 1e9:g} GB reserve) / fp16 KV bytes per token (2 x layers x kv heads x head dim x 2 "
+                "B, OPT_FACTS.md); memory shares per engine (vLLM --gpu-memory-utilization style, one replica of "
+                "each model per GPU): " + ", ".join(f"{m} {s}" for m, s in MEMORY_SHARE.items())
+                + f" ({sum(MEMORY_SHARE.values()):.2f} in all); shares and reserve are assumptions "
+                "(docs/profiles.md)"),
+            "iteration": (
+                "computed, not measured: bes_jax.latency.iteration.iteration_coefficients from the same datasheet "
+                "numbers and fitted constants as the latency tables (fixed_s = layers x c_layer, per_seq_s = "
+                "layers x c_seq, weights_s = weight bytes / (e_bw BW), per_kv_token_s = KV bytes per token / "
+                "(e_kv BW), per_token_s = 2 x matmul params / (e_f P) + element-wise bytes per token / (e_bw BW)), "
+                "4 significant digits; a static batch through them reproduces the FasterTransformer rows "
+                "(docs/latency_model.md, 'Iteration model')"),
             "deadlines": (f"deadline_s = {DEADLINE_X} x the predicted OPT-6.7B batch-of-one latency of the task on "
                           f"{gpu}, rounded to 1 ms: OPT-6.7B alone meets it at low load, but the batches it needs "
                           "at high load exceed it while OPT-1.3B and OPT-125M batches up to B_max fit; "
@@ -107,6 +191,52 @@ def make(gpu: str) -> dict:
             "generated_by": "python scripts/make_profile.py",
         },
     }
+    return doc
+
+
+# ----------------------------------------------------------------------------- tiny-cpu
+
+TINY_PATH = PROFILES_DIR / "tiny-cpu.json"
+#: KV budget of one tiny replica: 64 MiB of float32 KV cache (the CPU pool runs float32), an
+#: assumption small enough that KV binds on tiny-l at the default max_num_seqs, as on a GPU
+TINY_KV_BYTES = 64 * 2 ** 20
+TINY_KV_VALUE_BYTES = 4
+
+
+def tiny_continuous(doc: dict) -> dict:
+    """`doc` (tiny-cpu.json as measured by bes-profile) with ctx_max, kv_tokens and iteration
+    per model and their provenance; the measured fields are untouched."""
+    from bes_jax.serving.models import PRESETS
+
+    doc = json.loads(json.dumps(doc))
+    fit_errors = {}
+    for mi, m in enumerate(doc["models"]):
+        spec = PRESETS[m["name"]]
+        rows = [(b + 1, int(round(_mean(t["prompt_len"]))), int(round(_mean(t["output_len"]))), doc["latency_s"][mi][ti][b])
+                for ti, t in enumerate(doc["tasks"]) for b in range(doc["B_max"])]
+        coef, err = fit_iteration(rows)
+        kv_per_token = 2 * spec.layers * spec.hidden * TINY_KV_VALUE_BYTES
+        m["ctx_max"] = spec.max_positions
+        m["kv_tokens"] = TINY_KV_BYTES // kv_per_token
+        m["iteration"] = rounded(coef)
+        fit_errors[m["name"]] = {"median_abs": round(float(np.median(np.abs(err))), 4),
+                                 "max_abs": round(float(np.abs(err).max()), 4)}
+    doc["provenance"].update({
+        "ctx_max": "max_positions of the tiny presets (bes_jax/serving/models.py PRESETS: 512)",
+        "kv_tokens": (f"assumed: a KV budget of {TINY_KV_BYTES // 2 ** 20} MiB per replica of float32 K and V "
+                      "(2 x layers x hidden x 4 B per token, from the presets' dimensions), small enough to bind "
+                      "on tiny-l at the default max_num_seqs"),
+        "iteration": (
+            "fitted, not measured per iteration: least squares of the relative error of "
+            "bes_jax.latency.iteration.static_batch_latency (the batch run through the continuous-batching "
+            f"iterations, max_num_seqs {DEFAULT_MAX_NUM_SEQS}, max_num_batched_tokens {DEFAULT_MAX_NUM_BATCHED_TOKENS}) "
+            "to the measured latency_s table (all tasks and batch sizes) by bes_jax.latency.iteration.fit_iteration, "
+            "4 significant digits; the prompts (32-64 tokens) cannot separate per_kv_token_s from the other terms "
+            "and the CPU runs compute-bound, so a coefficient of 0 means 'not identifiable here', not 'free'"),
+        "iteration_fit_relative_error": fit_errors,
+        "continuous_fields_by": "python scripts/make_profile.py",
+    })
+    return doc
 
 
 def sustained_rates(lat: np.ndarray, dl: list[float], wait_factor: int) -> tuple[np.ndarray, np.ndarray]:
@@ -369,6 +499,10 @@ def main(argv=None) -> int:
         profile_from_dict(doc, str(path))  # validate before writing
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {path.relative_to(REPO_ROOT)}")
+    tiny = tiny_continuous(json.loads(TINY_PATH.read_text()))
+    profile_from_dict(tiny, str(TINY_PATH))
+    TINY_PATH.write_text(json.dumps(tiny, indent=1) + "\n")
+    print(f"wrote {TINY_PATH.relative_to(REPO_ROOT)} (continuous-batching fields only)")
     (REPO_ROOT / "docs" / "profiles.md").write_text(profiles_md())
     print("wrote docs/profiles.md")
     return 0

@@ -31,16 +31,40 @@ class Arch:
     hidden: int
     ffn: int
     vocab: int = 50272
+    #: key/value heads (grouped-query attention); None = `heads` (multi-head attention, as OPT)
+    n_kv_heads: int | None = None
 
     def __post_init__(self):
         if self.heads * self.head_dim != self.hidden:
             raise ValueError(f"heads x head_dim = {self.heads} x {self.head_dim} != hidden {self.hidden}")
+        kv = self.n_kv_heads
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.heads % kv):
+            raise ValueError(f"n_kv_heads = {kv!r}: must be a positive integer dividing heads ({self.heads})")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def kv_hidden(self) -> int:
+        """Width of the K (and of the V) projection: kv_heads x head_dim (= hidden without GQA)."""
+        return self.kv_heads * self.head_dim
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """fp16 KV-cache bytes of one token: K and V of every layer."""
+        return 2 * self.layers * self.kv_hidden * BYTES
+
+    @property
+    def matmul_params(self) -> int:
+        """Weights of the per-layer matmuls (Q, K, V, out, FFN up and down), without the LM head."""
+        h, k = self.hidden, self.kv_hidden
+        return self.layers * (2 * h * h + 2 * h * k + 2 * h * self.ffn)
 
     @property
     def weight_bytes(self) -> int:
         """fp16 bytes of the matmul weights (layers + tied LM head); biases and norms ignored."""
-        h = self.hidden
-        return (self.layers * (4 * h * h + 2 * h * self.ffn) + h * self.vocab) * BYTES
+        return (self.matmul_params + self.hidden * self.vocab) * BYTES
 
 
 @dataclass(frozen=True)
@@ -124,13 +148,13 @@ def _pass_roofline(a: Arch, g: GPU, c: Constants, tokens: int, seqs: int) -> dic
     (weights + input/output activations vs 2 x tokens x weights FLOPs), and the memory-bound
     element-wise work (2 LayerNorms, bias/ReLU, 2 residual adds). Then the LM head, for the last
     position of each sequence only (logits written and read once by sampling)."""
-    h, f, L, V = a.hidden, a.ffn, a.layers, a.vocab
+    h, f, L, V, k = a.hidden, a.ffn, a.layers, a.vocab, a.kv_hidden
     T, e, p = tokens, c.bw_eff, c.flop_eff
     matmuls = 0.0
-    for n_in, n_out in ((h, 3 * h), (h, h), (h, f), (f, h)):
+    for n_in, n_out in ((h, h + 2 * k), (h, h), (h, f), (f, h)):
         w = n_in * n_out
         matmuls += _roof((w + T * (n_in + n_out)) * BYTES, 2 * T * w, g, e, p)
-    elementwise = T * (2 * 2 * h + 2 * f + 2 * 3 * h) * BYTES / (e * g.bandwidth)
+    elementwise = T * (2 * 2 * h + 2 * f + 2 * (h + 2 * k)) * BYTES / (e * g.bandwidth)
     lm_head = _roof((h * V + seqs * (h + 2 * V)) * BYTES, 2 * seqs * h * V, g, e, p)
     return {"matmuls": L * matmuls, "elementwise": L * elementwise, "lm_head": lm_head}
 
@@ -144,18 +168,20 @@ def breakdown(arch: Arch | str, gpu: GPU | str, batch: int, prompt_len: int, out
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{k}={v!r}: must be an integer >= 1")
     b, p, o = int(batch), int(prompt_len), int(output_len)
-    h, L = a.hidden, a.layers
+    h, L, k = a.hidden, a.layers, a.kv_hidden
     steps = o - 1
     pre = _pass_roofline(a, g, c, b * p, b)
     dec = _pass_roofline(a, g, c, b, b)
     # Prefill attention: QK^T and scores x V over the full p x p square (4 b p^2 h FLOPs) vs
-    # reading Q, K, V, writing the context and the KV cache.
-    pre_attn = L * _roof(b * p * (4 * h + 2 * h) * BYTES, 4 * b * p * p * h, g, c.bw_eff, c.flop_eff)
-    # Decode step k (1..o-1) reads the cached K and V of p + k positions: 2 h (p + k) values per
-    # sequence per layer; summed over the steps in closed form. Memory-bound (1 FLOP per byte).
+    # reading Q, K, V, writing the context and the KV cache (K and V are kv_hidden wide).
+    pre_attn = L * _roof(b * p * (2 * h + 4 * k) * BYTES, 4 * b * p * p * h, g, c.bw_eff, c.flop_eff)
+    # Decode step j (1..o-1) reads the cached K and V of p + j positions: 2 kv_hidden (p + j)
+    # values per sequence per layer; summed over the steps in closed form. Memory-bound: its
+    # 4 h (p + j) FLOPs per sequence per layer are far below the bytes' time.
     kv_positions = steps * p + steps * (steps + 1) // 2
-    kv_bytes = L * b * 2 * h * kv_positions * BYTES
-    dec_attn = max(kv_bytes / (c.kv_eff * g.bandwidth), kv_bytes / (c.flop_eff * g.peak_flops))
+    kv_bytes = L * b * 2 * k * kv_positions * BYTES
+    kv_flops = L * b * 4 * h * kv_positions
+    dec_attn = max(kv_bytes / (c.kv_eff * g.bandwidth), kv_flops / (c.flop_eff * g.peak_flops))
     passes = o
     return {
         "prefill_matmuls": pre["matmuls"] + pre["lm_head"],
