@@ -1,12 +1,16 @@
-"""The analytic latency model: sane shape, calibration reproducible, generalises, CLI."""
+"""The analytic latency model: sane shape, calibration reproducible, generalises, CLI; its
+iteration-level view (coefficients, GQA, KV budgets, static batches through iterations)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from bes_jax.cli.latency import main as latency_main
-from bes_jax.latency.model import (ARCHS, CALIBRATED, CSV_PATH, GPU, breakdown, calibrate, errors,
+from bes_jax.latency.iteration import (fit_iteration, iteration_coefficients, kv_tokens, static_batch_latency,
+                                       static_batch_schedule)
+from bes_jax.latency.model import (ARCHS, CALIBRATED, CSV_PATH, GPU, GPUS, Arch, breakdown, calibrate, errors,
                                    leave_one_model_out, load_gpus, load_rows, predict)
+from bes_jax.profile import ITERATION_FIELDS
 
 needs_csv = pytest.mark.skipif(not CSV_PATH.exists(), reason="../shared/docs not present")
 OPT = ["opt-125m", "opt-350m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b"]
@@ -70,10 +74,14 @@ def test_calibration_reproduces_the_shipped_constants():
     assert np.median(e) < 0.05 and e.max() < 0.10
 
 
+@pytest.fixture(scope="module")
+def loo():
+    """Leave-one-model-out fits (about 2 s; shared by the tests that need them)."""
+    return leave_one_model_out(load_rows())
+
+
 @needs_csv
-def test_generalises_to_a_model_it_was_not_fitted_on():
-    rows = load_rows()
-    loo = leave_one_model_out(rows)
+def test_generalises_to_a_model_it_was_not_fitted_on(loo):
     assert set(loo) == {"gpt-350m", "gpt-1.3b"}
     for held_out, (c, e) in loo.items():
         assert len(e) == 14
@@ -123,3 +131,117 @@ def test_repo_gpu_file_loads():
         pytest.skip("no bes_jax/conf/gpus.yaml")
     gpus = load_gpus(path)
     assert gpus and all(g.bandwidth > 0 and g.peak_flops > 0 for g in gpus.values())
+
+
+# ----------------------------------------------------------------------------- iteration model
+
+def test_kv_bytes_per_token_match_opt_facts_and_gqa_shrinks_them():
+    for name, kv in (("opt-125m", 36_864), ("opt-1.3b", 196_608), ("opt-6.7b", 524_288)):
+        assert ARCHS[name].kv_bytes_per_token == kv, name  # OPT_FACTS.md table
+        assert ARCHS[name].kv_heads == ARCHS[name].heads  # OPT: no grouped-query attention
+    mha = ARCHS["opt-6.7b"]
+    gqa = Arch(32, 32, 128, 4096, 16384, n_kv_heads=8)  # a Llama-style 8-KV-head variant
+    assert gqa.kv_hidden == 1024 and gqa.kv_bytes_per_token == mha.kv_bytes_per_token // 4
+    # K and V projections shrink from h x h to h x kv_hidden each
+    assert mha.matmul_params - gqa.matmul_params == 32 * 2 * 4096 * (4096 - 1024)
+    c_mha, c_gqa = (iteration_coefficients(a, "a100-80gb") for a in (mha, gqa))
+    assert np.isclose(c_gqa["per_kv_token_s"], c_mha["per_kv_token_s"] / 4)
+    assert c_gqa["weights_s"] < c_mha["weights_s"] and c_gqa["fixed_s"] == c_mha["fixed_s"]
+    # the per-operator model reads a quarter of the KV cache in decode
+    kv = lambda a: breakdown(a, "a100-80gb", 8, 1024, 64)["decode_attention_kv"]
+    assert np.isclose(kv(gqa), kv(mha) / 4)
+    for bad in (0, 3, 64, True):
+        with pytest.raises(ValueError, match="n_kv_heads"):
+            Arch(32, 32, 128, 4096, 16384, n_kv_heads=bad)
+
+
+@pytest.mark.parametrize("gpu", ["a100-80gb", "h100-sxm"])
+def test_iteration_coefficients_follow_from_the_calibrated_constants(gpu):
+    a, g, c = ARCHS["opt-1.3b"], GPUS[gpu], CALIBRATED
+    coef = iteration_coefficients("opt-1.3b", gpu)
+    assert list(coef) == list(ITERATION_FIELDS)
+    assert np.isclose(coef["fixed_s"], 24 * c.layer_s) and np.isclose(coef["per_seq_s"], 24 * c.seq_layer_s)
+    assert np.isclose(coef["weights_s"], a.weight_bytes / (c.bw_eff * g.bandwidth))
+    assert np.isclose(coef["per_kv_token_s"], 196_608 / (c.kv_eff * g.bandwidth))
+    assert 2 * a.matmul_params / (c.flop_eff * g.peak_flops) < coef["per_token_s"] < \
+        1.2 * 2 * a.matmul_params / (c.flop_eff * g.peak_flops)  # + element-wise work
+    # a batch of one decodes memory-bound, a 2048-token prefill chunk compute-bound
+    assert coef["weights_s"] > coef["per_token_s"] * 1
+    assert coef["per_token_s"] * 2048 > coef["weights_s"] + coef["per_kv_token_s"] * 2048
+
+
+def test_static_batch_schedule_by_hand():
+    # 2 requests, 3-token prompts, 2 output tokens, token budget 4:
+    # it 0: prefill 3 (seq 0, done -> first token) + 1 (seq 1): n 2, C 3 + 1, tokens 4
+    # it 1: decode seq 0 (C 3 + 1), prefill 2 of seq 1 (C 1 + 2): n 2, C 7, tokens 3; seq 0 completes
+    # it 2: decode seq 1: n 1, C 4, tokens 1
+    s = static_batch_schedule(2, 3, 2, max_num_seqs=2, max_num_batched_tokens=4)
+    assert s.n.tolist() == [2, 2, 1] and s.context.tolist() == [4, 7, 4] and s.tokens.tolist() == [4, 3, 1]
+    assert s.first_iter.tolist() == [0, 1] and s.finish_iter.tolist() == [1, 2]
+    coef = dict(zip(ITERATION_FIELDS, (1.0, 0.5, 2.0, 0.25, 1.0)))
+    # tau = 1 + 0.5 n + max(2 + 0.25 C, tokens) = [2 + max(3, 4), 2 + max(3.75, 3), 1.5 + max(3, 1)]
+    assert s.times(coef).tolist() == [6.0, 5.75, 4.5]
+    assert static_batch_latency(coef, 2, 3, 2, max_num_seqs=2, max_num_batched_tokens=4) == 16.25
+
+
+def test_static_batch_waves_under_max_num_seqs_and_kv_budget():
+    one = static_batch_schedule(1, 10, 3)
+    assert one.n.tolist() == [1, 1, 1] and one.context.tolist() == [10, 11, 12] and one.tokens.tolist() == [10, 1, 1]
+    for kwargs in ({"max_num_seqs": 2}, {"kv_tokens": 2 * 13 + 12}):  # room for two sequences
+        s = static_batch_schedule(3, 10, 3, **kwargs)
+        assert s.finish_iter.tolist() == [2, 2, 5], kwargs  # the third waits for a slot
+        assert s.n.max() == 2
+    with pytest.raises(ValueError, match="kv_tokens"):
+        static_batch_schedule(1, 10, 3, kv_tokens=12)
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        static_batch_schedule(1, 10, 3, max_num_seqs=8, max_num_batched_tokens=4)
+    with pytest.raises(ValueError, match="batch"):
+        static_batch_schedule(0, 10, 3)
+
+
+def test_unchunked_static_batch_is_one_prefill_then_decodes():
+    coef = iteration_coefficients("opt-6.7b", "a100-80gb")
+    b, p, o = 4, 512, 32
+    f, s_, w, kv, tok = (coef[k] for k in ITERATION_FIELDS)
+    prefill = f + s_ * b + max(w + kv * b * p, tok * b * p)
+    decodes = sum(f + s_ * b + max(w + kv * b * (p + g), tok * b) for g in range(1, o))
+    assert np.isclose(static_batch_latency(coef, b, p, o, max_num_batched_tokens=b * p), prefill + decodes)
+    # chunking the prefill under a smaller budget costs extra iterations
+    assert static_batch_latency(coef, b, p, o, max_num_batched_tokens=512) > prefill + decodes
+
+
+@needs_csv
+def test_static_batches_through_iterations_reproduce_the_ft_rows(loo):
+    """Both serving modes agree on what FasterTransformer measured (docs/latency_model.md)."""
+    rows = load_rows()
+
+    def err(c, rs):
+        return np.array([static_batch_latency(iteration_coefficients(r["model"], "a100-80gb", c), r["batch"],
+                                              r["input_len"], r["output_len"]) / r["measured_s"] - 1 for r in rs])
+
+    e_in = np.abs(err(CALIBRATED, rows))
+    assert np.median(e_in) < 0.06 and e_in.max() < 0.10
+    for held_out, (c, _) in loo.items():
+        e = np.abs(err(c, [r for r in rows if r["model"] == held_out]))
+        assert np.median(e) <= 0.15 and e.max() < 0.15, (held_out, e)
+
+
+def test_fit_iteration_recovers_coefficients_it_generated():
+    true = dict(zip(ITERATION_FIELDS, (2e-3, 5e-5, 4e-3, 2e-7, 1.5e-5)))
+    rows = [(b, p, o, static_batch_latency(true, b, p, o)) for b in (1, 2, 4, 8, 16, 32)
+            for p, o in ((64, 4), (128, 8), (512, 32), (1024, 16))]
+    coef, err = fit_iteration(rows)
+    assert np.abs(err).max() < 1e-6
+    for k in ITERATION_FIELDS:
+        assert np.isclose(coef[k], true[k], rtol=1e-3), (k, coef, true)
+    with pytest.raises(ValueError, match="measured"):
+        fit_iteration([(1, 8, 2, 0.0)])
+
+
+def test_kv_tokens_from_a_memory_share():
+    # OPT-6.7B with 0.55 of 80 GB: (44 - 13.317 - 1.5) GB / 524288 B
+    assert kv_tokens(524_288, 80e9, 0.55, 2 * 6_658_473_984, 1.5e9) == int((44e9 - 2 * 6_658_473_984 - 1.5e9) // 524_288)
+    with pytest.raises(ValueError, match="no room for KV"):
+        kv_tokens(524_288, 80e9, 0.15, 2 * 6_658_473_984, 1.5e9)
+    with pytest.raises(ValueError, match="share"):
+        kv_tokens(524_288, 80e9, 1.5, 1e9, 0)
