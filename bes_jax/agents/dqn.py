@@ -1,8 +1,21 @@
 """Double DQN trained end to end inside `jit` (PureJaxRL/Stoix style).
 
 ``make_train(cfg, env, base_params, workload_bank, deadline_bank=None)`` returns :class:`TrainFns`,
-pure functions: ``init(key)``, ``train_chunk(ts)`` (a `lax.scan` over iterations; the host logs
-and checkpoints between chunks) and ``train(key)`` (the whole run in one program, `vmap`-able over seeds).
+pure functions: ``init(key, hp=None)``, ``train_chunk(ts)`` (a `lax.scan` over iterations; the host
+logs and checkpoints between chunks) and ``train(key, hp=None)`` (the whole run in one program).
+:class:`DQN` is the same as an object (``DQN(cfg, env, base_params, bank).train(key)``).
+
+Hyperparameters that are numbers (:data:`DQN_HPARAMS`: learning rate, discount, exploration,
+target update, ...) live in the train state as arrays (``ts.hp``), so one program can `vmap`
+over seeds *and* hyperparameters: ``jax.vmap(fns.train)(keys, {"lr": lrs})``. Shapes (``n_envs``,
+``batch_size``, ``hidden``) and loop counts are static.
+
+Scale: ``n_envs`` environments step together (`ServingEnv.step_batch`); every ``update_every``
+vectorised steps the learner takes ``updates_per_iteration`` gradient steps, so a gradient step
+sees ``n_envs * update_every / updates_per_iteration`` new transitions. ``sampling="uniform"``
+draws replay slots uniformly and weighs each by whether its reward is realised (cost O(batch),
+not O(n_envs * outcome_slots) per update: the setting for thousands of environments); the
+default ``"resolved"`` draws exactly ``batch_size`` realised transitions.
 
 Delayed rewards: the replay is a ring per environment with the same slot index as the
 simulator's outcome record (``decision % outcome_slots``). A transition is sampleable only
@@ -22,6 +35,7 @@ from flax import struct
 from bes_jax.agents.network import QNetwork, normalize, wait_mask
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
+from bes_jax.env.state import DROPPED, REJECTED, SERVED
 from bes_jax.workloads import workload_restart
 
 
@@ -47,20 +61,55 @@ class DQNConfig:
     #: this (a full queue reads as 10) while another's is below it, in training and deployed;
     #: 0 disables the mask
     mask_wait_x: float = 0.0
+    #: vectorised env steps between two rounds of ``updates_per_iteration`` gradient steps
+    update_every: int = 1
+    #: replay sampling: "resolved" (exactly batch_size realised transitions, a draw over the
+    #: whole ring) or "uniform" (uniform slots, unrealised ones weigh 0; O(batch_size))
+    sampling: str = "resolved"
 
     def __post_init__(self):
         for name in ("n_envs", "iterations", "chunk_iterations", "batch_size", "target_period",
-                     "updates_per_iteration"):
+                     "updates_per_iteration", "update_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"dqn config: field '{name}' = {v!r}: must be a positive integer")
         if self.iterations % self.chunk_iterations:
             raise ValueError(f"dqn config: field 'iterations' = {self.iterations}: must be a multiple of "
                              f"chunk_iterations ({self.chunk_iterations})")
+        if self.chunk_iterations % self.update_every:
+            raise ValueError(f"dqn config: field 'chunk_iterations' = {self.chunk_iterations}: must be a multiple of "
+                             f"update_every ({self.update_every})")
+        if self.sampling not in ("resolved", "uniform"):
+            raise ValueError(f"dqn config: field 'sampling' = {self.sampling!r}: choose 'resolved' or 'uniform'")
         if not (0.0 <= self.gamma < 1.0):
             raise ValueError(f"dqn config: field 'gamma' = {self.gamma}: must be in [0, 1)")
         if not (0.0 < self.target_tau <= 1.0):
             raise ValueError(f"dqn config: field 'target_tau' = {self.target_tau}: must be in (0, 1]")
+
+
+#: DQNConfig fields that are traced numbers (``ts.hp``): vmap-able, one compiled program for all values
+DQN_HPARAMS = ("lr", "gamma", "max_grad_norm", "eps_start", "eps_end", "eps_decay_fraction", "target_tau",
+               "learning_starts", "huber_delta")
+
+
+def default_hparams(cfg, names) -> dict:
+    """``{name: float32 scalar}`` of the config's traced hyperparameters."""
+    return {n: jnp.asarray(float(getattr(cfg, n)), jnp.float32) for n in names}
+
+
+def resolve_hparams(cfg, names, hp=None) -> dict:
+    """The config's defaults with the entries of ``hp`` (numbers or traced arrays) replacing them."""
+    out = default_hparams(cfg, names)
+    for k, v in (hp or {}).items():
+        if k not in out:
+            raise ValueError(f"hyperparameter {k!r}: not traced; traced ones: {', '.join(names)}")
+        out[k] = jnp.asarray(v, jnp.float32)
+    return out
+
+
+def make_optimizer(hp):
+    """Adam with global-norm clipping; learning rate and clip norm may be traced."""
+    return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.adam(hp["lr"]))
 
 
 @struct.dataclass
@@ -90,6 +139,7 @@ class TrainState:
     iteration: jnp.ndarray
     n_updates: jnp.ndarray
     key: jax.Array
+    hp: dict = None           # traced hyperparameters (DQN_HPARAMS)
 
 
 def sample_resolved(key, ready, batch_size: int):
@@ -121,6 +171,7 @@ class TrainFns(NamedTuple):
     train: Callable          # train(key) -> (ts, logs): the whole run in one program (vmap over seeds)
     greedy_policy: Callable  # greedy_policy(params, obs_stats) -> router `act` of the Q-network
     network: Any             # the flax Q-network module
+    hparams: dict = None     # the config's traced hyperparameters (defaults of `init`/`train`'s ``hp``)
 
 
 def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank, deadline_bank=None) -> TrainFns:
@@ -133,7 +184,6 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
     N, H, D, A = cfg.n_envs, env.slots, env.obs_size, env.n_models
     n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
     net = QNetwork(A, tuple(cfg.hidden))
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
     params_axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
     if deadline_bank is not None:
         deadline_bank = jnp.asarray(deadline_bank, base_params.deadline.dtype)
@@ -143,15 +193,15 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         params_axes = params_axes.replace(deadline=0)
     v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
     v_resolved = jax.vmap(resolved_mask)
-    decay_iters = max(1, int(cfg.eps_decay_fraction * cfg.iterations))
 
     def env_params(index):
         p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
         return p if deadline_bank is None else p.replace(deadline=deadline_bank[index])
 
-    def epsilon(it):
+    def epsilon(it, hp):
+        decay_iters = jnp.maximum(1.0, jnp.floor(hp["eps_decay_fraction"] * cfg.iterations))
         frac = jnp.clip(it / decay_iters, 0.0, 1.0)
-        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+        return hp["eps_start"] + frac * (hp["eps_end"] - hp["eps_start"])
 
     use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
 
@@ -163,7 +213,8 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
             return jnp.ones(obs.shape[:-1] + (A,), bool)
         return wait_mask(obs, env.n_tasks, A, cfg.mask_wait_x)
 
-    def init(key) -> TrainState:
+    def init(key, hp=None) -> TrainState:
+        hp = resolve_hparams(cfg, DQN_HPARAMS, hp)
         k_net, k_env, k_idx, k_run = jax.random.split(key, 4)
         f = base_params.latency.dtype
         params = net.init(k_net, jnp.zeros((1, D), f))
@@ -171,10 +222,10 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         obs, env_state = v_reset(jax.random.split(k_env, N), env_params(index))
         stats = update_stats(ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f)), obs)
         replay = Replay(jnp.zeros((N, H, D), f), jnp.zeros((N, H), jnp.int32), jnp.zeros((N, H, D), f))
-        return TrainState(params, params, tx.init(params), stats, env_state, obs, index, replay,
-                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), k_run)
+        return TrainState(params, params, make_optimizer(hp).init(params), stats, env_state, obs, index, replay,
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), k_run, hp)
 
-    def loss_fn(params, target_params, stats, batch):
+    def loss_fn(params, target_params, stats, batch, hp):
         obs, action, reward, next_obs, valid = batch
         q = q_values(params, stats, obs)
         q_a = jnp.take_along_axis(q, action[:, None], axis=1)[:, 0]
@@ -182,36 +233,55 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         next_target = q_values(target_params, stats, next_obs)
         a_star = jnp.argmax(next_online, axis=1)
         bootstrap = jnp.take_along_axis(next_target, a_star[:, None], axis=1)[:, 0]
-        target = jax.lax.stop_gradient(reward + cfg.gamma * bootstrap)
+        target = jax.lax.stop_gradient(reward + hp["gamma"] * bootstrap)
         w = valid.astype(q_a.dtype)  # a sample whose reward is not realised counts for nothing
-        loss = jnp.sum(w * optax.huber_loss(q_a, target, delta=cfg.huber_delta)) / jnp.maximum(jnp.sum(w), 1.0)
+        loss = jnp.sum(w * optax.huber_loss(q_a, target, delta=hp["huber_delta"])) / jnp.maximum(jnp.sum(w), 1.0)
         return loss, q_a.mean()
 
+    def sample(ts: TrainState, key):
+        """``(e, h, valid, n_ready)``: replay slots of a batch and whether each reward is realised."""
+        if cfg.sampling == "resolved":
+            ready = v_resolved(ts.env_state)  # [N, H]
+            idx, valid = sample_resolved(key, ready.reshape(-1), cfg.batch_size)
+            return idx // H, idx % H, valid, ready.sum()
+        k_e, k_h = jax.random.split(key)
+        e = jax.random.randint(k_e, (cfg.batch_size,), 0, N)
+        h = jax.random.randint(k_h, (cfg.batch_size,), 0, H)
+        o, now = ts.env_state.outcomes, ts.env_state.now
+        status = o.status[e, h]
+        valid = ((status == SERVED) | (status == DROPPED) | (status == REJECTED)) & (o.finish[e, h] <= now[e])
+        # every decision of a full ring is stored: count stored transitions for learning_starts
+        n_stored = jnp.minimum(ts.iteration, H) * N
+        return e, h, valid, n_stored
+
     def update(ts: TrainState, key):
-        ready = v_resolved(ts.env_state)  # [N, H]
-        n_ready = ready.sum()
-        idx, valid = sample_resolved(key, ready.reshape(-1), cfg.batch_size)
-        e, h = idx // H, idx % H
+        hp = ts.hp
+        e, h, valid, n_ready = sample(ts, key)
         reward = jnp.where(valid, ts.env_state.outcomes.reward[e, h], 0.0)
         batch = (ts.replay.obs[e, h], ts.replay.action[e, h], reward, ts.replay.next_obs[e, h], valid)
-        (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.target_params, ts.obs_stats, batch)
-        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+        (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.target_params, ts.obs_stats,
+                                                                         batch, hp)
+        updates, opt_state = make_optimizer(hp).update(grads, ts.opt_state, ts.params)
         new_params = optax.apply_updates(ts.params, updates)
-        go = n_ready >= cfg.learning_starts
+        go = n_ready >= hp["learning_starts"]
         n_updates = ts.n_updates + go.astype(jnp.int32)
-        tau = jnp.where((n_updates % cfg.target_period) == 0, cfg.target_tau, 0.0)
+        tau = jnp.where((n_updates % cfg.target_period) == 0, hp["target_tau"], 0.0)
         new_target = optax.incremental_update(new_params, ts.target_params, tau)
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)
         ts = ts.replace(params=pick(new_params, ts.params), opt_state=pick(opt_state, ts.opt_state),
                         target_params=pick(new_target, ts.target_params), n_updates=n_updates)
-        return ts, {"loss": jnp.where(go, loss, jnp.nan), "q_mean": q_mean, "n_ready": n_ready}
+        return ts, {"loss": jnp.where(go, loss, jnp.nan), "q_mean": q_mean, "n_ready": n_ready,
+                    "frac_valid": valid.mean()}
 
-    def iteration(ts: TrainState, _):
-        key, k_eps, k_rand, k_step, k_idx, k_upd = jax.random.split(ts.key, 6)
+    def env_step(ts: TrainState, _):
+        key, k_eps, k_rand, k_step, k_idx = jax.random.split(ts.key, 5)
+        return env_step_keys(ts, key, k_eps, k_rand, k_step, k_idx)
+
+    def env_step_keys(ts: TrainState, key, k_eps, k_rand, k_step, k_idx):
         ok = allowed(ts.obs)
         q = jnp.where(ok, q_values(ts.params, ts.obs_stats, ts.obs), -jnp.inf)
         greedy_a = jnp.argmax(q, axis=1)
-        explore = jax.random.uniform(k_eps, (N,)) < epsilon(ts.iteration)
+        explore = jax.random.uniform(k_eps, (N,)) < epsilon(ts.iteration, ts.hp)
         if use_mask:  # explore among the allowed models only
             random_a = jax.random.categorical(k_rand, jnp.where(ok, 0.0, -jnp.inf), axis=1)
         else:
@@ -231,17 +301,29 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         env_state = env_state.replace(workload=workload_restart(env_state.workload, index != ts.workload_index))
         ts = ts.replace(env_state=env_state, obs=next_obs, replay=replay, workload_index=index,
                         obs_stats=update_stats(ts.obs_stats, next_obs), iteration=ts.iteration + 1, key=key)
+        return ts, reward.mean()
+
+    def iteration(ts: TrainState, _):
+        """``update_every`` vectorised env steps, then ``updates_per_iteration`` gradient steps."""
+        if cfg.update_every == 1:  # the keys as they always were: same runs as before update_every existed
+            key, k_eps, k_rand, k_step, k_idx, k_upd = jax.random.split(ts.key, 6)
+            ts, realised = env_step_keys(ts, key, k_eps, k_rand, k_step, k_idx)
+        else:
+            ts, realised = jax.lax.scan(env_step, ts, None, length=cfg.update_every)
+            realised = realised.mean()
+            key, k_upd = jax.random.split(ts.key)
+            ts = ts.replace(key=key)
         ts, logs = jax.lax.scan(update, ts, jax.random.split(k_upd, cfg.updates_per_iteration))
         logs = jax.tree.map(lambda x: x[-1], logs)
-        logs["realised_reward"] = reward.mean()
-        logs["epsilon"] = epsilon(ts.iteration)
+        logs["realised_reward"] = realised
+        logs["epsilon"] = epsilon(ts.iteration, ts.hp)
         return ts, logs
 
     def train_chunk(ts: TrainState):
-        return jax.lax.scan(iteration, ts, None, length=cfg.chunk_iterations)
+        return jax.lax.scan(iteration, ts, None, length=cfg.chunk_iterations // cfg.update_every)
 
-    def train(key):
-        ts = init(key)
+    def train(key, hp=None):
+        ts = init(key, hp)
         n_chunks = cfg.iterations // cfg.chunk_iterations
         ts, logs = jax.lax.scan(lambda t, _: train_chunk(t), ts, None, length=n_chunks)
         return ts, logs
@@ -252,4 +334,25 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
             return jnp.argmax(jnp.where(allowed(obs), q_values(params, stats, obs), -jnp.inf)).astype(jnp.int32)
         return act
 
-    return TrainFns(init=init, train_chunk=train_chunk, train=train, greedy_policy=greedy_policy, network=net)
+    return TrainFns(init=init, train_chunk=train_chunk, train=train, greedy_policy=greedy_policy, network=net,
+                    hparams=default_hparams(cfg, DQN_HPARAMS))
+
+
+class DQN:
+    """Double DQN as an object: ``DQN(cfg, env, base_params, bank).train(key, hp=None)``.
+
+    The attributes are :func:`make_train`'s functions; ``env_steps_per_chunk`` and
+    ``grad_steps_per_chunk`` are what one ``train_chunk`` call does."""
+
+    name = "dqn"
+
+    def __init__(self, cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload_bank, deadline_bank=None):
+        self.cfg = cfg
+        fns = make_train(cfg, env, base_params, workload_bank, deadline_bank)
+        self.fns = fns
+        self.init, self.train_chunk, self.train = fns.init, fns.train_chunk, fns.train
+        self.greedy_policy, self.network, self.hparams = fns.greedy_policy, fns.network, fns.hparams
+        self.n_chunks = cfg.iterations // cfg.chunk_iterations
+        self.env_steps_per_chunk = cfg.chunk_iterations * cfg.n_envs
+        self.grad_steps_per_chunk = cfg.chunk_iterations // cfg.update_every * cfg.updates_per_iteration
+        self.layer_norm = False

@@ -26,17 +26,19 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: str, hidden,
                   profile, sim_config: dict, train_config: dict, mask_wait_x: float = 0.0,
-                  extra: dict | None = None) -> Path:
+                  extra: dict | None = None, layer_norm: bool = False, kind: str = "double-dqn q-network") -> Path:
     """``mask_wait_x``: the learner's action mask (`bes_jax.agents.network.wait_mask`; 0: none),
-    which the numpy router applies as the JAX policy does."""
+    which the numpy router applies as the JAX policy does. ``layer_norm``: the network has a
+    LayerNorm after each hidden Dense (PQN's; arrays ``ln_i/scale``, ``ln_i/bias``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "weights.npz", **flatten_params(params))
     meta = {
         "format_version": FORMAT_VERSION,
-        "kind": "double-dqn q-network",
+        "kind": kind,
         "activation": "relu",
         "hidden": [int(h) for h in hidden],
+        "layer_norm": bool(layer_norm),
         "obs_mode": obs_mode,
         "obs_size": int(np.asarray(obs_mean).shape[0]),
         "obs_norm": {"mean": np.asarray(obs_mean, np.float64).tolist(),

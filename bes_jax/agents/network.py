@@ -9,14 +9,23 @@ import jax.numpy as jnp
 from bes_jax.env.core import WAIT_CAP  # the rich observation's cap on wait / deadline
 
 
+#: LayerNorm epsilon of the Q-network (flax's default); the numpy `Router` uses the same
+LN_EPS = 1e-6
+
+
 class QNetwork(nn.Module):
+    """MLP; with ``layer_norm`` each hidden layer is Dense -> LayerNorm -> relu (PQN's network)."""
     n_actions: int
     hidden: Sequence[int] = (64, 64)
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x):
         for i, h in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(h, name=f"hidden_{i}")(x))
+            x = nn.Dense(h, name=f"hidden_{i}")(x)
+            if self.layer_norm:
+                x = nn.LayerNorm(epsilon=LN_EPS, name=f"ln_{i}")(x)
+            x = nn.relu(x)
         return nn.Dense(self.n_actions, name="out")(x)
 
 

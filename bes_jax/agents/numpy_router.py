@@ -28,9 +28,14 @@ def read_metadata(path: str | Path) -> dict:
         raise PolicyFormatError(f"{f}: not valid JSON at line {e.lineno}: {e.msg}") from None
 
 
+LN_EPS = 1e-6  # bes_jax.agents.network.LN_EPS (flax's LayerNorm default)
+
+
 class Router:
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], meta: dict):
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], meta: dict, norms=None):
         self.layers, self.meta = layers, meta
+        #: per hidden layer (scale, bias) of its LayerNorm, or None (no LayerNorm)
+        self.norms = norms
         norm = meta["obs_norm"]
         self.mean = np.asarray(norm["mean"], np.float32)
         self.std = np.sqrt(np.asarray(norm["var"], np.float32) + np.float32(norm.get("eps", 1e-8)))
@@ -67,10 +72,20 @@ class Router:
                                         f"expected ({width}, ...) with a matching bias")
             layers.append((k.astype(np.float32), b.astype(np.float32)))
             width = k.shape[1]
+        norms = None
+        if meta.get("layer_norm", False):
+            norms = []
+            for i, h in enumerate(meta["hidden"]):
+                for part in ("scale", "bias"):
+                    a = flat.get(f"ln_{i}/{part}")
+                    if a is None or a.shape != (int(h),):
+                        raise PolicyFormatError(f"{weights_file}: array 'ln_{i}/{part}' missing or not of shape ({h},) "
+                                                "(metadata field 'layer_norm' is true)")
+                norms.append((flat[f"ln_{i}/scale"].astype(np.float32), flat[f"ln_{i}/bias"].astype(np.float32)))
         if width != len(meta["model_names"]):
             raise PolicyFormatError(f"{weights_file}: output width {width} != number of models "
                                     f"{len(meta['model_names'])} in metadata field 'model_names'")
-        return cls(layers, meta)
+        return cls(layers, meta, norms)
 
     def q_values(self, obs) -> np.ndarray:
         x = np.asarray(obs, np.float32)
@@ -80,6 +95,11 @@ class Router:
         for i, (k, b) in enumerate(self.layers):
             x = x @ k + b
             if i < len(self.layers) - 1:
+                if self.norms is not None:
+                    scale, bias = self.norms[i]
+                    mu = x.mean(axis=-1, keepdims=True)
+                    var = np.maximum((x * x).mean(axis=-1, keepdims=True) - mu * mu, 0.0)
+                    x = (x - mu) / np.sqrt(var + np.float32(LN_EPS)) * scale + bias
                 x = np.maximum(x, 0.0)
         return x
 

@@ -20,7 +20,7 @@ def load_policy_router(path, profile: Profile) -> Router:
             f"do not match profile {profile.name!r} ({profile.model_names}/{profile.task_names})")
     with np.load(f"{path}/weights.npz") as z:
         params = unflatten_params({k: jnp.asarray(z[k]) for k in z.files})
-    net = QNetwork(len(npr.model_names), tuple(meta["hidden"]))
+    net = QNetwork(len(npr.model_names), tuple(meta["hidden"]), layer_norm=bool(meta.get("layer_norm", False)))
     mean = jnp.asarray(meta["obs_norm"]["mean"], jnp.float32)
     var = jnp.asarray(meta["obs_norm"]["var"], jnp.float32)
 

@@ -85,11 +85,15 @@ def setup_training(cfg: DictConfig) -> dict:
     """Profile, simulator, learner functions and workload bank for a train config.
 
     Keys: profile, sim_cfg, dqn_cfg, dqn_dict, cap_large (the rate the static largest model
-    sustains), bank, deadline_bank, env, base_params, fns (:class:`bes_jax.agents.dqn.TrainFns`)."""
+    sustains), bank, deadline_bank, env, base_params, learner_name (``cfg.learner.name``: dqn or
+    pqn), learner_cfg, learner_dict (its config and plain dict) and fns = learner (the learner
+    object, :class:`bes_jax.agents.dqn.DQN` or :class:`bes_jax.agents.pqn.PQN`: ``init``,
+    ``train_chunk``, ``train``, ``greedy_policy``, ``network``)."""
     import jax
     import jax.numpy as jnp
 
-    from bes_jax.agents.dqn import DQNConfig, make_train
+    from bes_jax.agents.dqn import DQN, DQNConfig
+    from bes_jax.agents.pqn import PQN, PQNConfig
     from bes_jax.config import sim_config_from
     from bes_jax.env import ServingEnv
     from bes_jax.eval.capacity import measured_capacity
@@ -110,6 +114,27 @@ def setup_training(cfg: DictConfig) -> dict:
         base_params = base_params.replace(miss_penalty=jnp.asarray(float(shaping), base_params.miss_penalty.dtype))
     deadlines = build_deadline_bank(cfg.train_family, sim_cfg.task_deadlines(profile), int(cfg.train_family.bank_size),
                                     int(cfg.seed))
+    name = learner_name(cfg)
+    if name == "dqn":
+        learner_cfg, learner_dict = dqn_cfg, dqn_dict
+        learner = DQN(dqn_cfg, env, base_params, bank, deadlines)
+    else:
+        learner_dict = OmegaConf.to_container(cfg.pqn, resolve=True)
+        learner_cfg = PQNConfig(**{**learner_dict, "hidden": tuple(learner_dict["hidden"])})
+        learner = PQN(learner_cfg, env, base_params, bank, deadlines)
     return {"profile": profile, "sim_cfg": sim_cfg, "dqn_cfg": dqn_cfg, "dqn_dict": dqn_dict,
             "cap_large": cap_large, "bank": bank, "deadline_bank": deadlines, "env": env,
-            "base_params": base_params, "fns": make_train(dqn_cfg, env, base_params, bank, deadlines)}
+            "base_params": base_params, "learner_name": name, "learner_cfg": learner_cfg,
+            "learner_dict": learner_dict, "learner": learner, "fns": learner}
+
+
+LEARNERS = ("dqn", "pqn")
+
+
+def learner_name(cfg) -> str:
+    """``cfg.learner.name`` (the `learner` config group; dqn when the config has none)."""
+    node = cfg.get("learner")
+    name = "dqn" if node is None else (node if isinstance(node, str) else node.get("name", "dqn"))
+    if name not in LEARNERS:
+        raise ValueError(f"learner = {name!r}: choose from {', '.join(LEARNERS)}")
+    return str(name)
