@@ -4,8 +4,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import struct
 
-# Outcome status codes (docs/simulator.md "Requests and outcomes").
-EMPTY, QUEUED, SERVED, DROPPED, REJECTED = 0, 1, 2, 3, 4
+# Outcome status codes (docs/simulator.md "Requests and outcomes"); RUNNING (admitted to a
+# running set, not yet complete) exists only under continuous batching.
+EMPTY, QUEUED, SERVED, DROPPED, REJECTED, RUNNING = 0, 1, 2, 3, 4, 5
 
 
 @struct.dataclass
