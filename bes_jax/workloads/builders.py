@@ -85,7 +85,7 @@ def _tokens(name, x, shape, low) -> np.ndarray:
     if a.size and not np.issubdtype(a.dtype, np.integer):
         if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() or (a != np.round(a)).any():
             i = int(np.argmax(~np.isfinite(a) | (a != np.round(a)))) if np.issubdtype(a.dtype, np.floating) else 0
-            raise ValueError(f"{name}[{i}] = {a.ravel()[i]!r}: need integer token counts (-1 = not given)")
+            raise ValueError(f"{name}[{i}] = {a.ravel()[i].item()!r}: need integer token counts (-1 = not given)")
     a = a.astype(np.int64)
     bad = ((a < low) & (a != -1)) | (a > np.iinfo(np.int32).max)
     if bad.any():
