@@ -12,6 +12,10 @@ model borrows the numbers of the OPT size it stands in for.
 Example::
 
     bes-profile --pool tiny --b-max 8 --repeats 5 --out profiles/tiny-cpu.json
+
+``bes-profile --engine URL [URL ...] --out FILE`` profiles live OpenAI-compatible engines instead
+(one per model, in pool order) and writes a continuous-batching profile
+(:mod:`bes_jax.serving.engines.profiler`).
 """
 from __future__ import annotations
 
@@ -223,7 +227,11 @@ def main(argv=None) -> int:
                     help="re-measure a point whose interquartile range exceeds this fraction of its median")
     ap.add_argument("--retries", type=int, default=3, help="re-measurements of an unstable point")
     ap.add_argument("--out", required=True, help="output JSON path")
+    from bes_jax.serving.engines.profiler import add_arguments, main_engine
+    add_arguments(ap)
     a = ap.parse_args(argv)
+    if a.engine:  # live OpenAI-compatible engines: a continuous-batching profile
+        return main_engine(a)
     try:
         lengths = None
         if a.lengths:

@@ -4,7 +4,10 @@ They are built by ``bes_jax.routers.factory.make_live_router`` (re-exported here
 the router config the same way for `bes-eval`, `bes-serve` and `bes-validate`.
 
 Every router has ``choose(snapshot, task) -> model index`` and is called under the pool lock at
-the request's arrival, after the arrival-rate estimate was updated with that arrival. Models
+the request's arrival, after the arrival-rate estimate was updated with that arrival. In front of
+continuously batching engines (``pool=engines``) the snapshot is a
+``bes_jax.serving.engines.view.LiveSnapshot`` and ``greedy`` / ``policy`` read the
+continuous-batching prediction and observation instead (docs/simulator.md). Models
 whose replicas all crashed are masked out (``static`` keeps its model and the request fails with
 503 instead).
 """
@@ -65,10 +68,27 @@ class RandomRouter(LiveRouter):
         return int(self.rng.choice(len(w), p=w / w.sum()))
 
 
+def is_continuous(snap) -> bool:
+    """A snapshot of engines that batch continuously (``bes_jax.serving.engines.view``)."""
+    return getattr(snap, "batching", "request") == "continuous"
+
+
+def continuous_prediction(router, snap, task):
+    """``(pred_e2e, pred_ttft)`` per model on a continuous snapshot, with the fleet constants
+    (``router.engines``, a ``reference.routing_view_continuous.Engines``) the gateway set."""
+    from bes_jax.serving.engines import view
+    pred, pred_ttft, _ = view.predict(snap, router.engines, task, float(snap.pending_prompt))
+    return pred, pred_ttft
+
+
 class GreedyRouter(LiveRouter):
     name = "greedy"
 
     def choose(self, snap, task):
+        if is_continuous(snap):
+            from bes_jax.serving.engines import view
+            pred, pred_ttft = continuous_prediction(self, snap, task)
+            return view.greedy_choice(pred, pred_ttft, self.engines, task)
         return greedy_choice(snap, self.latency, self.quality, task, float(self.deadlines[task]))
 
 
@@ -93,6 +113,10 @@ class PolicyRouter(LiveRouter):
                              f"the pool's profile has {self.profile.task_names}")
 
     def observation(self, snap, task):
+        if is_continuous(snap):
+            from bes_jax.serving.engines import view
+            return view.build_observation(self.obs_mode, snap, self.engines, task, float(snap.pending_prompt),
+                                          self.rate.normalised_rate)
         return build_observation(self.obs_mode, snap, task, self.profile.n_tasks, self.rate.normalised_rate,
                                  self.latency, float(self.deadlines[task]), self.replica_counts)
 

@@ -2,6 +2,8 @@
 
 Run ``bes-serve pool=tiny router=greedy server.port=8000`` (Hydra config ``conf/serve.yaml``).
 Endpoints: ``POST /v1/completions``, ``GET /v1/models``, ``GET /healthz``, ``GET /metrics``.
+``bes-serve pool=engines pool.urls=[...] pool.profile=FILE`` routes over OpenAI-compatible engines
+instead (``bes_jax.serving.engines.gateway``, chat completions and streaming too).
 See docs/serving.md for the API, the metrics and the overload behaviour.
 """
 import asyncio
@@ -39,6 +41,16 @@ class ServeSettings:
     #: Python's thread switch interval; short so a worker waiting for the GIL (held by the HTTP
     #: event loop) resumes quickly; None leaves Python's default (5 ms)
     gil_switch_interval_s: Optional[float] = 0.0005
+    #: client API keys (``Authorization: Bearer``); empty and no env: no authentication
+    api_keys: Optional[list] = None
+    #: an environment variable holding comma-separated client API keys
+    api_keys_env: Optional[str] = None
+    #: largest request body accepted (413 above)
+    max_body_bytes: int = 1_048_576
+    #: largest prompt in tokens (None: only the model's context limit)
+    max_prompt_tokens: Optional[int] = None
+    #: shutdown waits this long for forwarded requests to finish
+    drain_timeout_s: float = 30.0
 
 
 class ApiError(Exception):
@@ -329,6 +341,26 @@ def create_app(service: Service, *, manage_pool: bool = True):
 
     app = FastAPI(title="bes_jax serving", lifespan=lifespan)
     app.state.service = service
+    from bes_jax.serving.engines.gateway import parse_client_keys
+    keys = parse_client_keys(service.settings.api_keys, service.settings.api_keys_env)
+
+    def refused(request: Request, raw: bytes):
+        """401 without a valid client key, 413 above serve.max_body_bytes; None when fine."""
+        import hmac
+        if keys:
+            h = request.headers.get("authorization") or ""
+            tok = h[7:].strip() if h.lower().startswith("bearer ") else ""
+            if not any(hmac.compare_digest(tok.encode(), k.encode()) for k in keys):
+                return error(ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                                      "authentication_error", code="invalid_api_key",
+                                      headers={"WWW-Authenticate": "Bearer"}))
+        lim = int(service.settings.max_body_bytes)
+        if len(raw) > lim:
+            service.counters.bad_request += 1
+            service.metrics.bad.labels("body").inc()
+            return error(ApiError(413, f"request body is {len(raw)} bytes; the limit is {lim} (serve.max_body_bytes)",
+                                  param="body", code="body_too_large"))
+        return None
 
     def error(e: ApiError):
         body = {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
@@ -339,6 +371,9 @@ def create_app(service: Service, *, manage_pool: bool = True):
     @app.post("/v1/completions")
     async def completions(request: Request):
         raw = await request.body()
+        bad = refused(request, raw)
+        if bad is not None:
+            return bad
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as ex:
@@ -368,10 +403,20 @@ def create_app(service: Service, *, manage_pool: bool = True):
     return app
 
 
-def build_service(cfg) -> Service:
-    """Pool + profile + router from the composed ``conf/serve.yaml`` (a dict or DictConfig)."""
+def is_engines_pool(cfg) -> bool:
+    """``pool=engines``: the router in front of OpenAI-compatible engines (``pool.kind``)."""
+    return (cfg.get("pool") or {}).get("kind") == "engines"
+
+
+def build_service(cfg):
+    """Pool + profile + router from the composed ``conf/serve.yaml`` (a dict or DictConfig): a
+    :class:`Service` over the in-process pool, or with ``pool=engines`` an
+    ``engines.gateway.EngineService`` over HTTP engines."""
     from omegaconf import OmegaConf
     c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    if is_engines_pool(c):
+        from bes_jax.serving.engines.gateway import build_engine_service
+        return build_engine_service(c)
     pool_cfg = dict(c["pool"])
     profile = load_profile(pool_cfg.get("profile") or "tiny-cpu")
     pool = build_pool(pool_cfg, profile)
@@ -395,6 +440,14 @@ def _run(cfg) -> None:
         service = build_service(cfg)
     except (ValueError, RuntimeError, KeyError) as e:
         raise SystemExit(f"bes-serve: error: {e}")
+    if not isinstance(service, Service):  # pool=engines
+        from bes_jax.serving.engines.gateway import create_engine_app
+        log.info("routing %s over %d engines with router %s on %s:%s", service.profile.model_names,
+                 len(service.slots), service.router.name, cfg.server.host, cfg.server.port)
+        uvicorn.run(create_engine_app(service), host=cfg.server.host, port=int(cfg.server.port),
+                    log_level=str(cfg.server.get("log_level", "warning")),
+                    timeout_graceful_shutdown=int(service.serve.drain_timeout_s))
+        return
     log.info("serving %s with router %s on %s:%s (device %s, %d threads, placement %s)",
              service.profile.model_names, service.router.name, cfg.server.host, cfg.server.port,
              service.pool.device, service.pool.num_threads, service.pool.placement)
