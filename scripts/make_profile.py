@@ -267,13 +267,19 @@ def profiles_md() -> str:
            "| field | meaning | checked |", "|---|---|---|",
            "| `name` | profile name; `profile=NAME` in configs loads `bes_jax/profiles/NAME.json` | non-empty string |",
            "| `hardware` | `name` (required), free-form `description`, `gpus` (number of GPUs the pool assumes), `placement` | object with a non-empty `name` |",
-           "| `models` | list of `{name, params}`, smallest first by convention | non-empty, unique names, positive integer `params` |",
-           "| `tasks` | list of `{name, metric, deadline_s, prompt_len, output_len}`: `metric` names the quality metric, `deadline_s` is the task's default deadline in seconds, `prompt_len`/`output_len` the tokens in and out of one request | non-empty, unique names, `deadline_s` finite and > 0, positive integer lengths |",
+           "| `models` | list of `{name, params}` and, for continuous batching, `ctx_max`, `kv_tokens`, `iteration` (below); smallest first by convention | non-empty, unique names, positive integer `params` |",
+           "| `models[].ctx_max` | most tokens (prompt + output) one sequence may hold | positive integer (optional) |",
+           "| `models[].kv_tokens` | KV-cache budget of one replica, in tokens | positive integer (optional); not below any task's mean prompt + mean output (a model that could admit few of a task's requests is almost surely a unit slip); may be below `ctx_max` |",
+           "| `models[].iteration` | `{fixed_s, per_seq_s, weights_s, per_kv_token_s, per_token_s}`: one iteration takes `fixed_s + per_seq_s n + max(weights_s + per_kv_token_s C, per_token_s (P + D))` seconds (SPEC \"Continuous batching\") | object with exactly these five keys, each finite and >= 0, not all 0 (optional) |",
+           "| `tasks` | list of `{name, metric, deadline_s, prompt_len, output_len}`: `metric` names the quality metric, `deadline_s` is the task's default deadline in seconds, `prompt_len`/`output_len` the tokens in and out of one request: a number, or a distribution object (`bes_jax.lengths`: `{\"dist\": \"fixed\", \"value\"}`, `{\"dist\": \"uniform\", \"min\", \"max\"}`, `{\"dist\": \"lognormal\", \"mean\", \"cv\", \"min\", \"max\"}`) whose stated mean the request-level tables and routers use | non-empty, unique names, `deadline_s` finite and > 0, integer lengths >= 1 or a valid distribution |",
            "| `B_max` | largest batch a replica forms | positive integer |",
            "| `latency_s` | `[model][task][b-1]`: seconds to run a whole batch of `b` requests of that task, `b = 1..B_max` | shape models x tasks x B_max; finite, > 0, non-decreasing in `b` |",
            "| `quality` | `[model][task]`: the task metric scaled to `[0, 1]` (accuracy / 100 here) | shape models x tasks; finite, in [0, 1] |",
            "| `provenance` | where every number came from, one entry per kind of number | non-empty object with at least `latency` and `quality` |",
-           "", "Other top-level keys are kept (`Profile.extra`) and written back by `Profile.save`.", "",
+           "", "Other top-level keys are kept (`Profile.extra`) and written back by `Profile.save`. The three",
+           "per-model continuous fields are optional, so a request-level (v1) profile stays valid; a run with",
+           "`sim.batching=continuous` calls `Profile.require_continuous()`, which names the first missing one",
+           "(`models[i].ctx_max` ...). Every shipped profile has both parts.", "",
            "## Shipped profiles", "",
            "| file | latencies |", "|---|---|",
            "| `opt-a100-80gb.json` (default) | analytic model (`docs/latency_model.md`) for NVIDIA A100-80GB SXM4 |",
@@ -288,6 +294,72 @@ def profiles_md() -> str:
         out.append(f"| `{t[0]}` | {t[2]} / {t[3]} | {t[5]} | {' / '.join(f'{q / 100:.3f}' for q in t[4])} |")
     out += ["", "The lengths span the calibration rows of the latency model (128 in / 8 out and 512 in / 32 out),",
             "so the model interpolates in sequence length and extrapolates only in model size.", "",
+            "## Continuous batching fields", "",
+            "### Length distributions", "",
+            "In continuous mode synthetic workloads draw each request's lengths from its task's distribution",
+            "(trace replay takes them from the trace). The OPT profiles use log-normals whose stated means are",
+            "the lengths above, so the request-level tables (built at those means) do not change. The spreads",
+            "are **assumptions**, not measurements: prompts are an instruction template plus an item whose",
+            "length varies by task; outputs vary more. The bounds keep prompt + output <= `ctx_max` (no",
+            "truncation) and move the realised mean (after rounding and clipping) by less than 0.1%.", "",
+            "| task | prompt_len | output_len | why this spread |", "|---|---|---|---|"]
+    for name, (pd, od, why) in LENGTHS.items():
+        fmt = lambda d: f"lognormal mean {d['mean']}, CV {d['cv']}, [{d['min']}, {d['max']}]"
+        out.append(f"| `{name}` | {fmt(pd)} | {fmt(od)} | {why} |")
+    shares = ", ".join(f"{m} {s_}" for m, s_ in MEMORY_SHARE.items())
+    out += ["", "### `ctx_max`, `kv_tokens`", "",
+            f"`ctx_max` = {CTX_MAX}, OPT's maximum positions (OPT paper, `OPT_FACTS.md`). `kv_tokens` per replica is",
+            "`(share x memory - weights - reserve) / KV bytes per token` (`bes_jax.latency.iteration.kv_tokens`):",
+            f"memory {GPU_MEMORY_BYTES / 1e9:g} GB on both GPUs (datasheet); fp16 weights `2 x params`; KV bytes per token",
+            "`2 x layers x kv_heads x head_dim x 2 B` (36,864 / 196,608 / 524,288 B, `OPT_FACTS.md`). The default",
+            "placement puts one replica of each model on every GPU, so three engines share one GPU's memory;",
+            f"the shares, like vLLM `--gpu-memory-utilization` fractions per engine, are {shares}",
+            f"({sum(MEMORY_SHARE.values()):.2f} in all, vLLM's default for a lone engine, leaving room for fragmentation),",
+            "split by need (the larger model's weights and KV per token are larger). The reserve,",
+            f"{RESERVE_BYTES / 1e9:g} GB per engine, stands for the CUDA context and cuBLAS workspace (~0.5 GB) plus the",
+            "activation peak of a 2048-token iteration and CUDA graphs. Shares and reserve are **assumptions**",
+            "(a deployment sets its own: the fields are plain numbers).", "",
+            "| model | weights (GB) | share | KV bytes / token | `kv_tokens` | full-context (2048-token) sequences |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, params in MODELS:
+        kv = continuous_model(name, params, PROFILE_GPUS[0])["kv_tokens"]
+        out.append(f"| {name} | {2 * params / 1e9:.2f} | {MEMORY_SHARE[name]} | {ARCHS[name].kv_bytes_per_token:,} | "
+                   f"{kv:,} | {kv // CTX_MAX} |")
+    out += ["", f"With `max_num_seqs` = {DEFAULT_MAX_NUM_SEQS} the KV budget binds only for long requests: OPT-6.7B",
+            f"fits {continuous_model(*MODELS[-1], PROFILE_GPUS[0])['kv_tokens'] // DEFAULT_MAX_NUM_SEQS} tokens per "
+            f"sequence at {DEFAULT_MAX_NUM_SEQS} sequences, well above these tasks'",
+            "means but below the contexts of long-prompt traces.", "",
+            "### `iteration`", "",
+            "Derived, not fitted again, by `bes_jax.latency.iteration.iteration_coefficients` from the same",
+            "datasheet numbers and calibrated constants as the latency tables; a static batch run through",
+            f"them reproduces the FasterTransformer rows within {ft_heldout_median()} (median, rows not used for fitting) and",
+            "the request-level tables within "
+            + " / ".join(f"{_pct(np.median(np.abs(iteration_agreement(make(g)))))}" for g in PROFILE_GPUS)
+            + f" ({' / '.join(PROFILE_GPUS)}, median); equations and every row in",
+            "`docs/latency_model.md`, \"Iteration model\". Values in microseconds:", "",
+            "| model | GPU | fixed_s | per_seq_s | weights_s | per_kv_token_s | per_token_s |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for gpu in PROFILE_GPUS:
+        for name, params in MODELS:
+            co = continuous_model(name, params, gpu)["iteration"]
+            out.append(f"| {name} | {gpu} | " + " | ".join(f"{co[k] * 1e6:.4g}" for k in ITERATION_FIELDS) + " |")
+    tiny = json.loads(TINY_PATH.read_text())
+    out += ["", "### `tiny-cpu`", "",
+            "Measured by `bes-profile`; `python scripts/make_profile.py` adds only the continuous fields and",
+            "leaves the measurements alone: `ctx_max` = 512 (the tiny presets' `max_positions`,",
+            f"`bes_jax/serving/models.py`); `kv_tokens` = {TINY_KV_BYTES // 2 ** 20} MiB of float32 K and V per replica over",
+            "`2 x layers x hidden x 4 B` per token (an assumption, small enough to bind on tiny-l at the default",
+            "`max_num_seqs`); `iteration` **fitted** (`bes_jax.latency.iteration.fit_iteration`): least squares of",
+            "the relative error of each measured whole-batch latency against the same batch run through the",
+            "iterations. Its short prompts (32-64 tokens) on a compute-bound CPU cannot identify every",
+            "coefficient, so some come out 0: read that as \"not identifiable here\".", "",
+            "| model | `kv_tokens` | fixed_s | per_seq_s | weights_s | per_kv_token_s | per_token_s | fit error median / max |",
+            "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for m in tiny["models"]:
+        fe = tiny["provenance"]["iteration_fit_relative_error"][m["name"]]
+        out.append(f"| {m['name']} | {m['kv_tokens']:,} | " + " | ".join(f"{m['iteration'][k] * 1e6:.4g}" for k in ITERATION_FIELDS)
+                   + f" | {fe['median_abs']:.1%} / {fe['max_abs']:.1%} |")
+    out += ["",
             f"## Deadlines: {DEADLINE_X} x OPT-6.7B's batch-of-one latency", "",
             "The trade-off between quality and availability is real only if the large model meets the",
             "deadline when it runs alone but cannot keep up under load. With",
@@ -330,6 +402,125 @@ def profiles_md() -> str:
 
 # ----------------------------------------------------------------------------- latency report
 
+def _iter_errors(rows, c, **kw) -> np.ndarray:
+    """Relative error of each row's static batch through the iteration coefficients derived
+    from constants `c` (the rows' GPU: A100-80GB)."""
+    return np.array([static_batch_latency(iteration_coefficients(r["model"], "a100-80gb", c), r["batch"],
+                                          r["input_len"], r["output_len"], **kw) / r["measured_s"] - 1 for r in rows])
+
+
+def _us(x: float) -> str:
+    return f"{x * 1e6:.4g}"
+
+
+def ft_heldout_median() -> str:
+    """Median abs. error of the static batches through iterations on the FT rows not used for
+    fitting (leave-one-model-out), for docs/profiles.md."""
+    rows = load_rows()
+    loo = leave_one_model_out(rows)
+    e = np.concatenate([_iter_errors([r for r in rows if r["model"] == m], c) for m, (c, _) in loo.items()])
+    return _pct(float(np.median(np.abs(e))))
+
+
+def iteration_report(rows, loo) -> list[str]:
+    """The 'Iteration model' section of docs/latency_model.md."""
+    models = sorted({r["model"] for r in rows})
+    e_op = errors(rows, CALIBRATED)
+    e_it = _iter_errors(rows, CALIBRATED)
+    e_flat = np.array([static_batch_latency(iteration_coefficients(r["model"], "a100-80gb"), r["batch"],
+                                            r["input_len"], r["output_len"],
+                                            max_num_batched_tokens=max(r["batch"] * r["input_len"], DEFAULT_MAX_NUM_SEQS))
+                       / r["measured_s"] - 1 for r in rows])
+    e_ho = np.zeros(len(rows))
+    for m in models:
+        idx = [i for i, r in enumerate(rows) if r["model"] == m]
+        e_ho[idx] = _iter_errors([rows[i] for i in idx], loo[m][0])
+    med = lambda e: _pct(np.median(np.abs(e)))
+    mx = lambda e: _pct(np.abs(e).max())
+    L = ["## Iteration model (continuous batching)", "",
+         "SPEC \"Continuous batching\" times one engine iteration with five coefficients per model and GPU,",
+         "", "    tau = fixed_s + per_seq_s n + max(weights_s + per_kv_token_s C, per_token_s (P + D))", "",
+         "(`n` sequences in the iteration, `C` context tokens they attend to, `P` prefill and `D` decode",
+         "tokens). `bes_jax.latency.iteration.iteration_coefficients` derives them from the numbers the",
+         "per-operator model above uses, with the calibrated constants and no new fit:", "",
+         "| coefficient | formula | what it stands for |", "|---|---|---|",
+         "| `fixed_s` | `L c_layer` | the per-layer fixed cost of a pass (launches, synchronisation) |",
+         "| `per_seq_s` | `L c_seq` | the per-sequence fixed cost of a pass |",
+         "| `weights_s` | `2 (L (2h^2 + 2hk + 2hf) + hV) / (e_bw BW)` | streaming every matmul weight, LM head included, once |",
+         "| `per_kv_token_s` | `2 L 2k / (e_kv BW)` | reading one cached token's K and V in every layer (KV bytes per token: 36,864 / 196,608 / 524,288 B for OPT-125M / 1.3B / 6.7B, OPT_FACTS.md) |",
+         "| `per_token_s` | `2 L (2h^2 + 2hk + 2hf) / (e_f P) + 2 L (4h + 2f + 2(h + 2k)) / (e_bw BW)` | a token's matmul FLOPs, plus the element-wise kernels that run between the GEMMs of a compute-bound pass |",
+         "", "The memory-bound branch is a decode pass (weights once, the KV cache of every sequence); the",
+         "compute-bound branch a prefill chunk. What the five numbers cannot say, against the per-operator",
+         "model: the LM head's FLOPs (once per sequence, ~1 us); prefill attention's FLOPs (`4 p h` per",
+         "token per layer, `p / 6h` of a token's matmul FLOPs: 4% for OPT-1.3B at `p = 512`, 17% at",
+         "`p = 2048`, 44% for OPT-125M at 2048, so long prompts prefill faster in the iteration model",
+         "than in the per-operator one); activation traffic in memory-bound passes; and the per-operator",
+         "`max` (the iteration takes one `max` over the whole pass).", "",
+         "### A static batch through the iterations", "",
+         "`bes_jax.latency.iteration.static_batch_latency(coef, b, p, o)` runs `b` requests of prompt `p`",
+         "and output `o`, all waiting at time 0, through the iteration semantics of docs/simulator.md",
+         f"(strict-FIFO admission under `max_num_seqs` = {DEFAULT_MAX_NUM_SEQS}, decode tokens first, prefill chunks under",
+         f"`max_num_batched_tokens` = {DEFAULT_MAX_NUM_BATCHED_TOKENS} in admission order, first token at the end of the iteration that",
+         "completes the prompt, decode iterations with growing context) and returns when the last one",
+         "completes: the continuous-mode counterpart of a FasterTransformer row. (The simulator routes",
+         "same-instant arrivals one at a time, so there the first request starts an iteration alone; a",
+         "measured static batch is formed first.)", "",
+         "Which rows were used for fitting: the coefficients have no constants of their own, so *in",
+         "sample* uses the constants fitted on all 28 rows, and *held out* the constants fitted on the",
+         "other shape's 14 rows only (the leave-one-model-out fits above): for each shape, its 14 rows",
+         "were not used for fitting. Goal: median absolute error within 15% on the held-out rows.", "",
+         "| | median abs. error | max abs. error |", "|---|---:|---:|",
+         f"| per-operator model, in sample (for comparison) | {med(e_op)} | {mx(e_op)} |",
+         f"| iteration model, in sample | {med(e_it)} | {mx(e_it)} |",
+         f"| iteration model, in sample, prefill in one iteration (`max_num_batched_tokens = b p`, as FasterTransformer runs it) | {med(e_flat)} | {mx(e_flat)} |"]
+    for m in models:
+        idx = [i for i, r in enumerate(rows) if r["model"] == m]
+        other = [x for x in models if x != m]
+        L.append(f"| iteration model, held out: fit on {', '.join(other)}, predict the {len(idx)} {m} rows | "
+                 f"{med(e_ho[idx])} | {mx(e_ho[idx])} |")
+    L.append(f"| iteration model, held out, all {len(rows)} rows | **{med(e_ho)}** | {mx(e_ho)} |")
+    goal = np.median(np.abs(e_ho)) <= 0.15
+    L += ["", ("The goal is met: " if goal else "The goal is NOT met: ")
+          + f"median {med(e_ho)} on the rows not used for fitting (max {mx(e_ho)}). Chunking the",
+          "prefill under the 2048-token budget costs the large batches (`b p` up to 32,768 prompt tokens)",
+          "extra iterations and mixes their first decodes with later chunks, a few % either way.", "",
+          "| model | batch | prompt | output | measured (s) | per-operator, in sample | iteration, in sample (s) | error | "
+          "iteration, held out (s) | error |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r, a, b_, c in zip(rows, e_op, e_it, e_ho):
+        y = r["measured_s"]
+        L.append(f"| {r['model']} | {r['batch']} | {r['input_len']} | {r['output_len']} | {y:.4f} | {a:+.1%} | "
+                 f"{y * (1 + b_):.4f} | {b_:+.1%} | {y * (1 + c):.4f} | {c:+.1%} |")
+    L += ["", "### Coefficients of the OPT pool", "",
+          "With the calibrated constants (what `bes_jax/profiles/opt-*.json` ship, 4 significant digits), in",
+          "microseconds; `kv_tokens` is the KV budget of one replica under the default placement",
+          "(docs/profiles.md, \"Continuous batching fields\"):", "",
+          "| model | GPU | fixed_s | per_seq_s | weights_s | per_kv_token_s | per_token_s | KV bytes / token | kv_tokens |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for gpu in PROFILE_GPUS:
+        for name, params in MODELS:
+            cm = continuous_model(name, params, gpu)
+            co = cm["iteration"]
+            L.append(f"| {name} | {gpu} | " + " | ".join(_us(co[k]) for k in ITERATION_FIELDS)
+                     + f" | {ARCHS[name].kv_bytes_per_token:,} | {cm['kv_tokens']:,} |")
+    L += ["", "Both modes on the shipped tables: a static batch through the shipped coefficients against",
+          "the request-level `latency_s` entry, every model, task and batch size 1-32 at the tasks' mean",
+          "lengths (median / max abs. relative difference):", ""]
+    for gpu in PROFILE_GPUS:
+        e = iteration_agreement(make(gpu))
+        mi, ti, bi = np.unravel_index(np.abs(e).argmax(), e.shape)
+        L.append(f"- `opt-{gpu}`: {_pct(np.median(np.abs(e)))} / {_pct(np.abs(e).max())} (largest at "
+                 f"{MODELS[mi][0]}, {TASKS[ti][0]}, b = {bi + 1}: a small model's large batch, where the "
+                 "per-operator `max` and the activation traffic the five numbers drop weigh most)")
+    tiny = json.loads(TINY_PATH.read_text())
+    e = iteration_agreement(tiny)
+    L += [f"- `tiny-cpu` (coefficients fitted to this table by `fit_iteration`): {_pct(np.median(np.abs(e)))} / "
+          f"{_pct(np.abs(e).max())}", "",
+          "Grouped-query attention: `Arch(..., n_kv_heads=...)` narrows K and V to `k = n_kv_heads x",
+          "head_dim`, which shrinks the KV bytes per token, `per_kv_token_s`, the K/V projection weights",
+          "and the decode attention of the per-operator model by `heads / n_kv_heads` (OPT has none).", ""]
+    return L
+
+
 def _pct(x: float) -> str:
     return f"{x:.1%}"
 
@@ -357,18 +548,20 @@ def report() -> None:
          "--prompt-len 512 --output-len 32` (last line: seconds). It is the source of the latency tables of",
          "`bes_jax/profiles/opt-*.json` (`docs/profiles.md`).", "",
          "## Equations", "",
-         "Notation: `b` batch, `p` prompt length, `o` output length, fp16 (2 bytes per value),",
+         "Notation: `b` batch, `p` prompt length, `o` output length, fp16 (2 bytes per value), `k` the",
+         "width of the K (and of the V) projection, `kv_heads x head_dim` (`k = h` for OPT; smaller with",
+         "grouped-query attention, `Arch.n_kv_heads`),",
          "`roof(B, F) = max(B / (e_bw BW), F / (e_f P))` for `B` bytes moved and `F` FLOPs.", "",
          "A batch runs one prefill pass over `T = b p` tokens (it produces the first output token), then",
          "`o - 1` decode passes over `T = b` tokens; `o` passes in all. Per pass and per layer:", "",
          "| operator | bytes moved | FLOPs |", "|---|---|---|",
-         "| QKV projection | `2 (3h^2 + T (h + 3h))` | `2 T 3h^2` |",
+         "| QKV projection | `2 (h (h + 2k) + T (h + h + 2k))` | `2 T h (h + 2k)` |",
          "| attention out projection | `2 (h^2 + 2 T h)` | `2 T h^2` |",
          "| FFN up | `2 (h f + T (h + f))` | `2 T h f` |",
          "| FFN down | `2 (h f + T (f + h))` | `2 T h f` |",
-         "| element-wise (2 LayerNorm, bias + ReLU, 2 residual adds, bias + QKV split) | `2 T (4h + 2f + 6h)` | (memory-bound) |",
-         "| prefill attention `QK^T` and `scores V` over the full `p x p` square | `2 b p 6h` (Q, K, V in, context out, K, V cached) | `4 b p^2 h` |",
-         "| decode attention at step `k` (reads the cached K and V of `p + k` positions) | `2 b 2h (p + k)` | `4 b (p + k) h` |",
+         "| element-wise (2 LayerNorm, bias + ReLU, 2 residual adds, bias + QKV split) | `2 T (4h + 2f + 2(h + 2k))` | (memory-bound) |",
+         "| prefill attention `QK^T` and `scores V` over the full `p x p` square | `2 b p (2h + 4k)` (Q, K, V in, context out, K, V cached) | `4 b p^2 h` |",
+         "| decode attention at step `j` (reads the cached K and V of `p + j` positions) | `2 b 2k (p + j)` | `4 b (p + j) h` |",
          "", "Once per pass, the LM head on the last position of each sequence: bytes `2 (h V + b (h + 2V))`,",
          "FLOPs `2 b h V`. Each operator takes `roof(bytes, FLOPs)`, except decode attention, which is",
          "memory-bound at its own efficiency: `bytes / (e_kv BW)` (FasterTransformer's masked attention",
@@ -445,7 +638,9 @@ def report() -> None:
         L.append(f"| {r['model']} | {r['batch']} | {r['input_len']} | {r['output_len']} | {y:.4f} | "
                  f"{y * (1 + ei):.4f} | {ei:+.1%} | {y * (1 + eo):.4f} | {eo:+.1%} |")
 
-    L += ["", "![predicted vs measured, log-log](latency_model.png)", "",
+    L += ["", "![predicted vs measured, log-log](latency_model.png)", ""]
+    L += iteration_report(rows, loo)
+    L += ["",
           "## Predictions for the OPT pool", "",
           "Batch latency (s) with the calibrated constants, 512 in / 32 out:", "",
           "| model | GPU | b=1 | b=8 | b=32 |", "|---|---|---:|---:|---:|"]

@@ -93,6 +93,11 @@ def test_cli_last_line_is_the_latency(capsys):
                          "--prompt-len", "512", "--output-len", "32"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) > 2  # a breakdown first
+    it_line = next(line for line in out if line.startswith("iteration"))
+    coef = iteration_coefficients("opt-6.7b", "a100-80gb")
+    assert all(f"{k} {coef[k] * 1e6:.4g} us" in it_line for k in ITERATION_FIELDS), it_line
+    via = next(line for line in out if "via iterations" in line)
+    assert np.isclose(float(via.split()[-2]) / 1e3, static_batch_latency(coef, 8, 512, 32), rtol=1e-5)
     last = float(out[-1])
     assert np.isclose(last, predict("opt-6.7b", "a100-80gb", 8, 512, 32), rtol=1e-5)
 

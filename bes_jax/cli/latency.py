@@ -1,7 +1,8 @@
 """bes-latency: predicted end-to-end latency of one generation batch of an OPT/GPT model on a GPU.
 
-Prints a per-component breakdown; the LAST line is the predicted batch latency in seconds
-(just the number), so scripts can read it with `tail -n 1`. Model: docs/latency_model.md.
+Prints a per-component breakdown, the model's continuous-batching iteration coefficients and the
+same batch run through them; the LAST line is the predicted batch latency in seconds (just the
+number), so scripts can read it with `tail -n 1`. Model: docs/latency_model.md.
 """
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import argparse
 import sys
 
 from bes_jax import CONF_DIR
+from bes_jax.latency.iteration import iteration_coefficients, static_batch_latency
 from bes_jax.latency.model import ARCHS, CALIBRATED, GPU, GPUS, breakdown, load_gpus
+from bes_jax.profile import ITERATION_FIELDS
 
 DEFAULT_GPU_FILE = CONF_DIR / "gpus.yaml"
 
@@ -71,6 +74,11 @@ def main(argv=None) -> int:
     for k, v in parts.items():
         print(f"  {k:<24s} {v * 1e3:10.3f} ms  {v / total:6.1%}")
     print(f"  {'per generated token':<24s} {total / args.output_len * 1e3:10.3f} ms")
+    coef = iteration_coefficients(args.model, gpu, CALIBRATED)
+    print("iteration (continuous batching): " + ", ".join(f"{k} {coef[k] * 1e6:.4g} us" for k in ITERATION_FIELDS)
+          + f"; KV {ARCHS[args.model].kv_bytes_per_token:,} B/token")
+    print(f"  {'same batch via iterations':<24s} "
+          f"{static_batch_latency(coef, args.batch, args.prompt_len, args.output_len) * 1e3:10.3f} ms")
     print(f"{total:.6f}")
     return 0
 
