@@ -1,13 +1,16 @@
 """Decisions/s of the JAX simulator vs the plain-Python reference on the same work.
 
-Greedy router, default profile, a bursty MAF-derived workload. For each N the program is
+Greedy router, default profile, a bursty workload: in request mode (`--batching request`) a
+MAF-derived schedule; in continuous mode the Azure LLM code trace replayed with its own prompt
+and output token counts (rescaled in time to `--rate`). For each N the program is
 compiled once (time shown apart) and then timed on fresh runs (best and median of
 --repeats), on one device and, on a multi-core CPU, also sharded over one device per core
 (N environments per device; they never interact, so the shards run independently:
 bes_jax.env.devices). The reference simulator runs the same router on arrivals drawn from
 the same workload, in one process. The last line is one JSON object.
 
-    python scripts/bench_sim.py [--n-envs 1 64 1024 8192] [--steps 200] [--devices auto] [--repeats 3]
+    python scripts/bench_sim.py [--batching request|continuous] [--n-envs 1 64 1024 8192] [--steps 200]
+                                [--devices auto] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -41,6 +44,10 @@ def main(argv=None):
     ap.add_argument("--profile", default="opt-a100-80gb")
     ap.add_argument("--placement", choices=["exclusive", "concurrent"], default="exclusive",
                     help="GPU sharing (the simulator's default: exclusive)")
+    ap.add_argument("--batching", choices=["request", "continuous"], default="request",
+                    help="serving model: request-level batches (the paper's) or continuous batching")
+    ap.add_argument("--rate", type=float, default=40.0,
+                    help="continuous mode: mean arrival rate (req/s) of the replayed trace")
     ap.add_argument("--rate-x", type=float, default=3.0, help="mean rate, x static OPT-6.7B's nominal capacity (the load of the figures in docs/benchmarks.md)")
     ap.add_argument("--devices", default="auto",
                     help="CPU devices to shard over (auto: one per core; 1: no sharding)")
@@ -57,25 +64,32 @@ def main(argv=None):
 
     from bes_jax import REPO_ROOT
     from bes_jax import workloads as W
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.capacity import nominal_capacity
     from bes_jax.profile import load_profile
+    from bes_jax.reference.continuous import ContinuousReferenceSimulator
     from bes_jax.reference.simulator import ReferenceSimulator
     from bes_jax.routers import greedy_action
     from bes_jax.sim_config import SimConfig
 
     profile = load_profile(args.profile)
-    cfg = SimConfig(placement=args.placement)
-    rate = args.rate_x * float(nominal_capacity(profile, cfg)[-1])  # the load docs/benchmarks.md was measured at
-    maf = REPO_ROOT.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv"
-    wp = W.maf(str(maf), target_mean_rate=rate, time_scale=6.0, minutes=[0, 60], n_tasks=profile.n_tasks)
-    env = ServingEnv(profile, cfg)
+    cfg = SimConfig(placement=args.placement, batching=args.batching)
+    traces = REPO_ROOT.parent / "shared" / "traces"
+    if args.batching == "request":
+        rate = args.rate_x * float(nominal_capacity(profile, cfg)[-1])  # the load docs/benchmarks.md was measured at
+        wp = W.maf(str(traces / "maf2019_invitro_500fn_min480-959.csv"), target_mean_rate=rate, time_scale=6.0,
+                   minutes=[0, 60], n_tasks=profile.n_tasks)
+        what = f"MAF minutes 0-60, mean {rate:.1f} req/s (x{args.rate_x} static OPT-6.7B nominal capacity)"
+    else:
+        rate = args.rate
+        wp = W.trace(str(traces / "AzureLLMInferenceTrace_code.csv"), target_mean_rate=rate, n_tasks=profile.n_tasks)
+        what = f"Azure LLM code trace with its token counts, mean {rate:.1f} req/s"
+    env = make_serving_env(profile, cfg)
     params = env.make_params(wp)
     device = jax.devices()[0]
     n_dev = jax.local_device_count() if device.platform == "cpu" else 1
     print(f"machine: {machine_name()}; jax {jax.__version__} on {device.platform} ({device.device_kind})")
-    print(f"workload: MAF minutes 0-60, mean {rate:.1f} req/s (x{args.rate_x} static OPT-6.7B nominal capacity); "
-          f"greedy router; placement {cfg.placement}")
+    print(f"workload: {what}; greedy router; batching {cfg.batching}; placement {cfg.placement}")
 
     def make(n):
         v_greedy = jax.vmap(greedy_action, in_axes=(0, None))
@@ -112,12 +126,18 @@ def main(argv=None):
         print(f"JAX  N={n * d:>6} on {d} device(s): compile+first run {compile_s:6.2f} s | best timed run {run_s:7.3f} s "
               f"| {dps:>12,.0f} decisions/s (median of {args.repeats}: {median:,.0f})", flush=True)
 
-    times, tasks = W.sample_arrivals(jax.random.PRNGKey(3), wp, args.reference_decisions)
-    ref = ReferenceSimulator(profile, cfg)
     ref_s = []
+    if args.batching == "request":
+        times, tasks = W.sample_arrivals(jax.random.PRNGKey(3), wp, args.reference_decisions)
+        ref = ReferenceSimulator(profile, cfg)
+        run_ref = lambda: ref.run(np.asarray(times, np.float64), np.asarray(tasks), "greedy", drain=False)
+    else:
+        times, tasks, prompt, output = W.sample_arrivals(jax.random.PRNGKey(3), wp, args.reference_decisions, tokens=True)
+        ref = ContinuousReferenceSimulator(profile, cfg)
+        run_ref = lambda: ref.run(np.asarray(times, np.float64), np.asarray(tasks), prompt, output, "greedy", drain=False)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        ref.run(np.asarray(times, np.float64), np.asarray(tasks), "greedy", drain=False)
+        run_ref()
         ref_s.append(time.perf_counter() - t0)
     ref_s = min(ref_s)  # best against best
     ref_dps = args.reference_decisions / ref_s
@@ -130,7 +150,8 @@ def main(argv=None):
     if args.write_docs:
         doc = REPO_ROOT / "docs" / "benchmarks.md"
         lines = [f"\n### bench_sim ({time.strftime('%Y-%m-%d')}; {machine_name()}; jax {jax.__version__} "
-                 f"{device.platform}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; placement {cfg.placement}; "
+                 f"{device.platform}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; batching {cfg.batching}; "
+                 f"placement {cfg.placement}; {what}; "
                  f"best of {args.repeats})\n",
                  "| N envs | devices | compile + first run (s) | timed run (s) | decisions/s | median |",
                  "|---:|---:|---:|---:|---:|---:|"]
@@ -141,7 +162,7 @@ def main(argv=None):
         with doc.open("a") as fh:
             fh.write("\n".join(lines))
     print(json.dumps({"decisions_per_s": best["decisions_per_s"], "n_envs": best["n_envs"], "devices": best["devices"],
-                      "ratio_vs_reference": ratio, "placement": cfg.placement}))
+                      "ratio_vs_reference": ratio, "placement": cfg.placement, "batching": cfg.batching}))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def main(argv=None):
     from bes_jax import REPO_ROOT
     from bes_jax.agents.training import setup_training
     from bes_jax.config import compose_train_config
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.baselines import build_eval_workloads
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.routers import Router, baseline_routers
@@ -41,7 +41,7 @@ def main(argv=None):
     wname = str(cfg.progress.workload)
     node, wp = build_eval_workloads(cfg.eval, s["profile"], s["cap_large"])[wname]
     n_eval = int(cfg.progress.n_decisions)
-    env = ServingEnv(s["profile"], eval_config(s["sim_cfg"], n_eval))
+    env = make_serving_env(s["profile"], eval_config(s["sim_cfg"], n_eval))
     params = env.make_params(wp)
     n_windows = metric_windows(n_eval, 5.0, wp)
     keys = jnp.stack([jax.random.PRNGKey(7), jax.random.PRNGKey(8)])

@@ -28,7 +28,7 @@ def main(argv=None):
     from bes_jax.agents.training import setup_training
     from bes_jax.config import compose_train_config
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.metrics import to_report
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.routers import Router, baseline_routers
@@ -45,7 +45,7 @@ def main(argv=None):
     # baselines do not depend on the training seed: evaluate them once
     base = evaluate_against_baselines(s["profile"], s["sim_cfg"], baseline_routers(s["profile"]), evals, n_eval,
                                       list(cfg.eval.seeds), window_s)
-    env = ServingEnv(s["profile"], eval_config(s["sim_cfg"], n_eval))
+    env = make_serving_env(s["profile"], eval_config(s["sim_cfg"], n_eval))
     keys = jnp.stack([jax.random.PRNGKey(int(k)) for k in cfg.eval.seeds])
     per_seed = [{w: {"workload": base[w]["workload"], "routers": {}} for w in evals} for _ in args.seeds]
     for w, (node, wp) in evals.items():

@@ -44,7 +44,7 @@ def main(argv=None):
     from bes_jax.config import compose_train_config
     from bes_jax.workloads.from_config import trace_part
     from bes_jax.eval.experiments import evaluate_variants
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.metrics import to_report
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
@@ -97,7 +97,7 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- 2. unpredictable MAF slices
     maf_path = str(REPO_ROOT.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv")
-    env = ServingEnv(profile, eval_config(sim_cfg, n))
+    env = make_serving_env(profile, eval_config(sim_cfg, n))
     keys = jnp.stack([jax.random.PRNGKey(k) for k in eval_seeds])
     slices = []
     for sl in exp.maf_slices:
@@ -141,7 +141,7 @@ def main(argv=None):
     # ---------------------------------------------------------------- 3. hardware utility
     def static_large_on(n_gpus):
         c = dataclasses.replace(sim_cfg, n_gpus=n_gpus, replicas=tuple([0] * large + [n_gpus]))
-        e = ServingEnv(profile, eval_config(c, n))
+        e = make_serving_env(profile, eval_config(c, n))
         return [run_metrics_for(baselines[stat], wp, e) for _, wp in slices]
 
     learned_gp = [np.mean([pooled(maf[l]["learned"][i], "quality_goodput_per_gpu") for l in maf]) for i in range(len(seeds))]
@@ -163,7 +163,7 @@ def main(argv=None):
     placement = {}
     label, wp = slices[1]
     for pl in ("concurrent", "exclusive"):
-        e = ServingEnv(profile, eval_config(dataclasses.replace(sim_cfg, placement=pl), n))
+        e = make_serving_env(profile, eval_config(dataclasses.replace(sim_cfg, placement=pl), n))
         placement[pl] = {"greedy": pooled(run_metrics_for(baselines["greedy"], wp, e), "performance"),
                          stat: pooled(run_metrics_for(baselines[stat], wp, e), "performance"),
                          f"learned (trained {sim_cfg.placement})": float(np.mean([pooled(run_metrics_for(r, wp, e), "performance")
@@ -181,7 +181,7 @@ def main(argv=None):
                                                     jax.tree.map(lambda x: x[i], tv.obs_stats))) for i in range(len(seeds))]
 
     def on(sim, routers, wp, key="performance"):
-        e = ServingEnv(profile, eval_config(sim, n))
+        e = make_serving_env(profile, eval_config(sim, n))
         return [pooled(run_metrics_for(r, wp, e), key) for r in routers]
 
     label_w, wp_w = slices[-1]
@@ -224,7 +224,7 @@ def main(argv=None):
     say("robustness done")
 
     # ---------------------------------------------------------------- 6. per-task deadlines, task-mix shift
-    env_e = ServingEnv(profile, eval_config(sim_cfg, n))
+    env_e = make_serving_env(profile, eval_config(sim_cfg, n))
     base_dl = np.asarray(sim_cfg.task_deadlines(profile), np.float64)
     dl_variants = {"default": base_dl}
     dl_variants.update({str(k): np.round(base_dl * np.asarray(list(v), np.float64), 4)
@@ -303,7 +303,7 @@ def main(argv=None):
     nreq = np.asarray(maf[label]["greedy"][0]["windows"]["n_requests"], float)
     axes[1].bar(np.arange(nreq.size) * window_s, nreq / window_s, width=window_s, align="edge", color="gray")
     axes[1].set_ylabel("arrivals / s")
-    env_l = ServingEnv(profile, eval_config(sim_cfg, n))
+    env_l = make_serving_env(profile, eval_config(sim_cfg, n))
     mm = jax.jit(make_evaluate(env_l, learned[0], n, window_s, metric_windows(n, window_s, wp)))(keys[:1], env_l.make_params(wp))
     share = np.asarray(mm["windows"]["share"][0])[: nreq.size]
     axes[2].stackplot(np.arange(share.shape[0]) * window_s, share.T, labels=profile.model_names)

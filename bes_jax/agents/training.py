@@ -95,7 +95,7 @@ def setup_training(cfg: DictConfig) -> dict:
     from bes_jax.agents.dqn import DQN, DQNConfig
     from bes_jax.agents.pqn import PQN, PQNConfig
     from bes_jax.config import sim_config_from
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.capacity import measured_capacity
     from bes_jax.profile import load_profile
 
@@ -105,7 +105,7 @@ def setup_training(cfg: DictConfig) -> dict:
     dqn_cfg = DQNConfig(**{**dqn_dict, "hidden": tuple(dqn_dict["hidden"])})
     cap_large = measured_capacity(profile, sim_cfg)
     bank = build_training_bank(cfg.train_family, profile, sim_cfg, cap_large, int(cfg.seed))
-    env = ServingEnv(profile, sim_cfg)
+    env = make_serving_env(profile, sim_cfg)
     base_params = env.make_params(jax.tree.map(lambda x: x[0], bank))
     shaping = cfg.train_family.get("miss_penalty")
     if shaping is not None:  # training reward only: evaluation keeps the sim's reward

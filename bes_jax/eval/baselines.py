@@ -43,11 +43,11 @@ def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: i
     import jax
     import jax.numpy as jnp
 
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.metrics import SCALAR_METRICS, to_report
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
 
-    eval_env = ServingEnv(profile, eval_config(sim_cfg, n_eval))
+    eval_env = make_serving_env(profile, eval_config(sim_cfg, n_eval))
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
     results = {}
     for wname, (node, wp) in evals.items():

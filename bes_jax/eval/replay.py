@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bes_jax.env import ServingEnv
+from bes_jax.env import make_serving_env
 from bes_jax.eval.metrics import run_metrics, to_report
 from bes_jax.eval.rollout import eval_config, make_run
 from bes_jax.profile import Profile
@@ -52,7 +52,7 @@ def run_jax_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, seed=0, w
     from bes_jax.workloads import trace as trace_workload
 
     cfg = eval_config(sim_cfg, n)
-    env = ServingEnv(profile, cfg)
+    env = make_serving_env(profile, cfg)
     wp = trace_workload(times=np.asarray(times), tasks=np.asarray(tasks), n_tasks=profile.n_tasks)
     params = env.make_params(wp)
     actions = host_actions(router_cfg, profile, sim_cfg, n, seed)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes_jax import workloads as W
-from bes_jax.env import ServingEnv
+from bes_jax.env import make_serving_env
 from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
 from bes_jax.profile import Profile
 from bes_jax.routers import Router
@@ -26,7 +26,7 @@ def sweep_rates(profile: Profile, cfg: SimConfig, router: Router, rates, n_decis
     """
     rates = np.asarray(rates, np.float64)
     build = workload or (lambda r: W.poisson(float(r), n_tasks=profile.n_tasks))
-    env = ServingEnv(profile, eval_config(cfg, n_decisions))
+    env = make_serving_env(profile, eval_config(cfg, n_decisions))
     wps = W.stack_workloads([build(r) for r in rates for _ in seeds])
     base = env.make_params(build(rates[0]))
     params = base.replace(workload=wps)
