@@ -53,6 +53,9 @@ def test_azure_facts(azure):
     g = np.diff(t)
     assert abs((t.size - 1) / t[-1] - 2.57) < 0.01 and 12 < g.std() / g.mean() < 14 and 210 < g.max() < 220
     assert np.median(azure["context_tokens"]) == 1469 and np.median(azure["generated_tokens"]) == 13
+    assert azure["prompt"].dtype == np.int32 and (azure["prompt"] == azure["context_tokens"]).all()
+    assert (azure["output"] == azure["generated_tokens"]).all()
+    assert (azure["prompt"].min(), azure["prompt"].max(), azure["output"].min(), azure["output"].max()) == (3, 7437, 6, 1899)
     np.testing.assert_array_equal(load_timestamp_csv(AZURE), t)  # TIMESTAMP auto-detected
     np.testing.assert_array_equal(load_trace_times(AZURE), t)
 

@@ -292,3 +292,26 @@ def test_config_formats(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"evals.x.prompt_column = 'inp': only used with"):
         build_workload({"kind": "trace", "path": "m.jsonl", "format": "mooncake", "prompt_column": "inp"}, _Prof,
                        field="evals.x")
+
+
+def test_sample_arrivals_fills_missing_tokens_from_the_profile():
+    """With a profile the host arrays are complete: given tokens kept, -1 drawn per task."""
+    from conftest import continuous_profile_dict
+    from bes_jax.profile import profile_from_dict
+
+    prof = profile_from_dict(continuous_profile_dict())  # t0: fixed 48 / 6; t1: uniform 8..300, lognormal
+    wp = W.trace(times=TIMES, prompt=[5, -1, 7, -1], output=[-1, 3, 4, -1], n_tasks=2, **PADS)
+    t, task, p, o = W.sample_arrivals(KEY, wp, 300, tokens=True, profile=prof)
+    t0, task0, p0, o0 = W.sample_arrivals(KEY, wp, 300, tokens=True)
+    np.testing.assert_array_equal(t, t0)
+    np.testing.assert_array_equal(task, task0)
+    given = p0 >= 0
+    np.testing.assert_array_equal(p[given], p0[given])
+    np.testing.assert_array_equal(o[o0 >= 0], o0[o0 >= 0])
+    assert (p >= 1).all() and (o >= 1).all()
+    drawn0, drawn1 = ~given & (task == 0), ~given & (task == 1)
+    assert drawn0.any() and drawn1.any()
+    assert (p[drawn0] == 48).all() and (o[(o0 < 0) & (task == 0)] == 6).all()
+    assert (8 <= p[drawn1]).all() and (p[drawn1] <= 300).all() and len(set(p[drawn1].tolist())) > 10
+    with pytest.raises(ValueError, match="needs tokens=True"):
+        W.sample_arrivals(KEY, wp, 300, profile=prof)

@@ -405,10 +405,25 @@ def _scan_arrivals(key, wp: WorkloadParams, n: int, tokens: bool = False):
     return tuple(jnp.concatenate([a[None], b]) for a, b in zip(first, rest))
 
 
-def sample_arrivals(key, wp: WorkloadParams, n: int, tokens: bool = False) -> tuple[np.ndarray, ...]:
+@jax.jit
+def _fill_tokens(key, tasks, prompt, output, prompt_la, output_la):
+    from bes_jax.lengths import draw_length
+
+    keys = jax.random.split(key, tasks.shape[0])
+    draw = lambda salt, la: jax.vmap(lambda k, t: draw_length(jax.random.fold_in(k, salt), t, la))(keys, tasks)
+    return (jnp.where(prompt < 0, draw(1, prompt_la), prompt).astype(jnp.int32),
+            jnp.where(output < 0, draw(2, output_la), output).astype(jnp.int32))
+
+
+def sample_arrivals(key, wp: WorkloadParams, n: int, tokens: bool = False, profile=None) -> tuple[np.ndarray, ...]:
     """The first `n` arrivals ``(times, tasks)`` of one workload as numpy arrays; with
     ``tokens=True`` ``(times, tasks, prompt, output)``, the tokens int64 with -1 where the
-    workload gives none (schedules; traces without tokens): the simulator draws those.
+    workload gives none (schedules; traces without tokens).
+
+    With a `profile` (and ``tokens=True``) those -1 are drawn on the spot from each request's
+    task length distributions (`bes_jax.lengths.draw_length`, keys derived from `key`), so the
+    arrays are complete and feed the JAX simulator and the reference twin the very same
+    requests. Without one, each simulator draws the missing tokens itself.
 
     Runs `workload_init` then `workload_next` (their ``_request`` variants with `tokens`, which
     give the same times and tasks) under `jax.lax.scan`: the same draws the JAX simulator makes
@@ -419,5 +434,17 @@ def sample_arrivals(key, wp: WorkloadParams, n: int, tokens: bool = False) -> tu
         raise ValueError(f"n = {n!r}: must be a positive integer")
     if np.ndim(wp.kind) != 0:
         raise ValueError("sample_arrivals: wp must be a single workload, not a stack")
-    out = _scan_arrivals(_as_key(key), wp, int(n), bool(tokens))
+    if profile is not None and not tokens:
+        raise ValueError("sample_arrivals: profile= fills in tokens, so it needs tokens=True")
+    key = _as_key(key)
+    out = _scan_arrivals(key, wp, int(n), bool(tokens))
+    if profile is not None:
+        from bes_jax.lengths import length_arrays
+
+        if len(profile.tasks) != wp.n_tasks:
+            raise ValueError(f"sample_arrivals: profile {getattr(profile, 'name', '')!r} has {len(profile.tasks)} "
+                             f"tasks, the workload {wp.n_tasks}")
+        out = out[:2] + _fill_tokens(jax.random.fold_in(key, 0x746F6B), out[1], out[2], out[3],
+                                     length_arrays([t.prompt_dist for t in profile.tasks]),
+                                     length_arrays([t.output_dist for t in profile.tasks]))
     return (np.asarray(out[0], np.float64),) + tuple(np.asarray(x, np.int64) for x in out[1:])
