@@ -305,12 +305,240 @@ def analyse(profile, health: dict, rec: list, tolerances: dict | None = None) ->
     return part, arrays
 
 
+# ----------------------------------------------------------------------------- continuous mode (pool=engines)
+
+#: tolerances of the verdict against real engines (issue 13): availability within 3 points,
+#: p50 end-to-end within 10% and p50 TTFT within 20% of the continuous simulator's
+CONTINUOUS_TOLERANCES = {"availability_points": 3.0, "e2e_p50_rel": 0.10, "ttft_p50_rel": 0.20}
+
+
+async def _drive_stream(url: str, times, tasks, task_names, prompt_lens, out_lens, timeout: float,
+                        chars_per_token: float = 1.0, api_key=None):
+    """Open-loop streamed completions; per request the gateway's facts (arrival, TTFT, e2e, model,
+    the engine's token counts) from the stream's last chunk, or its error."""
+    import httpx
+    n = len(times)
+    rec = [None] * n
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers) as client:
+        loop = asyncio.get_running_loop()
+
+        async def one(i):
+            t = int(tasks[i])
+            p_len, o_len = int(prompt_lens[i]), int(out_lens[i])
+            body = {"model": "auto", "task": task_names[t], "max_tokens": o_len, "stream": True,
+                    "prompt": prompt_for(task_names[t], max(1, int(round(p_len * chars_per_token))), i)}
+            sent = loop.time()
+            status, facts, err, first = -1, {}, None, None
+            try:
+                async with client.stream("POST", "/v1/completions", json=body) as r:
+                    status = r.status_code
+                    if status != 200:
+                        d = json.loads(await r.aread() or b"{}")
+                        facts, err = d.get("bes") or {}, (d.get("error") or {}).get("code")
+                    else:
+                        async for line in r.aiter_lines():
+                            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                                continue
+                            d = json.loads(line[5:])
+                            if first is None and any(ch.get("text") for ch in d.get("choices") or []):
+                                first = loop.time() - sent
+                            if "error" in d:
+                                err = d["error"].get("code") or "stream_error"
+                                facts = d.get("bes") or facts
+                            elif "bes" in d:
+                                facts = d["bes"]
+            except Exception as e:  # a transport failure counts as a failed request
+                err = f"transport: {type(e).__name__}"
+            rec[i] = {"i": i, "task": t, "status": status if err is None or status != 200 else 599,
+                      "e2e_s": loop.time() - sent, "client_ttft_s": first, "send_s": sent - t0, "bes": facts,
+                      "error": err, "prompt_len": p_len, "max_tokens": o_len}
+
+        t0 = loop.time()
+        pending = []
+        for i in range(n):
+            delay = t0 + float(times[i]) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*pending)
+    return rec
+
+
+def _pct(x, q):
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(np.percentile(x, q)) if x.size else float("nan")
+
+
+def summarise_continuous(deadlines, tasks, served, e2e, ttft) -> dict:
+    """Availability (served within the end-to-end deadline, over all requests) and percentiles."""
+    d = np.asarray(deadlines, float)[np.asarray(tasks)]
+    e2e = np.where(served, e2e, np.nan)
+    ttft = np.where(served, ttft, np.nan)
+    on_time = served & (np.nan_to_num(e2e, nan=np.inf) <= d)
+    out = {"n_requests": int(len(tasks)), "n_served": int(served.sum()), "availability": float(on_time.mean())}
+    for name, x in (("e2e", e2e), ("ttft", ttft)):
+        for q in (50, 90, 99):
+            out[f"{name}_p{q}"] = _pct(x, q)
+    return out
+
+
+def compare_continuous(live: dict, sim: dict, tolerances: dict | None = None) -> dict:
+    tol = {**CONTINUOUS_TOLERANCES, **(tolerances or {})}
+
+    def rel(a, b):
+        return float((a - b) / b) if b else float("nan")
+    gap = 100 * (live["availability"] - sim["availability"])
+    e2e, ttft = rel(live["e2e_p50"], sim["e2e_p50"]), rel(live["ttft_p50"], sim["ttft_p50"])
+    ok = {"availability": bool(abs(gap) <= tol["availability_points"]),
+          "e2e_p50": bool(abs(e2e) <= tol["e2e_p50_rel"]), "ttft_p50": bool(abs(ttft) <= tol["ttft_p50_rel"])}
+    return {"availability_gap_points": gap, "e2e_p50_rel": e2e, "ttft_p50_rel": ttft,
+            "e2e_p99_rel": rel(live["e2e_p99"], sim["e2e_p99"]), "tolerances": tol, "within": ok,
+            "passed": all(ok.values())}
+
+
+def analyse_continuous(profile, health: dict, rec: list, tolerances: dict | None = None) -> tuple[dict, dict]:
+    """Replay recorded requests through the continuous reference twin with ``profile``: the same
+    arrivals (the gateway's clock), prompt and output token counts (as the engine reported them)
+    and model choices; compare availability, p50 end-to-end and p50 TTFT."""
+    from bes_jax.reference.continuous import SERVED as CSERVED, ContinuousReferenceSimulator
+    from bes_jax.sim_config import sim_config_from_mapping
+    n = len(rec)
+    midx = {m: i for i, m in enumerate(profile.model_names)}
+    tasks = np.array([r["task"] for r in rec], np.int64)
+    model = np.array([midx.get((r.get("bes") or {}).get("model"), -1) for r in rec])
+    arr = np.array([(r.get("bes") or {}).get("arrival_s", np.nan) if (r.get("bes") or {}).get("arrival_s")
+                    is not None else np.nan for r in rec], float)
+    served_live = np.array([r["status"] == 200 and not r.get("error") for r in rec])
+
+    def tokens(r, key, fallback):
+        v = (r.get("bes") or {}).get(key)
+        return int(v) if isinstance(v, (int, float)) and v > 0 else int(fallback)
+    prompts = np.array([tokens(r, "prompt_tokens", (r.get("bes") or {}).get("prompt_tokens_counted")
+                               or r.get("prompt_len", 1)) for r in rec], np.int64)
+    outputs = np.array([tokens(r, "completion_tokens", r.get("max_tokens", 1)) for r in rec], np.int64)
+    e2e_live = np.array([(r.get("bes") or {}).get("e2e_s", np.nan) or np.nan for r in rec], float)
+    ttft_live = np.array([(r.get("bes") or {}).get("ttft_s", np.nan) or np.nan for r in rec], float)
+    known = (model >= 0) & np.isfinite(arr)
+    order = np.argsort(np.where(known, arr, np.inf), kind="stable")
+    order = order[known[order]]
+    sim_cfg = sim_config_from_mapping({**health["sim_config"], "episode_len": max(1, n),
+                                       "outcome_slots": max(2048, n + 1)})
+    res = ContinuousReferenceSimulator(profile, sim_cfg).run(arr[order] - arr[order][0], tasks[order],
+                                                               prompts[order], outputs[order], model[order])
+    sim_served = np.zeros(n, bool)
+    sim_e2e, sim_ttft = np.full(n, np.nan), np.full(n, np.nan)
+    sim_served[order] = np.asarray(res.status) == CSERVED
+    sim_e2e[order], sim_ttft[order] = np.asarray(res.latency, float), np.asarray(res.ttft, float)
+    deadlines = np.asarray(health["deadlines_s"], float)
+    live = summarise_continuous(deadlines, tasks, served_live, e2e_live, ttft_live)
+    sim = summarise_continuous(deadlines, tasks, sim_served, sim_e2e, sim_ttft)
+    share = {m: float(np.mean(model == i)) for i, m in enumerate(profile.model_names)}
+    status = {}
+    for r in rec:
+        status[str(r["status"])] = status.get(str(r["status"]), 0) + 1
+    both = served_live & sim_served
+    per_model = {}
+    for i, m in enumerate(profile.model_names):
+        sel = both & (model == i)
+        if sel.any():
+            per_model[m] = {"n": int(sel.sum()),
+                            "e2e_ratio_p50": float(np.median(e2e_live[sel] / sim_e2e[sel])),
+                            "ttft_ratio_p50": float(np.median(ttft_live[sel] / sim_ttft[sel]))}
+    part = {"simulator": "bes_jax.reference.continuous.ContinuousReferenceSimulator",
+            "sim_config": {k: getattr(sim_cfg, k) for k in ("batching", "placement", "n_gpus", "replicas",
+                                                           "queue_capacity", "max_num_seqs",
+                                                           "max_num_batched_tokens", "deadline_scale")},
+            "http_status": status, "live": live, "sim": sim, "per_model_share": share,
+            "per_model_live_over_sim": per_model, "comparison": compare_continuous(live, sim, tolerances)}
+    arrays = {"model": model, "served": served_live, "e2e": e2e_live, "ttft": ttft_live,
+              "sim_served": sim_served, "sim_e2e": sim_e2e, "sim_ttft": sim_ttft,
+              "prompts": prompts, "outputs": outputs}
+    return part, arrays
+
+
+def markdown_continuous(rep: dict) -> str:
+    L, S, C = rep["live"], rep["sim"], rep["comparison"]
+    tol = C["tolerances"]
+    out = ["# bes-validate report (continuous batching, real engines)", "",
+           f"- server: {rep['url']} (router `{rep['router']}`, profile `{rep['profile']}`)",
+           f"- arrivals: {rep['arrivals']}, {rep['n_requests']} requests over {rep['duration_s']:.1f} s "
+           f"(offered {rep['offered_rate']:.1f} req/s); HTTP statuses {rep['http_status']}",
+           f"- simulator: {rep['simulator']} with {rep['sim_config']}",
+           f"- share: {', '.join(f'{m} {v:.0%}' for m, v in rep['per_model_share'].items())}", "",
+           "| metric | live | simulator |", "|---|---:|---:|",
+           f"| availability | {L['availability']:.2%} | {S['availability']:.2%} |",
+           f"| served | {L['n_served']} | {S['n_served']} |"]
+    for k in ("ttft_p50", "ttft_p90", "ttft_p99", "e2e_p50", "e2e_p90", "e2e_p99"):
+        out.append(f"| {k} | {L[k]:.4f} s | {S[k]:.4f} s |")
+    w = C["within"]
+    out += ["", f"- **verdict: {'PASSED' if C['passed'] else 'FAILED'}**",
+            f"- availability gap {C['availability_gap_points']:+.2f} points "
+            f"({'within' if w['availability'] else 'NOT within'} {tol['availability_points']:g})",
+            f"- p50 end-to-end {100 * C['e2e_p50_rel']:+.1f}% "
+            f"({'within' if w['e2e_p50'] else 'NOT within'} {100 * tol['e2e_p50_rel']:g}%)",
+            f"- p50 TTFT {100 * C['ttft_p50_rel']:+.1f}% "
+            f"({'within' if w['ttft_p50'] else 'NOT within'} {100 * tol['ttft_p50_rel']:g}%)",
+            f"- per model, median live / simulated per request: {rep['per_model_live_over_sim']}", ""]
+    return "\n".join(out)
+
+
+def validate_continuous(cfg, url: str, health: dict) -> dict:
+    """``bes-validate`` against ``bes-serve pool=engines``: streamed open-loop load, then the
+    continuous reference twin on the same arrivals, token counts and choices."""
+    import httpx
+
+    from bes_jax.profile import load_profile
+    prof_path = cfg.get("profile") or health["profile_source"]
+    profile = load_profile(prof_path)
+    names, T = profile.task_names, profile.n_tasks
+    times, tasks, src = make_arrivals(int(cfg.n_requests), float(cfg.rate), T, seed=int(cfg.seed),
+                                      mix=cfg.get("task_mix"), trace_path=cfg.get("trace_path"))
+    p_mean, o_mean = profile.mean_prompt_len, profile.mean_output_len
+    plens = np.maximum(1, np.round(p_mean[tasks])).astype(int)
+    olens = np.maximum(1, np.round(o_mean[tasks])).astype(int)
+    log.info("sending %d streamed requests (%s) to %s", len(times), src, url)
+    wall0 = time.time()
+    import os
+    key_env = cfg.get("api_key_env")
+    if key_env and key_env not in os.environ:
+        raise SystemExit(f"bes-validate: api_key_env = {key_env!r}: environment variable not set")
+    rec = asyncio.run(_drive_stream(url, times, tasks, names, plens, olens, float(cfg.client_timeout_s),
+                                    float(cfg.get("chars_per_token", 1.0) or 1.0),
+                                    os.environ[key_env] if key_env else None))
+    wall = time.time() - wall0
+    after = httpx.get(f"{url}/healthz", timeout=10).json()
+    tol = {k: float(cfg.get(f"tol_{k}")) for k in CONTINUOUS_TOLERANCES if cfg.get(f"tol_{k}", None) is not None}
+    part, a = analyse_continuous(profile, health, rec, tol)
+    rep = {"mode": "continuous", "url": url, "router": health["router"], "profile": profile.name,
+           "profile_source": str(prof_path), "arrivals": src, "n_requests": len(rec),
+           "duration_s": float(times[-1]), "wall_s": wall, "offered_rate": float(len(rec) / max(times[-1], 1e-9)),
+           **part, "server_counters_after": after.get("counters")}
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
+    per = []
+    for r in rec:
+        i = r["i"]
+        per.append({**r, "prompt_tokens": int(a["prompts"][i]), "output_tokens": int(a["outputs"][i]),
+                    "sim_served": bool(a["sim_served"][i]),
+                    "sim_e2e_s": None if not np.isfinite(a["sim_e2e"][i]) else float(a["sim_e2e"][i]),
+                    "sim_ttft_s": None if not np.isfinite(a["sim_ttft"][i]) else float(a["sim_ttft"][i])})
+    (out / "requests.json").write_text(json.dumps(per) + "\n")
+    (out / "report.md").write_text(markdown_continuous(rep))
+    return rep
+
+
 def validate(cfg) -> dict:
     import httpx
 
     from bes_jax.profile import load_profile
     url = str(cfg.url).rstrip("/")
     health = httpx.get(f"{url}/healthz", timeout=10).json()
+    if health.get("batching") == "continuous":  # bes-serve pool=engines
+        return validate_continuous(cfg, url, health)
     prof_path = cfg.get("profile") or health["profile_source"]
     profile = load_profile(prof_path)
     if profile.model_names != health["pool"]["models"]:
@@ -353,7 +581,7 @@ def _run(cfg) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     rep = validate(cfg)
-    print(markdown(rep))
+    print(markdown_continuous(rep) if rep.get("mode") == "continuous" else markdown(rep))
     if not rep["comparison"]["passed"]:
         raise SystemExit(1)
 
