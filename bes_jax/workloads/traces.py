@@ -2,7 +2,9 @@
 
 Every malformed input raises :class:`TraceError` naming the file, the line and the value:
 a silently mis-parsed trace would quietly change every experiment replayed from it.
-Line numbers are 1-based physical lines of the file (line 1 is the header).
+Line numbers are 1-based physical lines of the file (line 1 is a CSV's header, a JSONL file's
+first request). Token counts (prompt, output) are whole numbers >= 1, returned as int32 with
+-1 where a format has none; timestamps going backwards are an error (nothing is sorted).
 """
 from __future__ import annotations
 
