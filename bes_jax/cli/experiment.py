@@ -3,6 +3,9 @@ overrides) for several seeds in one vmapped program, evaluate the learned router
 baseline on named held-out workloads, and write ``result.json`` in the job's directory.
 
     bes-experiment -m sim.latency_weight=0,0.1,0.3      # Hydra multirun: one job per value
+    bes-experiment -m learner=dqn,pqn hydra/launcher=joblib   # the jobs in parallel on local cores
+
+Launchers (local cores, Slurm, Ray) and multi-host evaluation: docs/scaling.md.
 
 Performance is measured with the job's own simulator config (its deadlines and reward) unless
 ``eval_sim`` replaces fields for the evaluation.
@@ -68,7 +71,8 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
     out = {"overrides": list(overrides), "profile": profile.name, "train_seeds": seeds, "eval_seeds": list(cfg.eval.seeds),
            "n_decisions": int(cfg.eval.n_decisions), "sim": setup["sim_cfg"].to_dict(), "eval_sim": sim_cfg.to_dict(),
            "train_family": OmegaConf.to_container(cfg.train_family, resolve=True),
-           "dqn": OmegaConf.to_container(cfg.dqn, resolve=True), "train_seconds": t_train,
+           "dqn": OmegaConf.to_container(cfg.dqn, resolve=True), "learner": setup["learner_name"],
+           "learner_config": setup["learner_dict"], "train_seconds": t_train,
            "seconds": time.perf_counter() - t0, "results": results}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "result.json").write_text(json.dumps(out, indent=1) + "\n")

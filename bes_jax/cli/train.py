@@ -1,5 +1,6 @@
-"""`bes-train`: the main job. Train a Double-DQN router end to end in JAX, resume from
-checkpoints, evaluate on held-out workloads against every baseline, plot, export.
+"""`bes-train`: the main job. Train a router end to end in JAX (Double DQN, or PQN with
+``learner=pqn``), resume from checkpoints, evaluate on held-out workloads against every
+baseline, plot, export.
 
 Outputs in Hydra's run directory: ``checkpoints/``, ``policy/`` (weights.npz +
 metadata.json), ``results.json``, ``train.png``.
@@ -36,7 +37,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
 
     from bes_jax.agents.export import export_policy
     from bes_jax.agents.trainer import run_training
-    from bes_jax.env import ServingEnv
+    from bes_jax.env import make_serving_env
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.routers import Router, baseline_routers
 
@@ -44,8 +45,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     setup = setup_training(cfg)
     profile, sim_cfg, dqn_cfg, dqn_dict = setup["profile"], setup["sim_cfg"], setup["dqn_cfg"], setup["dqn_dict"]
     cap_large = setup["cap_large"]
-    fns = setup["fns"]
-    init, train_chunk, greedy_policy = fns.init, fns.train_chunk, fns.greedy_policy
+    learner, lcfg, lname = setup["learner"], setup["learner_cfg"], setup["learner_name"]
+    init, train_chunk, greedy_policy = learner.init, learner.train_chunk, learner.greedy_policy
     _out(f"profile {profile.name}, placement {sim_cfg.placement}: static {profile.model_names[-1]} sustains "
          f"{cap_large:.2f} req/s (measured max_sustainable_rate; every rate_x is a multiple of it)")
 
@@ -55,7 +56,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         raise ValueError(f"progress.workload = {cfg.progress.workload!r}: not a tuning-set workload "
                          f"(tuning.workloads: {sorted(tuning)}); progress is never measured on the test set")
     prog_n = int(cfg.progress.n_decisions)
-    prog_env = ServingEnv(profile, eval_config(sim_cfg, prog_n))
+    prog_env = make_serving_env(profile, eval_config(sim_cfg, prog_n))
     prog_params = prog_env.make_params(tuning[cfg.progress.workload][1])
     prog_windows = metric_windows(prog_n, float(cfg.eval.window_s), prog_params)
 
@@ -68,28 +69,32 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         return ev(keys, prog_params)["performance"].mean()
 
     prog_keys = jnp.stack([jax.random.PRNGKey(7)])
-    n_chunks = dqn_cfg.iterations // dqn_cfg.chunk_iterations
-    decisions_per_chunk = dqn_cfg.chunk_iterations * dqn_cfg.n_envs
+    n_chunks = learner.n_chunks
+    decisions_per_chunk = learner.env_steps_per_chunk
 
     def on_chunk(c, ts, logs, seconds):
         perf = float(progress_eval(ts.params, ts.obs_stats, prog_keys))
-        _out(f"[chunk {c + 1:>3}/{n_chunks}] decisions {int(ts.iteration) * dqn_cfg.n_envs:>9,d} | "
+        _out(f"[chunk {c + 1:>3}/{n_chunks}] decisions {int(ts.iteration) * lcfg.n_envs:>9,d} | "
              f"{decisions_per_chunk / seconds:>9,.0f} env steps/s | "
-             f"{dqn_cfg.chunk_iterations * dqn_cfg.updates_per_iteration / seconds:>7,.0f} grad steps/s | "
+             f"{learner.grad_steps_per_chunk / seconds:>7,.0f} grad steps/s | "
              f"loss {float(np.nanmean(np.asarray(logs['loss']))):.4f} | eps {float(logs['epsilon'][-1]):.3f} | "
              f"eval performance ({cfg.progress.workload}) {perf:.4f}")
-        return {"eval_performance": perf, "decisions": int(ts.iteration) * dqn_cfg.n_envs}
+        return {"eval_performance": perf, "decisions": int(ts.iteration) * lcfg.n_envs}
 
     fingerprint = {"profile": profile.identity(), "sim": sim_cfg.to_dict(), "dqn": dqn_dict, "seed": int(cfg.seed),
                    "train_family": OmegaConf.to_container(cfg.train_family, resolve=True)}
+    if lname != "dqn":  # a DQN run's fingerprint is what it always was (its checkpoints resume)
+        fingerprint = {**{k: v for k, v in fingerprint.items() if k != "dqn"}, "learner": lname, lname: setup["learner_dict"]}
+    _out(f"learner {lname}: {lcfg}")
     ts, history = run_training(init, train_chunk, n_chunks, jax.random.PRNGKey(int(cfg.seed)), run_dir / "checkpoints",
                                fingerprint=fingerprint, on_chunk=on_chunk, keep=int(cfg.checkpoint_keep), log=_out)
     t_train = time.perf_counter() - t_start
 
     policy_dir = export_policy(run_dir / "policy", ts.params, ts.obs_stats.mean, ts.obs_stats.var,
-                               obs_mode=sim_cfg.obs_mode, hidden=dqn_cfg.hidden, profile=profile,
+                               obs_mode=sim_cfg.obs_mode, hidden=lcfg.hidden, profile=profile,
                                sim_config=sim_cfg.to_dict(), train_config=fingerprint,
-                               mask_wait_x=dqn_cfg.mask_wait_x)
+                               mask_wait_x=lcfg.mask_wait_x, layer_norm=learner.layer_norm,
+                               kind="double-dqn q-network" if lname == "dqn" else "pqn q-network (layernorm)")
     _out(f"policy exported to {policy_dir}")
 
     # ---------------------------------------------------------------- held-out evaluation
@@ -99,7 +104,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     from bes_jax.eval.capacity import CAPACITY_PROTOCOL
     summary = {"profile": profile.name, "sim": sim_cfg.to_dict(),
                "capacity": {"model": profile.model_names[-1], "req_per_s": cap_large, **CAPACITY_PROTOCOL},
-               "tuning_set": sorted(tuning), "test_set": sorted(evals), "train_seconds": t_train, "history": history, "results": results,
+               "learner": lname, "tuning_set": sorted(tuning), "test_set": sorted(evals), "train_seconds": t_train, "history": history, "results": results,
                "policy_dir": str(policy_dir)}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     from bes_jax.eval.plots import plot_training
