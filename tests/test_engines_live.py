@@ -153,7 +153,8 @@ def test_validate_against_the_engines(live, tmp_path):
     from omegaconf import OmegaConf
 
     from bes_jax.serving import validate as V
-    cfg = OmegaConf.create({"url": live["srv"].url, "rate": 8.0, "n_requests": 40, "seed": 1, "trace_path": None,
+    cfg = OmegaConf.create({"url": live["srv"].url, "rate": 10.0, "n_requests": 40, "seed": 1, "trace_path": None,
+                            "arrival_source": "numpy",
                             "task_mix": None, "profile": None, "client_timeout_s": 60.0,
                             "out_dir": str(tmp_path / "v")})
     rep = V.validate(cfg)
