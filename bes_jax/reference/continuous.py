@@ -93,7 +93,8 @@ class ContinuousResult:
     ``observations`` [n, obs size]; ``clock`` the last arrival, or inf after a drain;
     ``final_reserved`` [R] KV reservation per replica at the end; ``trace``: with
     ``trace=True``, one dict per iteration (``server, replica, start, end, n, decode, prefill,
-    context, reserved`` the replica's reservation during it, ``kv_in_use`` at its start).
+    context, reserved`` the replica's reservation during it, ``kv_in_use`` at its start);
+    ``admission_stops``: how often admission stopped at a waiting head, by reason.
     """
 
     model: np.ndarray
@@ -117,6 +118,7 @@ class ContinuousResult:
     final_reserved: np.ndarray
     kv_budget: np.ndarray      # [R] kv_tokens of each replica's model
     trace: list | None = None
+    admission_stops: dict | None = None  # times admission stopped at a head: {"max_num_seqs", "kv"}
 
     @property
     def completed(self) -> np.ndarray:
@@ -195,6 +197,7 @@ class ContinuousReferenceSimulator:
         members = [[r for r, rep in enumerate(reps) if rep.server == s] for s in range(n_servers)]
         heap: list[tuple[float, int]] = []
         iters: list | None = [] if trace else None
+        stops = {"max_num_seqs": 0, "kv": 0}
 
         model = np.full(n, -1, np.int64)
         replica = np.full(n, -1, np.int64)
@@ -225,6 +228,7 @@ class ContinuousReferenceSimulator:
                     rep.reserved += int(served_p[h] + outputs[h])
                     status[h], start[h] = RUNNING, T
                 else:
+                    stops["max_num_seqs" if len(rep.running) >= S else "kv"] += 1
                     return
 
         def begin(s: int, r: int, T: float) -> None:
@@ -343,7 +347,7 @@ class ContinuousReferenceSimulator:
             tpot = np.where(done & (outputs > 1), (e2e - ttft) / np.maximum(outputs - 1, 1), np.nan)
         return ContinuousResult(model, replica, gpu, status, start, first, finish, e2e, ttft, tpot, reward, met,
                                 served_p, prompts.copy(), outputs.copy(), generated, observations, clock,
-                                np.array([rep.reserved for rep in reps], np.int64), kv_budget, iters)
+                                np.array([rep.reserved for rep in reps], np.int64), kv_budget, iters, stops)
 
     # ------------------------------------------------------------------ routing view
     def _snapshot(self, now, reps, servers, served_p, out_mean) -> rvc.Snapshot:
