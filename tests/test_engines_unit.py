@@ -451,3 +451,32 @@ def test_client_disconnect_cancels_upstream_and_drain(profile, fakes):
         th.join(10)
         assert out["r"].status_code == 200
     counters_add_up(svc)
+
+
+def test_in_process_pool_behind_the_engine_interface():
+    """The request-level PyTorch pool is an Engine too: whole answers, a one-chunk stream, health."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from bes_jax.serving.engines.base import Engine, EngineError
+    from bes_jax.serving.engines.pool_engine import PoolEngine
+    from bes_jax.serving.pool import Pool
+    pool = Pool(["tiny-s"], placement="concurrent", n_gpus=1, queue_capacity=4, b_max=2, num_threads=1,
+                executor="thread").start()
+    try:
+        eng = PoolEngine(pool, "tiny-s")
+        assert isinstance(eng, Engine)
+
+        async def go():
+            r = await eng.submit("/v1/completions", {"prompt": "hello", "max_tokens": 3})
+            async with eng.stream("/v1/completions", {"prompt": "hello", "max_tokens": 3, "stream": True}) as ev:
+                events = [e async for e in ev]
+            with pytest.raises(EngineError) as e:
+                await eng.submit("/v1/chat/completions", {"messages": []})
+            return r, events, e.value, await eng.health()
+        r, events, err, healthy = asyncio.run(go())
+        assert r.body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        assert r.body["model"] == "tiny-s" and healthy and err.kind == "client" and err.status == 404
+        assert len(events) == 3 and events[-1] == "data: [DONE]"
+        assert json.loads(events[0][5:])["choices"][0]["text"] == r.body["choices"][0]["text"]
+    finally:
+        pool.stop()
