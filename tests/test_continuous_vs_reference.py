@@ -1,6 +1,7 @@
 """The JAX continuous-batching simulator against its independent reference twin, request by
 request: admission, first token, completion, status, served prompt, reward, and the
-observation each decision was made on (docs/simulator.md "Continuous batching").
+observation each decision was made on (docs/simulator.md "Continuous batching"); and the two
+metric implementations on the same runs.
 
 Under x64 with the dyadic test profile (``conftest.continuous_profile_dict``) and arrival times
 on a 2^-20 s grid, every clock is exact in both simulators; the tolerance (1e-9) only covers the
@@ -24,6 +25,7 @@ import pytest
 from bes_jax import workloads as W
 from bes_jax.profile import profile_from_dict
 from bes_jax.reference.continuous import REJECTED, ContinuousReferenceSimulator
+from bes_jax.reference.metrics import compute_metrics
 from bes_jax.sim_config import SimConfig
 from conftest import TRACES, continuous_profile_dict
 
@@ -118,7 +120,19 @@ def run_jax(env, cases):
     for c in cases:
         params = ContinuousServingEnv(c["prof"], c["cfg"]).make_params(W.trace(
             times=c["times"], tasks=c["tasks"], n_tasks=2, prompt=c["prompt"], output=c["output"]))
-        yield jax.tree.map(np.asarray, run(params, jnp.asarray(c["actions"], jnp.int32), jnp.asarray(c["greedy"])))
+        out = run(params, jnp.asarray(c["actions"], jnp.int32), jnp.asarray(c["greedy"]))
+        yield jax.tree.map(np.asarray, out) + (params,)
+
+
+def check_metrics(o, params, ref, c, ctx):
+    """`bes_jax.eval.metrics.run_metrics` on the JAX outcomes = `compute_metrics` on the twin's."""
+    from bes_jax.eval.metrics import CONTINUOUS_METRICS, SCALAR_METRICS, metrics_kwargs, run_metrics
+    o_j = jax.tree.map(jnp.asarray, o)
+    got = run_metrics(o_j, params.quality, params.deadline, jnp.inf, c["cfg"].n_gpus, 10.0, 64,
+                      **metrics_kwargs(params))
+    want = compute_metrics(ref, c["times"], c["tasks"], c["prof"], c["cfg"], window_s=10.0)
+    for k in SCALAR_METRICS + CONTINUOUS_METRICS:
+        np.testing.assert_allclose(float(got[k]), want[k], rtol=1e-9, atol=1e-12, err_msg=f"{ctx} metric {k}")
 
 
 def flat_to_jax_replica(cfg, n_models, r_max):
@@ -146,7 +160,7 @@ def test_same_per_request_outcomes(layout):
     env = ContinuousServingEnv(cases[0]["prof"], base)
     to_jax = flat_to_jax_replica(base, env.n_models, env.r_max)
     seen_kinds = set()
-    for c_i, (c, (o, acts, seen)) in enumerate(zip(cases, run_jax(env, cases))):
+    for c_i, (c, (o, acts, seen, params)) in enumerate(zip(cases, run_jax(env, cases))):
         ctx = (f"{layout} case {c_i}: K={c['cfg'].max_num_batched_tokens} overflow={c['cfg'].context_overflow} "
                f"kv_bind={c['kv_bind']} {c['cfg'].deadline_kind} ttft={c['cfg'].ttft_deadlines} "
                f"greedy={c['greedy']}")
@@ -168,6 +182,9 @@ def test_same_per_request_outcomes(layout):
                              ("reward", "reward")):
             np.testing.assert_allclose(take(getattr(o, f_jax)), getattr(ref, f_ref), err_msg=f"{ctx} {f_jax}", **TOL)
         np.testing.assert_allclose(seen, ref.observations, err_msg=f"{ctx} observation", **TOL)
+        # both metric implementations on the same run
+        if c_i % 3 == 0:
+            check_metrics(o, params, ref, c, ctx)
         # what this case exercised
         seen_kinds.update(f"status {int(s)}" for s in np.unique(ref.status))
         seen_kinds.update(k for k, v in ref.admission_stops.items() if v)
