@@ -192,12 +192,13 @@ def compose(p, f, g, n_run, K, coef):
     S = p.shape[-1]
     valid = jnp.arange(S) < n_run[..., None]
     decode = valid & (f >= p)
-    D = jnp.sum(decode, axis=-1)
+    i32 = lambda x: x.astype(jnp.int32)
+    D = i32(jnp.sum(decode, axis=-1))
     need = jnp.where(valid & (f < p), p - f, 0)
-    before = jnp.cumsum(need, axis=-1) - need
+    before = i32(jnp.cumsum(need, axis=-1)) - need
     c = jnp.clip((K - D)[..., None] - before, 0, need)
-    P = jnp.sum(c, axis=-1)
-    n = D + jnp.sum(c > 0, axis=-1)
+    P = i32(jnp.sum(c, axis=-1))
+    n = D + i32(jnp.sum(c > 0, axis=-1))
     C = jnp.sum(jnp.where(c > 0, f + c, 0), axis=-1) + jnp.sum(jnp.where(decode, p + g, 0), axis=-1)
     return c, decode, iteration_time(coef, n, C, P + D)
 
@@ -249,8 +250,12 @@ class ContinuousServingEnv:
 
     # ------------------------------------------------------------------ params
     def make_params(self, workload: WorkloadParams, **overrides) -> ContinuousParams:
+        """Params from the profile and config; ``overrides`` replace fields (cast to the field's
+        dtype, so a Python number does not make a second compiled program)."""
         params = make_continuous_params(self.profile, self.cfg, workload, self.r_max)
-        return params.replace(**overrides) if overrides else params
+        cast = {k: jnp.asarray(v, getattr(params, k).dtype) if isinstance(getattr(params, k), jnp.ndarray) else v
+                for k, v in overrides.items()}
+        return params.replace(**cast) if cast else params
 
     # ------------------------------------------------------------------ tokens
     @staticmethod
@@ -500,13 +505,14 @@ class ContinuousServingEnv:
         realised = jnp.sum(jnp.where(done, value, 0.0))
         # 2. completions leave the running set (compacted, admission order kept)
         keep = valid & ~done
-        dest = jnp.where(keep, jnp.cumsum(keep) - 1, S)
+        i32 = lambda x: x.astype(jnp.int32)
+        dest = jnp.where(keep, i32(jnp.cumsum(keep)) - 1, S)
         r_row = jnp.zeros_like(seq).at[dest].set(jnp.stack([ids, pp, oo, f2, g2], axis=1), mode="drop")
         r_rep = st.rep[e, r]
-        r_rep = r_rep.at[N_RUN].set(jnp.sum(keep)).at[KV_RES].set(jnp.sum(jnp.where(keep, pp + oo, 0)))
-        r_rep = r_rep.at[KV_USED].set(jnp.sum(jnp.where(keep, f2 + g2, 0)))
+        r_rep = r_rep.at[N_RUN].set(i32(jnp.sum(keep))).at[KV_RES].set(i32(jnp.sum(jnp.where(keep, pp + oo, 0))))
+        r_rep = r_rep.at[KV_USED].set(i32(jnp.sum(jnp.where(keep, f2 + g2, 0))))
         done_task = jnp.sum(jnp.where(done[:, None], jax.nn.one_hot(task, Tn, dtype=jnp.int32), 0), axis=0)
-        r_rep = r_rep.at[N_TASK:].add(-done_task)
+        r_rep = r_rep.at[N_TASK:].add(-i32(done_task))
         # 4. admission on every replica of the server
         members = jnp.asarray(self.server_members)[s]  # [W]
         okm = members >= 0
@@ -528,8 +534,8 @@ class ContinuousServingEnv:
         else:
             expired = jnp.zeros_like(inq)
             ok = inq
-        cnt = jnp.cumsum(ok, axis=1)
-        kvcum = jnp.cumsum(jnp.where(ok, qp + qo, 0), axis=1)
+        cnt = i32(jnp.cumsum(ok, axis=1))
+        kvcum = i32(jnp.cumsum(jnp.where(ok, qp + qo, 0), axis=1))
         kv_m = p.kv_tokens[rw // Rm]
         admitted = ok & (n_run[:, None] + cnt <= S) & (kv_res[:, None] + kvcum <= kv_m[:, None])
         stop = jnp.min(jnp.where(ok & ~admitted, pos, self.window), axis=1)
@@ -542,12 +548,12 @@ class ContinuousServingEnv:
         rows = rows.at[wi, adest].set(jnp.stack([qids, qp, qo, zeros, zeros], axis=-1), mode="drop")
         n_run = n_run + jnp.sum(admitted, axis=1).astype(jnp.int32)
         rep = rep.at[:, N_RUN].set(n_run)
-        rep = rep.at[:, KV_RES].add(jnp.sum(jnp.where(admitted, qp + qo, 0), axis=1))
-        rep = rep.at[:, W_PROMPT].add(-jnp.sum(jnp.where(removed, qp, 0), axis=1))
+        rep = rep.at[:, KV_RES].add(i32(jnp.sum(jnp.where(admitted, qp + qo, 0), axis=1)))
+        rep = rep.at[:, W_PROMPT].add(-i32(jnp.sum(jnp.where(removed, qp, 0), axis=1)))
         rep = rep.at[:, Q_HEAD].set((head + n_removed) % C).at[:, Q_LEN].set(qlen - n_removed)
         if self.drop_expired:
             gone = jnp.sum(jnp.where(dropped[..., None], jax.nn.one_hot(qt, Tn, dtype=jnp.int32), 0), axis=1)
-            rep = rep.at[:, N_TASK:].add(-gone)
+            rep = rep.at[:, N_TASK:].add(-i32(gone))
             realised = realised + jnp.sum(dropped) * (-p.miss_penalty)
         # 5. the next iteration: r again (concurrent) / round-robin after r (exclusive)
         W = rw.shape[0]

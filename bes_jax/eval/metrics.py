@@ -9,21 +9,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bes_jax.env.state import DROPPED, QUEUED, REJECTED, SERVED, Outcomes
+from bes_jax.env.state import DROPPED, QUEUED, REJECTED, RUNNING, SERVED, Outcomes
 
 SCALAR_METRICS = (
     "performance", "peak", "pct_of_peak", "availability", "frac_windows_ge_96", "frac_windows_ge_98",
     "latency_p50", "latency_p90", "latency_p99", "n_requests", "n_completed", "n_dropped",
     "n_rejected", "n_in_system", "quality_goodput_per_gpu",
 )
+#: added for continuous-batching outcomes (docs/simulator.md "Continuous batching", "Metrics")
+CONTINUOUS_METRICS = (
+    "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50", "tpot_p90", "tpot_p99", "e2e_p50", "e2e_p90", "e2e_p99",
+    "output_tokens_per_s", "kv_utilisation", "slo_goodput",
+)
 
 
-def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: float, n_windows: int):
+def metrics_kwargs(params) -> dict:
+    """The extra `run_metrics` arguments a run's params give: none in request mode; under
+    continuous batching the TTFT / TPOT deadlines and the pool's KV budget."""
+    if not hasattr(params, "ttft_deadline"):
+        return {}
+    return {"ttft_deadline": params.ttft_deadline, "tpot_deadline": params.tpot_deadline,
+            "kv_pool": jnp.sum(params.replica_count * params.kv_tokens.astype(params.replica_count.dtype))}
+
+
+def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: float, n_windows: int, *,
+                ttft_deadline=None, tpot_deadline=None, kv_pool=None):
     """Metrics of one run. ``clock``: simulation time at the end (``inf`` after a drain).
 
     Windows are ``window_s`` seconds of simulated time by arrival, counted from the first
     arrival; at most ``n_windows`` (static) are kept, later arrivals fall outside all windows.
+    Continuous-batching outcomes (they have ``first_token``) add `CONTINUOUS_METRICS`; a request
+    then meets its deadline when every configured one holds (``ttft_deadline`` /
+    ``tpot_deadline`` [T], inf or None when not configured; `metrics_kwargs` gives them and
+    ``kv_pool``, the pool's KV budget in tokens).
     """
+    continuous = hasattr(o, "first_token")
     used = o.decision >= 0
     n = jnp.maximum(used.sum(), 1)
     served = used & (o.status == SERVED)
@@ -33,6 +53,14 @@ def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: fl
     peak_i = jnp.where(used, quality.max(axis=0)[o.task], 0.0)
     latency = o.finish - o.arrival
     met = completed & (latency <= deadline[o.task])
+    if continuous:
+        ttft = o.first_token - o.arrival
+        multi = o.output > 1
+        tpot = (latency - ttft) / jnp.maximum(o.output - 1, 1).astype(latency.dtype)
+        if ttft_deadline is not None:
+            met = met & (ttft <= ttft_deadline[o.task])
+        if tpot_deadline is not None:
+            met = met & (~multi | (tpot <= tpot_deadline[o.task]))
     t0 = jnp.min(jnp.where(used, o.arrival, jnp.inf))
     t1 = jnp.max(jnp.where(used, o.arrival, -jnp.inf))
     w = jnp.floor((o.arrival - t0) / window_s).astype(jnp.int32)
@@ -49,7 +77,7 @@ def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: fl
     performance = reward.sum() / n
     peak = peak_i.sum() / n
     span = jnp.maximum(t1 - t0, 1e-9)
-    return {
+    out = {
         "performance": performance,
         "peak": peak,
         "pct_of_peak": performance / peak,
@@ -61,7 +89,7 @@ def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: fl
         "n_completed": completed.sum(),
         "n_dropped": (used & (o.status == DROPPED)).sum(),
         "n_rejected": (used & (o.status == REJECTED)).sum(),
-        "n_in_system": (used & ((o.status == QUEUED) | (served & ~completed))).sum(),
+        "n_in_system": (used & ((o.status == QUEUED) | (o.status == RUNNING) | (served & ~completed))).sum(),
         "quality_goodput_per_gpu": reward.sum() / span / n_gpus,
         "per_model_share": share,
         "windows": {"pct_of_peak": w_pct, "n_requests": w_count,
@@ -69,12 +97,24 @@ def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: fl
                     "share": jnp.stack([seg((used & (o.model == m)).astype(reward.dtype)) for m in range(n_models)], -1)
                     / jnp.maximum(w_count, 1)[:, None]},
     }
+    if continuous:
+        pct = jnp.array([50.0, 90.0, 99.0])
+        for name, x, ok in (("ttft", ttft, completed), ("tpot", tpot, completed & multi), ("e2e", latency, completed)):
+            q = jnp.nanpercentile(jnp.where(ok, x, jnp.nan), pct)
+            out.update({f"{name}_p50": q[0], f"{name}_p90": q[1], f"{name}_p99": q[2]})
+        f = latency.dtype
+        tokens = jnp.sum(jnp.where(completed, o.output, 0)).astype(f)
+        held = jnp.sum(jnp.where(completed, (o.prompt + o.output).astype(f) * (o.finish - o.start), 0.0))
+        pool = jnp.nan if kv_pool is None else kv_pool
+        out.update({"output_tokens_per_s": tokens / span, "kv_utilisation": held / (pool * span),
+                    "slo_goodput": met.sum() / span})
+    return out
 
 
 def to_report(metrics: dict, model_names, window_s: float) -> dict:
     """Host-side JSON-able dict with SPEC names (per-window series kept under 'windows')."""
     out = {}
-    for k in SCALAR_METRICS:
+    for k in SCALAR_METRICS + tuple(k for k in CONTINUOUS_METRICS if k in metrics):
         v = np.asarray(metrics[k])
         out[k] = int(v) if k.startswith("n_") else float(v)
     share = np.asarray(metrics["per_model_share"])

@@ -52,10 +52,16 @@ def weighted(weights: Sequence[float]) -> Router:
 
 
 def greedy_action(state, params):
-    """Highest-quality model predicted to meet the deadline, else the fastest."""
-    d = params.deadline[state.task]
-    pred = state.predicted_finish
-    meets = pred - state.now <= d
+    """Highest-quality model predicted to meet the deadline, else the fastest.
+
+    Request mode predicts a completion time (``predicted_finish``, on time when it is within
+    the deadline of now); continuous batching predicts latencies and whether every configured
+    deadline is met (``meets``, ``pred_e2e``: docs/simulator.md "Continuous batching")."""
+    if hasattr(state, "meets"):  # ContinuousState
+        meets, pred = state.meets, state.pred_e2e
+    else:
+        pred = state.predicted_finish
+        meets = pred - state.now <= params.deadline[state.task]
     quality = params.quality[:, state.task]
     best = jnp.argmax(jnp.where(meets, quality, -jnp.inf))
     fastest = jnp.argmin(pred)
