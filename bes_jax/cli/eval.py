@@ -60,17 +60,26 @@ def run_eval(cfg: DictConfig, explicit_sim: set[str] | None = None) -> dict:
         raise ValueError(f"n_decisions = {n}: must be positive")
     from bes_jax.workloads import sample_arrivals
     wp = build_workload(cfg.workload, profile)
-    times, tasks = sample_arrivals(jax.random.PRNGKey(int(cfg.seed)), wp, n + 1)
+    key = jax.random.PRNGKey(int(cfg.seed))
+    tokens = {}
+    if sim_cfg.batching == "continuous":
+        # the trace's tokens, or draws from the profile's task distributions: both simulators
+        # then serve exactly the same requests
+        profile.require_continuous()
+        times, tasks, prompt, output = sample_arrivals(key, wp, n + 1, tokens=True, profile=profile)
+        tokens = {"prompt": prompt, "output": output}
+    else:
+        times, tasks = sample_arrivals(key, wp, n + 1)
     times, tasks = np.asarray(times, np.float64), np.asarray(tasks, np.int64)
     times = times - times[0]  # both simulators replay the same clock, starting at 0
     if cfg.simulator.name == "jax":
         from bes_jax.eval.replay import run_jax_on_arrivals
         report, per_request = run_jax_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n,
-                                                  seed=int(cfg.seed), window_s=float(cfg.window_s))
+                                                  seed=int(cfg.seed), window_s=float(cfg.window_s), **tokens)
     elif cfg.simulator.name == "reference":
         from bes_jax.eval.replay import run_reference_on_arrivals
         report, per_request = run_reference_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n,
-                                                        seed=int(cfg.seed), window_s=float(cfg.window_s))
+                                                        seed=int(cfg.seed), window_s=float(cfg.window_s), **tokens)
     else:
         raise ValueError(f"simulator.name = {cfg.simulator.name!r}: choose jax or reference")
     report["config"] = {
@@ -85,11 +94,13 @@ def run_eval(cfg: DictConfig, explicit_sim: set[str] | None = None) -> dict:
         print(f"metrics written to {cfg.out}")
     if cfg.requests_out:
         Path(cfg.requests_out).parent.mkdir(parents=True, exist_ok=True)
-        header = "request,arrival,task,model,status,start,finish,reward"
-        rows = np.column_stack([np.arange(n), per_request["arrival"], per_request["task"], per_request["model"],
-                                per_request["status"], per_request["start"], per_request["finish"], per_request["reward"]])
+        from bes_jax.eval.replay import CONTINUOUS_COLUMNS, REQUEST_COLUMNS
+        cols = REQUEST_COLUMNS + (CONTINUOUS_COLUMNS if "first_token" in per_request else ())
+        ints = {"task", "model", "status", "prompt_tokens", "output_tokens"}
+        header = ",".join(("request",) + cols)
+        rows = np.column_stack([np.arange(n)] + [np.asarray(per_request[c], np.float64) for c in cols])
         np.savetxt(cfg.requests_out, rows, delimiter=",", header=header, comments="",
-                   fmt=["%d", "%.9f", "%d", "%d", "%d", "%.9f", "%.9f", "%.9f"])
+                   fmt=["%d"] + ["%d" if c in ints else "%.9f" for c in cols])
         print(f"per-request results written to {cfg.requests_out}")
     return report
 

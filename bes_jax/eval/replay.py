@@ -48,30 +48,57 @@ def _replay_router(actions: np.ndarray) -> Router:
     return Router("replay", act)
 
 
-def run_jax_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, seed=0, window_s=10.0):
+#: per-request columns of `requests_out` (SPEC), and the extra ones of continuous batching
+REQUEST_COLUMNS = ("arrival", "task", "model", "status", "start", "finish", "reward")
+CONTINUOUS_COLUMNS = ("prompt_tokens", "output_tokens", "first_token")
+
+
+def _tokens_needed(sim_cfg, prompt, output):
+    if sim_cfg.batching != "continuous":
+        return
+    if prompt is None or output is None:
+        raise ValueError("continuous batching replays need each request's prompt and output tokens "
+                         "(sample_arrivals(..., tokens=True, profile=profile))")
+
+
+def run_jax_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, seed=0, window_s=10.0, prompt=None, output=None):
+    """``(report, per_request)`` of the JAX simulator on the given arrivals (and, in continuous
+    mode, tokens: the same requests the reference twin gets)."""
+    from bes_jax.eval.metrics import metrics_kwargs
     from bes_jax.workloads import trace as trace_workload
 
+    _tokens_needed(sim_cfg, prompt, output)
     cfg = eval_config(sim_cfg, n)
     env = make_serving_env(profile, cfg)
-    wp = trace_workload(times=np.asarray(times), tasks=np.asarray(tasks), n_tasks=profile.n_tasks)
+    tok = {} if cfg.batching != "continuous" else {"prompt": np.asarray(prompt), "output": np.asarray(output)}
+    wp = trace_workload(times=np.asarray(times), tasks=np.asarray(tasks), n_tasks=profile.n_tasks, **tok)
     params = env.make_params(wp)
     actions = host_actions(router_cfg, profile, sim_cfg, n, seed)
     router = _replay_router(actions) if actions is not None else make_router(router_cfg, profile)
     state = jax.tree.map(lambda x: x[0], jax.jit(make_run(env, router, n))(jax.random.PRNGKey(seed)[None], params))
     n_windows = int(np.ceil((times[n - 1] - times[0]) / window_s)) + 1
-    m = run_metrics(state.outcomes, params.quality, params.deadline, jnp.inf, cfg.n_gpus, window_s, n_windows)
+    m = run_metrics(state.outcomes, params.quality, params.deadline, jnp.inf, cfg.n_gpus, window_s, n_windows,
+                    **metrics_kwargs(params))
     report = to_report(m, profile.model_names, window_s)
     o = jax.tree.map(np.asarray, state.outcomes)
     order = np.argsort(np.where(o.decision >= 0, o.decision, np.iinfo(np.int32).max))[:n]
-    per_request = {k: getattr(o, k)[order] for k in ("arrival", "task", "model", "status", "start", "finish", "reward")}
+    per_request = {k: getattr(o, k)[order] for k in REQUEST_COLUMNS}
+    if cfg.batching == "continuous":
+        per_request.update(prompt_tokens=o.prompt[order], output_tokens=o.output[order],
+                           first_token=o.first_token[order])
     return report, per_request
 
 
-def run_reference_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, seed=0, window_s=10.0):
+def run_reference_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, seed=0, window_s=10.0,
+                              prompt=None, output=None):
+    """`run_jax_on_arrivals` with the reference twin of the configured batching mode."""
+    from bes_jax.reference.continuous import ContinuousReferenceSimulator
     from bes_jax.reference.metrics import compute_metrics
     from bes_jax.reference.simulator import ReferenceSimulator
 
-    sim = ReferenceSimulator(profile, sim_cfg)
+    _tokens_needed(sim_cfg, prompt, output)
+    continuous = sim_cfg.batching == "continuous"
+    sim = (ContinuousReferenceSimulator if continuous else ReferenceSimulator)(profile, sim_cfg)
     actions = host_actions(router_cfg, profile, sim_cfg, n, seed)
     name = router_cfg.get("name")
     if actions is not None:
@@ -84,8 +111,15 @@ def run_reference_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, see
         policy = lambda i, view: int(npr.act(view.observation))
     else:
         raise ValueError(f"router.name = {name!r}: not supported by the reference simulator")
-    res = sim.run(np.asarray(times[:n]), np.asarray(tasks[:n]), policy, drain=True)
+    if continuous:
+        res = sim.run(np.asarray(times[:n]), np.asarray(tasks[:n]), np.asarray(prompt[:n]), np.asarray(output[:n]),
+                      policy, drain=True)
+    else:
+        res = sim.run(np.asarray(times[:n]), np.asarray(tasks[:n]), policy, drain=True)
     report = compute_metrics(res, np.asarray(times[:n]), np.asarray(tasks[:n]), profile, sim_cfg, window_s=window_s)
     per_request = {"arrival": np.asarray(times[:n]), "task": np.asarray(tasks[:n]), "model": res.model,
                    "status": res.status, "start": res.start, "finish": res.finish, "reward": res.reward}
+    if continuous:
+        per_request.update(prompt_tokens=res.prompt_tokens, output_tokens=res.output_tokens,
+                           first_token=res.first_token)
     return report, per_request

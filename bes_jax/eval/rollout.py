@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from bes_jax.env import ServingEnv
-from bes_jax.eval.metrics import run_metrics
+from bes_jax.eval.metrics import metrics_kwargs, run_metrics
 from bes_jax.routers import Router
 from bes_jax.sim_config import SimConfig
 
@@ -101,7 +101,8 @@ def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: f
 
     def evaluate(keys, params):
         state = run(keys, params)
-        metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows)
+        metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows,
+                                          **metrics_kwargs(p))
         return jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
 
     return evaluate
