@@ -114,7 +114,8 @@ def run_jax(env, cases):
             return (nxt, st), (a, obs)
         obs, st = env.reset(jax.random.PRNGKey(0), params)
         (_, st), (acts, seen) = jax.lax.scan(body, (obs, st), None, length=N)
-        return env.drain(st, params).outcomes, acts, seen
+        st = env.drain(st, params)
+        return st.outcomes, acts, seen, (st.kv_reserved, st.n_run, st.queue_len, st.busy)
 
     run = jax.jit(one)
     for c in cases:
@@ -160,11 +161,18 @@ def test_same_per_request_outcomes(layout):
     env = ContinuousServingEnv(cases[0]["prof"], base)
     to_jax = flat_to_jax_replica(base, env.n_models, env.r_max)
     seen_kinds = set()
-    for c_i, (c, (o, acts, seen, params)) in enumerate(zip(cases, run_jax(env, cases))):
+    for c_i, (c, (o, acts, seen, final, params)) in enumerate(zip(cases, run_jax(env, cases))):
         ctx = (f"{layout} case {c_i}: K={c['cfg'].max_num_batched_tokens} overflow={c['cfg'].context_overflow} "
                f"kv_bind={c['kv_bind']} {c['cfg'].deadline_kind} ttft={c['cfg'].ttft_deadlines} "
                f"greedy={c['greedy']}")
         assert (o.decision[:N] == np.arange(N)).all(), ctx
+        # the JAX simulator's own invariants after the drain: nothing waits, runs or holds KV
+        kv_reserved, n_run, queue_len, busy = final
+        assert not kv_reserved.any() and not n_run.any() and not queue_len.any() and not busy.any(), ctx
+        served = o.status[:N] == 2
+        assert np.isin(o.status[:N], [2, 3, 4]).all(), ctx
+        assert (o.first_token[:N][served] <= o.finish[:N][served]).all(), ctx
+        assert (o.start[:N][served] >= o.arrival[:N][served]).all(), ctx
         take = lambda x: x[:N]
         prompt_in, output = take(o.prompt_in), take(o.output)
         if c["prompt"] is not None:
