@@ -3,10 +3,13 @@ a continuous-batching profile.
 
 For each engine (one per model, in pool order), with streamed completions:
 
-1. **prefill**: time to first token against prompt length at concurrency 1 (one prefill
-   iteration of ``n = 1``, ``P = C = p``);
-2. **decode**: the median gap between streamed tokens against concurrency ``c`` and prompt length
-   ``p`` (a decode iteration of ``n = D = c`` sequences attending to ``C = c (p + g)`` tokens).
+1. **prefill**: the end-to-end time of a one-token completion against prompt length at
+   concurrency 1 (one prefill iteration of ``n = 1``, ``P = C = p``, plus HTTP);
+2. **decode**: the extra end-to-end time of ``c`` concurrent completions of ``2 + k`` tokens over
+   ``c`` of 2 tokens, per extra token (the engine's own output counts), against concurrency ``c``
+   and prompt length ``p`` (a decode iteration of ``n = D = c`` sequences attending to
+   ``C = c (p + g)`` tokens). End-to-end differences, not gaps between streamed chunks: an engine
+   may flush several tokens at once (``transformers serve`` does under load).
 
 The SPEC's iteration time ``tau = fixed_s + per_seq_s n + max(weights_s + per_kv_token_s C,
 per_token_s (P + D))`` is fitted to these points by non-negative least squares, alternating
@@ -109,27 +112,15 @@ def _prompt(n_tokens: int, i: int, chars_per_token: float) -> str:
     return (base * (n_chars // len(base) + 1))[:n_chars]
 
 
-async def _stream_one(client, model_id: str, prompt: str, max_tokens: int, extra: dict) -> dict:
-    """Timestamps of every streamed token of one completion, and the engine's usage."""
+async def _complete_one(client, model_id: str, prompt: str, max_tokens: int, extra: dict) -> dict:
+    """End-to-end seconds of one (non-streamed) completion and the engine's token counts."""
     t0 = time.perf_counter()
-    times, usage = [], {}
-    body = {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0.0,
-            **extra}
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"engine answered HTTP {r.status_code}: {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            d = json.loads(data)
-            if any(ch.get("text") for ch in d.get("choices") or []):
-                times.append(time.perf_counter() - t0)
-            if d.get("usage"):
-                usage = d["usage"]
-    return {"token_times": times, "usage": usage}
+    body = {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, **extra}
+    r = await client.post("/v1/completions", json=body)
+    dt = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise RuntimeError(f"engine answered HTTP {r.status_code}: {r.text[:300]!r}")
+    return {"e2e_s": dt, "usage": r.json().get("usage") or {}}
 
 
 class EngineProbe:
@@ -175,8 +166,9 @@ class EngineProbe:
         return None
 
     async def run(self, prompt: str, max_tokens: int, concurrency: int) -> list[dict]:
-        return await asyncio.gather(*(_stream_one(self.client, self.model_id, prompt + f" {i}", max_tokens,
-                                                  self.extra) for i in range(concurrency)))
+        """``concurrency`` completions sent together (their prompts differ by a suffix)."""
+        return await asyncio.gather(*(_complete_one(self.client, self.model_id, prompt + f" {i}", max_tokens,
+                                                    self.extra) for i in range(concurrency)))
 
     async def close(self):
         await self.client.aclose()
@@ -191,30 +183,31 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
         await pr.run(_prompt(8, 0, chars_per_token), 4, 1)  # warm-up
         prefill = []
         for p in prompt_lens:
-            ttfts = []
+            ttfts, p_used = [], p
             for k in range(repeats):
-                res = (await pr.run(_prompt(p, k, chars_per_token), 2, 1))[0]
-                if res["token_times"]:
-                    ttfts.append(res["token_times"][0])
+                res = (await pr.run(_prompt(p, k, chars_per_token), 1, 1))[0]
+                ttfts.append(res["e2e_s"])  # one output token: the prefill iteration (and HTTP)
                 p_used = int(res["usage"].get("prompt_tokens") or p)
             prefill.append({"prompt_tokens": p_used, "ttft_s": float(np.median(ttfts))})
             log(f"  {url} prefill p={p_used}: ttft {1000 * prefill[-1]['ttft_s']:.1f} ms")
         decode = []
         for c in concurrencies:
             for p in decode_prompt_lens:
-                gaps, ctx, p_used = [], [], p
+                short, long_, n_s, n_l, p_used = [], [], [], [], p
                 for k in range(repeats):
-                    res = await pr.run(_prompt(p, k, chars_per_token), decode_tokens, c)
-                    for r in res:
-                        tt = np.asarray(r["token_times"])
-                        p_used = int(r["usage"].get("prompt_tokens") or p)
-                        if tt.size >= 3:
-                            gaps.extend(np.diff(tt[1:]).tolist())  # steady decode, after the first token
-                            ctx.append(p_used + tt.size / 2)
-                if gaps:
-                    decode.append({"concurrency": c, "prompt_tokens": p_used, "mean_context": float(np.mean(ctx)),
-                                   "gap_s": float(np.median(gaps))})
-                    log(f"  {url} decode c={c} p={p_used}: {1000 * decode[-1]['gap_s']:.2f} ms/token")
+                    for n_out, times, counts in ((2, short, n_s), (2 + decode_tokens, long_, n_l)):
+                        res = await pr.run(_prompt(p, k, chars_per_token), n_out, c)
+                        times.append(float(np.median([r["e2e_s"] for r in res])))
+                        counts.append(float(np.mean([r["usage"].get("completion_tokens") or n_out for r in res])))
+                        p_used = int(res[0]["usage"].get("prompt_tokens") or p)
+                extra_tokens = float(np.median(n_l)) - float(np.median(n_s))
+                if extra_tokens >= 1:
+                    # the decode iterations the longer answers took, per token: robust to engines that
+                    # flush streamed tokens in bursts
+                    gap = max((float(np.median(long_)) - float(np.median(short))) / extra_tokens, 1e-6)
+                    decode.append({"concurrency": c, "prompt_tokens": p_used,
+                                   "mean_context": p_used + 2 + extra_tokens / 2, "gap_s": gap})
+                    log(f"  {url} decode c={c} p={p_used}: {1000 * gap:.2f} ms/token")
         kv = await pr.kv_tokens()
         return {"url": url, "model_id": pr.model_id, "models_entry": pr.info, "ignore_eos": bool(pr.extra),
                 "prefill": prefill, "decode": decode, "kv_tokens_reported": kv}
@@ -281,13 +274,23 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
         log(f"{nm}: iteration {models[-1]['iteration']} (fit rms relative error {err['rms_rel_error']:.1%})")
     lat = np.maximum.accumulate(lat, axis=2)
     T, M = len(tasks), len(urls)
+    if isinstance(quality, str) and quality == "opt":
+        from bes_jax.serving.profiler import OPT_ACCURACY, QUALITY_SOURCE
+        try:
+            quality = [[OPT_ACCURACY[t][m] / 100.0 for t in tasks] for m in names]
+        except KeyError as e:
+            raise ValueError(f"--quality opt: no published accuracy for {e} (models must be named opt-125m, "
+                             f"opt-1.3b, opt-6.7b and tasks among {sorted(OPT_ACCURACY)})") from None
+        q_note_opt = QUALITY_SOURCE
+    else:
+        q_note_opt = None
     if quality is None:
         qual = [[round(0.5 + 0.4 * m / max(M - 1, 1), 4)] * T for m in range(M)]
         q_note = ("PLACEHOLDER, not measured: increasing with model order (0.5 .. 0.9), the same for every task; "
                   "replace with the models' real task scores (random-weight test models have none)")
     else:
         qual = [[float(x) for x in row] for row in quality]
-        q_note = "given on the command line (--quality)"
+        q_note = q_note_opt or "given on the command line (--quality)"
     deadlines = [float(math.ceil(deadline_factor * lat[-1, ti, 0] * 1000) / 1000) for ti in range(T)]
     doc = {
         "name": name,
@@ -303,8 +306,9 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
                         "prompt/output lengths prefilled together in chunks of max_num_batched_tokens = "
                         f"{max_num_batched_tokens}, then decoded together)"),
             "iteration": ("fitted by bes-profile --engine (bes_jax.serving.engines.profiler): non-negative least "
-                          "squares on relative error of the SPEC's tau, to the time to first token at concurrency 1 "
-                          f"for prompts of {list(prompt_lens)} tokens and the median gap between streamed tokens "
+                          "squares on relative error of the SPEC's tau, to the end-to-end time of one-token completions "
+                          f"at concurrency 1 for prompts of {list(prompt_lens)} tokens and the extra end-to-end time "
+                          f"per extra output token of {decode_tokens}-token-longer completions "
                           f"at concurrency {list(concurrencies)} with prompts of {list(decode_prompt_lens)} tokens, "
                           f"{repeats} repeats; HTTP and tokenisation overheads are inside fixed_s"),
             "fit_error": fits,
@@ -348,7 +352,9 @@ def add_arguments(ap) -> None:
     g.add_argument("--max-num-batched-tokens", type=int, default=512)
     g.add_argument("--ctx-max", type=int, default=None)
     g.add_argument("--kv-tokens", type=int, default=None)
-    g.add_argument("--quality", default=None, help="JSON list of per-model per-task qualities")
+    g.add_argument("--quality", default=None,
+                   help="'opt' (the OPT zero-shot accuracies; models named opt-*, tasks among them) or a JSON "
+                        "list of per-model per-task qualities; default: a placeholder marked as such")
     g.add_argument("--hardware", default="live engines")
     g.add_argument("--engine-api-key-env", default=None, help="environment variable holding the engines' API key")
 
@@ -370,7 +376,8 @@ def main_engine(a) -> int:
             prompt_lens=ints(a.prompt_lens), concurrencies=ints(a.concurrency),
             decode_prompt_lens=ints(a.decode_prompt_lens), decode_tokens=a.decode_tokens, repeats=a.repeats,
             chars_per_token=a.chars_per_token, deadline_factor=a.deadline_factor,
-            quality=json.loads(a.quality) if a.quality else None, hardware=a.hardware,
+            quality=(a.quality if a.quality == "opt" else json.loads(a.quality)) if a.quality else None,
+            hardware=a.hardware,
             name=a.name or "engines", api_key=key)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"bes-profile: error: {e}", file=sys.stderr)
