@@ -26,6 +26,7 @@ from bes_jax import workloads as W
 from bes_jax.profile import profile_from_dict
 from bes_jax.reference.continuous import REJECTED, ContinuousReferenceSimulator
 from bes_jax.reference.metrics import compute_metrics
+from bes_jax.routers import greedy_action
 from bes_jax.sim_config import SimConfig
 from conftest import TRACES, continuous_profile_dict
 
@@ -95,21 +96,13 @@ def case(rng, base: SimConfig, azure):
                 actions=actions, kv_bind=kv_bind)
 
 
-def jax_greedy(st, params):
-    """Greedy on the JAX simulator's own prediction: the best quality among ``state.meets``
-    (ties: lower index), else the smallest ``state.pred_e2e``."""
-    q = params.quality[:, st.task]
-    best = jnp.argmax(jnp.where(st.meets, q, -jnp.inf))
-    return jnp.where(st.meets.any(), best, jnp.argmin(st.pred_e2e)).astype(jnp.int32)
-
-
 def run_jax(env, cases):
     """Every case of one layout through one compiled program (N decisions, then drain); the
     cases differ only in params, so it compiles once (vmapping them costs more to compile)."""
     def one(params, actions, use_greedy):
         def body(carry, _):
             obs, st = carry
-            a = jnp.where(use_greedy, jax_greedy(st, params), actions[st.decision])
+            a = jnp.where(use_greedy, greedy_action(st, params), actions[st.decision])
             nxt, st, _, _, _ = env.step(jax.random.PRNGKey(0), st, a, params)
             return (nxt, st), (a, obs)
         obs, st = env.reset(jax.random.PRNGKey(0), params)
