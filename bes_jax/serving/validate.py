@@ -454,9 +454,10 @@ def analyse_continuous(profile, health: dict, rec: list, tolerances: dict | None
     for i, m in enumerate(profile.model_names):
         sel = both & (model == i)
         if sel.any():
-            per_model[m] = {"n": int(sel.sum()),
-                            "e2e_ratio_p50": float(np.median(e2e_live[sel] / sim_e2e[sel])),
-                            "ttft_ratio_p50": float(np.median(ttft_live[sel] / sim_ttft[sel]))}
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_model[m] = {"n": int(sel.sum()),
+                                "e2e_ratio_p50": round(float(np.nanmedian(e2e_live[sel] / sim_e2e[sel])), 3),
+                                "ttft_ratio_p50": round(float(np.nanmedian(ttft_live[sel] / sim_ttft[sel])), 3)}
     part = {"simulator": "bes_jax.reference.continuous.ContinuousReferenceSimulator",
             "sim_config": {k: getattr(sim_cfg, k) for k in ("batching", "placement", "n_gpus", "replicas",
                                                            "queue_capacity", "max_num_seqs",

@@ -51,7 +51,9 @@ def fit_iteration(n, C, P, D, y, iters: int = 20) -> tuple[np.ndarray, dict]:
     solved again (from both all-memory-bound and all-compute-bound starts; the better fit wins)."""
     from scipy.optimize import nnls
     n, C, P, D, y = (np.asarray(x, np.float64) for x in (n, C, P, D, y))
-    w = 1.0 / np.maximum(y, 1e-9)  # relative error: short iterations count as much as long ones
+    # relative error (short iterations count as much as long ones), with no point weighing more
+    # than ten times the median one
+    w = 1.0 / np.maximum(y, 0.1 * float(np.median(y)))
 
     def solve(mem):
         A = np.stack([np.ones_like(n), n, mem.astype(float), np.where(mem, C, 0.0), np.where(mem, 0.0, P + D)], 1)
@@ -60,7 +62,7 @@ def fit_iteration(n, C, P, D, y, iters: int = 20) -> tuple[np.ndarray, dict]:
 
     def score(coef):
         pred = iteration_time(coef, n, C, P, D)
-        return float(np.sqrt(np.mean(((pred - y) / y) ** 2))), pred
+        return float(np.sqrt(np.mean(((pred - y) * w) ** 2))), pred
 
     best = None
     rng = np.random.default_rng(0)
@@ -78,8 +80,10 @@ def fit_iteration(n, C, P, D, y, iters: int = 20) -> tuple[np.ndarray, dict]:
             best = (coef, err, pred)
     # polish the piecewise-linear fit on the max itself (bounded: every coefficient >= 0)
     from scipy.optimize import least_squares
-    scale = np.maximum(best[0], 1e-9)
-    sol = least_squares(lambda z: (iteration_time(z * scale, n, C, P, D) - y) / y, np.ones(5),
+    my = float(np.median(y))
+    typical = np.array([my, my / max(n.max(), 1), my, my / max(C.max(), 1), my / max((P + D).max(), 1)])
+    scale = np.maximum(best[0], 0.01 * typical)  # a coefficient at 0 can still move
+    sol = least_squares(lambda z: (iteration_time(z * scale, n, C, P, D) - y) * w, best[0] / scale,
                         bounds=(0.0, np.inf), x_scale=1.0)
     err, pred = score(sol.x * scale)
     if err < best[1]:
@@ -190,7 +194,7 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
                 p_used = int(res["usage"].get("prompt_tokens") or p)
             prefill.append({"prompt_tokens": p_used, "ttft_s": float(np.median(ttfts))})
             log(f"  {url} prefill p={p_used}: ttft {1000 * prefill[-1]['ttft_s']:.1f} ms")
-        decode = []
+        decode, dropped = [], []
         for c in concurrencies:
             for p in decode_prompt_lens:
                 short, long_, n_s, n_l, p_used = [], [], [], [], p
@@ -201,16 +205,20 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
                         counts.append(float(np.mean([r["usage"].get("completion_tokens") or n_out for r in res])))
                         p_used = int(res[0]["usage"].get("prompt_tokens") or p)
                 extra_tokens = float(np.median(n_l)) - float(np.median(n_s))
-                if extra_tokens >= 1:
-                    # the decode iterations the longer answers took, per token: robust to engines that
-                    # flush streamed tokens in bursts
-                    gap = max((float(np.median(long_)) - float(np.median(short))) / extra_tokens, 1e-6)
-                    decode.append({"concurrency": c, "prompt_tokens": p_used,
-                                   "mean_context": p_used + 2 + extra_tokens / 2, "gap_s": gap})
+                # the decode iterations the longer answers took, per token: robust to engines that
+                # flush streamed tokens in bursts
+                gap = (float(np.median(long_)) - float(np.median(short))) / max(extra_tokens, 1.0)
+                point = {"concurrency": c, "prompt_tokens": p_used, "mean_context": p_used + 2 + extra_tokens / 2,
+                         "gap_s": gap}
+                if extra_tokens >= 1 and gap > 0:
+                    decode.append(point)
                     log(f"  {url} decode c={c} p={p_used}: {1000 * gap:.2f} ms/token")
+                else:  # noise larger than the signal (a busy machine): kept out of the fit, recorded
+                    dropped.append(point)
+                    log(f"  {url} decode c={c} p={p_used}: dropped (longer answers were not slower)")
         kv = await pr.kv_tokens()
         return {"url": url, "model_id": pr.model_id, "models_entry": pr.info, "ignore_eos": bool(pr.extra),
-                "prefill": prefill, "decode": decode, "kv_tokens_reported": kv}
+                "prefill": prefill, "decode": decode, "decode_dropped": dropped, "kv_tokens_reported": kv}
     finally:
         await pr.close()
 
