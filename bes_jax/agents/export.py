@@ -59,7 +59,11 @@ def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: s
 
 #: SimConfig fields that define every policy's observation: its layout (obs_mode) and the
 #: arrival-rate feature (EWMA smoothing, reference rate).
-OBS_FIELDS = ("obs_mode", "ewma_alpha", "ref_rate")
+OBS_FIELDS = ("obs_mode", "batching", "ewma_alpha", "ref_rate")
+#: observation layouts: adopted from the policy even over an explicit setting
+LAYOUT_FIELDS = ("obs_mode", "batching")
+#: ... under continuous batching, the engine settings the observation and prediction read
+CONTINUOUS_OBS_FIELDS = ("max_num_seqs", "max_num_batched_tokens", "context_overflow")
 #: ... and, in ``rich`` mode (the pending task's deadline and wait / deadline are inputs), the deadlines.
 RICH_OBS_FIELDS = ("deadlines", "deadline_scale")
 
@@ -83,6 +87,8 @@ def policy_observation_settings(path: str | Path) -> dict:
     meta = read_policy_metadata(path)
     sc = meta.get("sim_config") or {}
     fields = OBS_FIELDS + (RICH_OBS_FIELDS if meta["obs_mode"] == "rich" else ())
+    if sc.get("batching", "request") == "continuous":
+        fields += CONTINUOUS_OBS_FIELDS
     out = {"obs_mode": meta["obs_mode"]}
     out.update({k: sc[k] for k in fields if k != "obs_mode" and k in sc})
     return out
@@ -121,11 +127,11 @@ def adopt_policy_sim_config(path: str | Path, sim_cfg, explicit=(), *, prefix: s
             continue
         shown = list(v) if isinstance(v, tuple) else v
         cur_shown = list(cur) if isinstance(cur, tuple) else cur
-        if k in explicit and k != "obs_mode":
+        if k in explicit and k not in LAYOUT_FIELDS:
             note(f"router=policy: {prefix}{k} = {cur_shown!r} kept as set; the policy at {path} "
                  f"was trained with {shown!r}")
             continue
         note(f"router=policy: {prefix}{k} = {cur_shown!r} -> {shown!r}, the value the policy at {path} "
-             f"was trained with" + (" (its observation has no other layout)" if k == "obs_mode" else ""))
+             f"was trained with" + (" (its observation has no other layout)" if k in LAYOUT_FIELDS else ""))
         changes[k] = v
     return dataclasses.replace(sim_cfg, **changes) if changes else sim_cfg
