@@ -352,7 +352,8 @@ async def _drive_stream(url: str, times, tasks, task_names, prompt_lens, out_len
                             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                                 continue
                             d = json.loads(line[5:])
-                            if first is None and any(ch.get("text") for ch in d.get("choices") or []):
+                            if first is None and any(ch.get("text") or ("text" in ch and not ch.get("finish_reason"))
+                                                     for ch in d.get("choices") or []):
                                 first = loop.time() - sent
                             if "error" in d:
                                 err = d["error"].get("code") or "stream_error"

@@ -103,6 +103,7 @@ class Flight:
     streamed: bool
     first_token: Optional[float] = None
     generated: int = 0
+    first_event_at: Optional[float] = None
 
 
 class Slot:
@@ -235,14 +236,17 @@ def _content_text(c) -> str:
 
 
 def _chunk_tokens(d: dict, kind: str) -> int:
-    """Tokens a streamed chunk carries (one per chunk with text, as vLLM and transformers send)."""
+    """Tokens a streamed chunk carries: one per chunk that has text, or that has an empty text and
+    no finish reason (a token that decodes to nothing, e.g. a special token of a random model);
+    vLLM and ``transformers serve`` send one chunk per token."""
     n = 0
     for ch in d.get("choices") or []:
         if kind == "chat":
             delta = ch.get("delta") or {}
-            if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            if (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
+                    or ("content" in delta and delta.get("content") is not None and not ch.get("finish_reason"))):
                 n += 1
-        elif ch.get("text"):
+        elif ch.get("text") or ("text" in ch and not ch.get("finish_reason")):
             n += 1
     return n
 
@@ -567,7 +571,7 @@ class EngineService:
         return e2e
 
     # ------------------------------------------------------------------ forwarding
-    async def forward(self, path: str, body: Any, *, stream_ok: bool = True, disconnected=None):
+    async def forward(self, path: str, body: Any, *, disconnected=None):
         """Answer one request: a dict (JSON response) or ``(headers, async iterator of SSE bytes)``
         for a stream. Raises :class:`ApiError` for every refusal or failure, already counted."""
         kind = ROUTES[path]
@@ -668,6 +672,7 @@ class EngineService:
             events = (await asyncio.wait_for(stack.enter_async_context(s.engine.stream(path, up)), timeout)).__aiter__()
             try:  # the first event too: an engine that fails before it is retried elsewhere
                 first = await asyncio.wait_for(events.__anext__(), timeout)
+                f.first_event_at = self.now()  # its arrival, not when the client starts reading
             except StopAsyncIteration:
                 first = None
         except asyncio.TimeoutError:
@@ -698,7 +703,8 @@ class EngineService:
                     if isinstance(d, dict):
                         n = _chunk_tokens(d, kind)
                         if n and f.first_token is None:
-                            f.first_token = self.now()
+                            f.first_token = f.first_event_at if f.generated == 0 and f.first_event_at else self.now()
+                        f.first_event_at = None
                         f.generated += n
                         if d.get("usage"):
                             usage = d["usage"]
