@@ -314,8 +314,11 @@ class ContinuousServingEnv:
 
     @staticmethod
     def loop_lanes(n_envs: int) -> int:
-        """(environment, server) lanes per event-loop iteration in `step_batch`."""
-        return max(64, n_envs // 4)
+        """(environment, server) lanes per event-loop iteration in `step_batch`. An arrival is
+        followed by several iteration ends per busy server (decode steps), so many more lanes
+        are due per loop iteration than in request mode (measured on the Azure code trace, 1024
+        environments: N lanes 3.6x faster than N / 4, 4 N slower again)."""
+        return max(64, n_envs)
 
     def _route(self, key, state: ContinuousState, action, params: ContinuousParams):
         """Context / KV / queue checks, then join the waiting queue; at an idle server (whose
@@ -462,7 +465,9 @@ class ContinuousServingEnv:
         cat = lambda a, b: jnp.concatenate([a, b], axis=1)
         end_slots = cat(jnp.where(done, seq_slots, H), jnp.where(dropped, q_slots, H))
         o = o.replace(
-            first_token=o.first_token.at[row, jnp.where(out["newly"], seq_slots, H)].set(T2, **drop),
+            # the values written are the ones the lane read (T where newly): reading before writing
+            # in place then needs no copy of the whole ring
+            first_token=o.first_token.at[row, jnp.where(out["newly"], seq_slots, H)].set(out["first_token"], **drop),
             finish=o.finish.at[row, end_slots].set(cat(T2, Tq), **drop),
             reward=o.reward.at[row, end_slots].set(cat(out["value"], miss.astype(o.reward.dtype)), **drop),
             status=o.status.at[row, cat(jnp.where(done, seq_slots, H), jnp.where(admitted | dropped, q_slots, H))].set(
@@ -565,7 +570,7 @@ class ContinuousServingEnv:
         nxt = rows[w_next]
         _, _, tau = compose(nxt[:, P], nxt[:, F], nxt[:, G], n_run[w_next], K, p.iteration[rw[w_next] // Rm])
         return {
-            "newly": newly, "done": done, "slots": slots, "value": value,
+            "newly": newly, "done": done, "slots": slots, "value": value, "first_token": ft,
             "admitted": admitted, "dropped": dropped, "qslots": qslots,
             "members": jnp.where(okm, members, R), "run": rows, "rep": rep,
             "busy": busy, "busy_until": jnp.where(busy, T + tau, T),
