@@ -63,10 +63,14 @@ class PQNConfig:
     eps_end: float = 0.02
     eps_decay_fraction: float = 0.4
     mask_wait_x: float = 0.0        # as DQNConfig.mask_wait_x
+    #: data parallel over this many local devices (`jax.shard_map`): each steps n_envs / devices
+    #: environments and the gradients are averaged; on a CPU ask XLA for host devices first
+    #: (`bes_jax.env.devices.use_host_devices`). 1: one program on the default device
+    devices: int = 1
 
     def __post_init__(self):
         for name in ("n_envs", "iterations", "chunk_iterations", "rollout_len", "delay_rollouts", "epochs",
-                     "minibatches"):
+                     "minibatches", "devices"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"pqn config: field '{name}' = {v!r}: must be a positive integer")
@@ -76,9 +80,11 @@ class PQNConfig:
         if self.chunk_iterations % self.rollout_len:
             raise ValueError(f"pqn config: field 'chunk_iterations' = {self.chunk_iterations}: must be a multiple of "
                              f"rollout_len ({self.rollout_len})")
-        if (self.rollout_len * self.n_envs) % self.minibatches:
+        if self.n_envs % self.devices:
+            raise ValueError(f"pqn config: field 'n_envs' = {self.n_envs}: must be a multiple of devices ({self.devices})")
+        if (self.rollout_len * self.n_envs // self.devices) % self.minibatches:
             raise ValueError(f"pqn config: field 'minibatches' = {self.minibatches}: must divide rollout_len * n_envs "
-                             f"({self.rollout_len * self.n_envs})")
+                             f"/ devices ({self.rollout_len * self.n_envs // self.devices})")
         if not (0.0 <= self.gamma < 1.0):
             raise ValueError(f"pqn config: field 'gamma' = {self.gamma}: must be in [0, 1)")
         if not (0.0 <= self.lam <= 1.0):
@@ -175,7 +181,28 @@ class PQN:
             params_axes = params_axes.replace(deadline=0)
         v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
         use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
-        mb = K * N // cfg.minibatches
+        DV = cfg.devices
+        NL = N // DV  # environments per device (all of them with one device)
+        mb = K * NL // cfg.minibatches
+        AX = "envs"
+
+        def local_key(k):
+            """A device's own stream of a replicated key (the key itself with one device)."""
+            return k if DV == 1 else jax.random.fold_in(k, jax.lax.axis_index(AX))
+
+        def mean_all(x):
+            return x if DV == 1 else jax.lax.pmean(x, AX)
+
+        def stats_update(stats, batch):
+            if DV == 1:
+                return update_stats(stats, batch)
+            m = jax.lax.pmean(batch.mean(0), AX)  # equal shards: the global batch's moments
+            var = jnp.maximum(jax.lax.pmean((batch * batch).mean(0), AX) - m * m, 0.0)
+            n = batch.shape[0] * DV
+            tot = stats.count + n
+            delta = m - stats.mean
+            m2 = stats.var * stats.count + var * n + delta ** 2 * stats.count * n / tot
+            return ObsStats(tot, stats.mean + delta * n / tot, m2 / tot)
 
         def env_params(index):
             p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
@@ -210,20 +237,21 @@ class PQN:
             key, k_eps, k_rand, k_step, k_idx = jax.random.split(ts.key, 5)
             ok = allowed(ts.obs)
             q = jnp.where(ok, q_values(ts.params, ts.obs_stats, ts.obs), -jnp.inf)
-            explore = jax.random.uniform(k_eps, (N,)) < epsilon(ts.iteration, ts.hp)
+            k_eps, k_rand, k_step, k_idx = map(local_key, (k_eps, k_rand, k_step, k_idx))
+            explore = jax.random.uniform(k_eps, (NL,)) < epsilon(ts.iteration, ts.hp)
             if use_mask:
                 random_a = jax.random.categorical(k_rand, jnp.where(ok, 0.0, -jnp.inf), axis=1)
             else:
-                random_a = jax.random.randint(k_rand, (N,), 0, A)
+                random_a = jax.random.randint(k_rand, (NL,), 0, A)
             action = jnp.where(explore, random_a, jnp.argmax(q, axis=1)).astype(jnp.int32)
             decision = ts.env_state.decision
             next_obs, env_state, reward, done, _ = env.step_batch(
-                jax.random.split(k_step, N), ts.env_state, action, env_params(ts.workload_index), params_axes)
-            new_index = jax.random.randint(k_idx, (N,), 0, n_bank)
+                jax.random.split(k_step, NL), ts.env_state, action, env_params(ts.workload_index), params_axes)
+            new_index = jax.random.randint(k_idx, (NL,), 0, n_bank)
             index = jnp.where(done, new_index, ts.workload_index)
             env_state = env_state.replace(workload=workload_restart(env_state.workload, index != ts.workload_index))
             ts = ts.replace(env_state=env_state, obs=next_obs, workload_index=index, key=key,
-                            obs_stats=update_stats(ts.obs_stats, next_obs), iteration=ts.iteration + 1)
+                            obs_stats=stats_update(ts.obs_stats, next_obs), iteration=ts.iteration + 1)
             return ts, (action, decision, done, reward.mean())
 
         def collect(ts: PQNState):
@@ -250,18 +278,19 @@ class PQN:
             next_obs = jnp.concatenate([ro.obs[1:], ro.last_obs[None]], axis=0)  # [K, N, D]
             nq = jnp.where(allowed(next_obs), q_values(ts.params, ts.obs_stats, next_obs), -jnp.inf).max(-1)
             target = jax.lax.stop_gradient(lambda_returns(reward, resolved, ro.done, nq, hp["gamma"], hp["lam"]))
-            flat = lambda x: x.reshape((K * N,) + x.shape[2:])
+            flat = lambda x: x.reshape((K * NL,) + x.shape[2:])
             data = (flat(ro.obs), flat(ro.action), flat(target), flat(resolved.astype(target.dtype)))
             tx = make_optimizer(hp)
 
             def epoch(carry, k):
                 params, opt_state = carry
-                perm = jax.random.permutation(k, K * N)
+                perm = jax.random.permutation(local_key(k), K * NL)
                 batches = jax.tree.map(lambda x: x[perm].reshape((cfg.minibatches, mb) + x.shape[1:]), data)
 
                 def sgd(carry, b):
                     params, opt_state = carry
                     (loss, q_mean), g = jax.value_and_grad(loss_fn, has_aux=True)(params, ts.obs_stats, *b)
+                    g = mean_all(g)  # data parallel: every device applies the same averaged gradient
                     upd, opt_state = tx.update(g, opt_state, params)
                     return (optax.apply_updates(params, upd), opt_state), (loss, q_mean)
 
@@ -270,6 +299,7 @@ class PQN:
             (params, opt_state), (loss, q_mean) = jax.lax.scan(epoch, (ts.params, ts.opt_state),
                                                                jax.random.split(key, cfg.epochs))
             logs = {"loss": loss.mean(), "q_mean": q_mean.mean(), "frac_resolved": resolved.mean()}
+            logs = {k: mean_all(v) for k, v in logs.items()}
             return ts.replace(params=params, opt_state=opt_state, n_updates=ts.n_updates + cfg.epochs * cfg.minibatches), logs
 
         def iteration(ts: PQNState, _):
@@ -287,12 +317,35 @@ class PQN:
             ro = Rollouts(ro.obs.at[slot].set(obs), ro.action.at[slot].set(action), ro.decision.at[slot].set(decision),
                           ro.done.at[slot].set(done), ro.last_obs.at[slot].set(ts.obs))
             ts = ts.replace(rollouts=ro, n_rollouts=ts.n_rollouts + 1)
-            logs["realised_reward"] = rmean
+            logs["realised_reward"] = mean_all(rmean)
             logs["epsilon"] = epsilon(ts.iteration, ts.hp)
             return ts, logs
 
-        def train_chunk(ts: PQNState):
+        def chunk_local(ts: PQNState):
             return jax.lax.scan(iteration, ts, None, length=cfg.chunk_iterations // K)
+
+        if DV == 1:
+            train_chunk = chunk_local
+        else:
+            import numpy as np
+            from jax.sharding import Mesh, PartitionSpec as P
+
+            devs = jax.local_devices()[:DV]
+            if len(devs) < DV:
+                raise ValueError(f"pqn config: field 'devices' = {DV}: only {len(devs)} local device(s) "
+                                 "(on a CPU: bes_jax.env.devices.use_host_devices before JAX starts)")
+            mesh = Mesh(np.asarray(devs), (AX,))
+
+            def specs(ts):
+                rep = lambda t: jax.tree.map(lambda _: P(), t)
+                env_axis = lambda t: jax.tree.map(lambda _: P(AX), t)
+                e2 = P(None, None, AX)
+                return PQNState(rep(ts.params), rep(ts.opt_state), rep(ts.obs_stats), env_axis(ts.env_state), P(AX),
+                                P(AX), Rollouts(e2, e2, e2, e2, P(None, AX)), P(), P(), P(), P(), rep(ts.hp))
+
+            def train_chunk(ts: PQNState):
+                sp = specs(ts)
+                return jax.shard_map(chunk_local, mesh=mesh, in_specs=(sp,), out_specs=(sp, P()), check_vma=False)(ts)
 
         def train(key, hp=None):
             ts = init(key, hp)
