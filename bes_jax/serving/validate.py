@@ -69,6 +69,34 @@ def make_arrivals(n: int, rate: float, n_tasks: int, *, seed: int = 0, mix=None,
     return times - times[0], np.asarray(tasks, np.int64), f"{source}, seed {seed}"
 
 
+def make_requests(n: int, rate: float, profile, *, seed: int = 0, mix=None, trace_path=None,
+                  source: str = "workloads"):
+    """``(times, tasks, prompt_tokens, output_tokens, source)`` for a continuous-batching run:
+    with ``bes_jax.workloads`` each request's tokens come from the trace when it has them, else
+    are drawn from its task's length distributions in the profile (``sample_arrivals(tokens=True,
+    profile=...)``, the draws the simulators make); the numpy source uses the tasks' mean lengths."""
+    if source == "numpy" and not trace_path:
+        times, tasks, src = make_arrivals(n, rate, profile.n_tasks, seed=seed, mix=mix, source="numpy")
+        p = np.maximum(1, np.round(profile.mean_prompt_len[tasks])).astype(np.int64)
+        o = np.maximum(1, np.round(profile.mean_output_len[tasks])).astype(np.int64)
+        return times, tasks, p, o, src + "; the tasks' mean token lengths"
+    import jax
+
+    from bes_jax import workloads as W
+    mix_ = None if mix is None else np.asarray(mix, np.float64) / np.sum(mix)
+    if trace_path:
+        from bes_jax.data import resolve_path
+        wp = W.trace(resolve_path(trace_path, "trace_path"), target_mean_rate=rate, n_tasks=profile.n_tasks, mix=mix_)
+        src = f"bes_jax.workloads trace {trace_path} at {rate} req/s"
+    else:
+        wp = W.poisson(rate, n_tasks=profile.n_tasks, mix=mix_)
+        src = f"bes_jax.workloads poisson({rate})"
+    times, tasks, p, o = W.sample_arrivals(jax.random.PRNGKey(seed), wp, n, tokens=True, profile=profile)
+    times = np.asarray(times, np.float64)
+    return (times - times[0], np.asarray(tasks, np.int64), np.asarray(p, np.int64), np.asarray(o, np.int64),
+            f"{src}, seed {seed}; tokens from the trace where it has them, else drawn from the profile")
+
+
 def prompt_for(task_name: str, prompt_len: int, i: int) -> str:
     """An ASCII prompt of exactly ``prompt_len`` bytes (= tokens for the byte tokenizer)."""
     base = f"[{task_name} #{i}] Answer the question about the passage below. "
@@ -506,12 +534,18 @@ def validate_continuous(cfg, url: str, health: dict) -> dict:
     prof_path = cfg.get("profile") or health["profile_source"]
     profile = load_profile(prof_path)
     names, T = profile.task_names, profile.n_tasks
-    times, tasks, src = make_arrivals(int(cfg.n_requests), float(cfg.rate), T, seed=int(cfg.seed),
-                                      mix=cfg.get("task_mix"), trace_path=cfg.get("trace_path"),
-                                      source=str(cfg.get("arrival_source") or "workloads"))
-    p_mean, o_mean = profile.mean_prompt_len, profile.mean_output_len
-    plens = np.maximum(1, np.round(p_mean[tasks])).astype(int)
-    olens = np.maximum(1, np.round(o_mean[tasks])).astype(int)
+    times, tasks, plens, olens, src = make_requests(int(cfg.n_requests), float(cfg.rate), profile,
+                                                    seed=int(cfg.seed), mix=cfg.get("task_mix"),
+                                                    trace_path=cfg.get("trace_path"),
+                                                    source=str(cfg.get("arrival_source") or "workloads"))
+    limits = health.get("limits") or {}
+    if limits.get("max_tokens_limit"):  # what the server accepts (the simulator replays what was served)
+        clipped = int((olens > int(limits["max_tokens_limit"])).sum())
+        olens = np.minimum(olens, int(limits["max_tokens_limit"]))
+        if clipped:
+            src += f"; {clipped} outputs clipped to serve.max_tokens_limit = {limits['max_tokens_limit']}"
+    ctx = int(np.min(profile.ctx_max))
+    plens = np.minimum(plens, np.maximum(1, ctx - olens))
     log.info("sending %d streamed requests (%s) to %s", len(times), src, url)
     wall0 = time.time()
     import os

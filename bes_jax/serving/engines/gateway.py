@@ -764,6 +764,9 @@ class EngineService:
                          "prompt_tokens": self.counter.source},
                 "deadlines_s": [float(x) for x in self.deadlines],
                 "deadline_scale": float(self.serve.deadline_scale),
+                "limits": {"max_tokens_limit": int(self.serve.max_tokens_limit),
+                           "max_prompt_tokens": self.serve.max_prompt_tokens,
+                           "max_body_bytes": int(self.serve.max_body_bytes)},
                 "sim_config": self.sim_config.to_dict(),
                 "counters": self.counters.as_dict(), "uptime_s": self.now()}
 
