@@ -83,8 +83,12 @@ def test_profile_of_live_engines(live):
     assert list(p.kv_tokens) == [4096] * 3 and list(p.ctx_max) == [1024] * 3
     prov = doc["provenance"]
     assert "PLACEHOLDER" in prov["quality"]
-    for n in NAMES:
-        assert 0 <= prov["fit_error"][n]["rms_rel_error"] < 1.0 and prov["fit_error"][n]["points"] == 3 + 2
+    for n, raw in zip(NAMES, prov["raw"]):
+        # every prefill point, and the decode points whose longer answers were slower (on a busy
+        # machine one may not be: it is recorded as dropped)
+        assert len(raw["prefill"]) == 3 and len(raw["decode"]) + len(raw["decode_dropped"]) == 2
+        assert prov["fit_error"][n]["points"] == len(raw["prefill"]) + len(raw["decode"]) >= 4
+        assert 0 <= prov["fit_error"][n]["rms_rel_error"] < 1.0
     raw = prov["raw"][2]
     assert raw["model_id"] == str(live["dirs"]["qwen-l"]) and not raw["ignore_eos"]  # transformers refuses it
     # the request-level table comes from the fitted iteration model: more tokens, more time

@@ -210,8 +210,8 @@ class Fake:
                 return JSONResponse({"error": {"message": "boom"}}, status_code=500)
             if self.mode == "400":
                 return JSONResponse({"error": {"message": "context too long", "code": "ctx"}}, status_code=400)
-            if self.mode == "hang":
-                await asyncio.sleep(30)
+            if self.mode == "hang":  # longer than the gateway waits, short enough for a quick teardown
+                await asyncio.sleep(2.0)
             obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
             if body.get("stream"):
                 async def gen():

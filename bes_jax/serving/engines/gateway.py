@@ -364,10 +364,12 @@ class EngineService:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(float(self.settings.health_interval_s))
-            due = [s for s in self.slots if not s.masked or self.now() >= s.masked_until]
-            ok = await asyncio.gather(*(s.engine.health() for s in due), return_exceptions=True)
-            for s, good in zip(due, ok):
+            due = [(s, s.masked_until) for s in self.slots if not s.masked or self.now() >= s.masked_until]
+            ok = await asyncio.gather(*(s.engine.health() for s, _ in due), return_exceptions=True)
+            for (s, until), good in zip(due, ok):
                 good = good is True
+                if s.masked_until != until:
+                    continue  # masked (again) by a request while the probe ran: that is newer news
                 if s.masked and good:
                     self._unmask(s)
                 elif not good:
