@@ -40,12 +40,18 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny runs: check the script works")
     ap.add_argument("--write-docs", action="store_true", help="append a section to docs/benchmarks.md")
     ap.add_argument("--note", default="", help="a note for the docs section (e.g. 'machine shared')")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="PQN data parallel over this many devices (on a CPU: host devices, one per core)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     learners = args.learners.split(",")
     bad = [x for x in learners if x not in LEARNER_OVERRIDES]
     if bad:
         ap.error(f"--learners: unknown {bad}; choose from {', '.join(LEARNER_OVERRIDES)}")
+
+    if args.devices > 1:
+        from bes_jax.env.devices import use_host_devices
+        use_host_devices(args.devices)  # before JAX starts (CPU; a GPU host has its own devices)
 
     import jax
     import jax.numpy as jnp
@@ -63,6 +69,8 @@ def main(argv=None):
 
     def compose(name):
         ov = LEARNER_OVERRIDES[name] + (QUICK[name] + QUICK["all"] if args.quick else []) + list(args.overrides)
+        if name == "pqn" and args.devices > 1:
+            ov.append(f"pqn.devices={args.devices}")
         return compose_train_config(ov)
 
     machine = f"{machine_name()}; jax {jax.__version__} on {jax.devices()[0].platform}"
@@ -98,7 +106,13 @@ def main(argv=None):
         print(f"greedy on the tuning set: {g_perf} (mean {g_mean:.4f})", flush=True)
         for n_seeds in args.seeds:
             keys = jnp.stack([jax.random.PRNGKey(k) for k in range(n_seeds)])
-            init_j, chunk_j = jax.jit(jax.vmap(L.init)), jax.jit(jax.vmap(L.train_chunk))
+            if n_seeds == 1:  # no vmap: the program a single `bes-train` run compiles (a leading axis of 1 kept)
+                one = lambda t: jax.tree.map(lambda x: x[0], t)
+                many = lambda t: jax.tree.map(lambda x: x[None], t)
+                init_j = jax.jit(lambda k: many(L.init(k[0])))
+                chunk_j = jax.jit(lambda t: many(L.train_chunk(one(t))))
+            else:
+                init_j, chunk_j = jax.jit(jax.vmap(L.init)), jax.jit(jax.vmap(L.train_chunk))
             t0 = time.perf_counter()
             ts = jax.block_until_ready(init_j(keys))
             ts, _ = jax.block_until_ready(chunk_j(ts))
@@ -125,7 +139,7 @@ def main(argv=None):
                 if beat_s is None and m.mean() > g_mean:
                     beat_s = clock
             per_chunk = float(np.median(chunk_s)) if chunk_s else first
-            row = {"learner": name, "seeds": n_seeds, "n_envs": L.cfg.n_envs,
+            row = {"learner": name, "seeds": n_seeds, "n_envs": L.cfg.n_envs, "devices": getattr(L.cfg, "devices", 1),
                    "env_steps_per_s": n_seeds * L.env_steps_per_chunk / per_chunk,
                    "grad_steps_per_s": n_seeds * L.grad_steps_per_chunk / per_chunk,
                    "transitions_per_grad_step": L.env_steps_per_chunk / max(L.grad_steps_per_chunk, 1),

@@ -51,7 +51,7 @@ class PQNConfig:
     iterations: int = 4096          # vectorised env steps (decisions = iterations * n_envs)
     chunk_iterations: int = 512     # env steps per compiled chunk (a multiple of rollout_len)
     rollout_len: int = 16           # decisions per environment per rollout
-    delay_rollouts: int = 4         # rollouts kept; training uses the oldest (rewards resolve meanwhile)
+    delay_rollouts: int = 32        # rollouts kept; training uses the oldest (rewards resolve meanwhile)
     epochs: int = 1
     minibatches: int = 4
     gamma: float = 0.9

@@ -32,6 +32,10 @@ def _out(msg: str) -> None:
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
+    from bes_jax.agents.training import learner_name
+    if learner_name(cfg) == "pqn" and int(cfg.pqn.get("devices", 1)) > 1:
+        from bes_jax.env.devices import use_host_devices
+        use_host_devices(int(cfg.pqn.devices))  # CPU: one device per core (before JAX starts; no effect after)
     import jax
     import jax.numpy as jnp
 
