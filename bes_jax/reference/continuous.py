@@ -52,6 +52,10 @@ class _Replica:
     waiting: deque = field(default_factory=deque)  # request indices, FIFO
     running: list = field(default_factory=list)    # _Seq, admission order
     reserved: int = 0                              # Σ_running (p + o)
+    # what the routing view reads, kept up to date at every change (not recomputed per decision)
+    kv_used: int = 0                               # Σ_running (f + g)
+    wait_prompt: int = 0                           # Σ_waiting p
+    per_task: np.ndarray = None                    # [T] waiting + running requests per task
 
 
 @dataclass
@@ -191,7 +195,7 @@ class ContinuousReferenceSimulator:
         for m in range(self.M):
             for k in range(self.counts[m]):
                 gpu = cfg.gpu_of_replica(m, k)
-                reps.append(_Replica(m, k, gpu, gpu if exclusive else len(reps)))
+                reps.append(_Replica(m, k, gpu, gpu if exclusive else len(reps), per_task=np.zeros(self.T, np.int64)))
         n_servers = cfg.n_gpus if exclusive else len(reps)
         servers = [_Server() for _ in range(n_servers)]
         members = [[r for r, rep in enumerate(reps) if rep.server == s] for s in range(n_servers)]
@@ -211,7 +215,6 @@ class ContinuousReferenceSimulator:
         served_p = prompts.copy()
         generated = np.zeros(n, np.int64)
         observations = np.zeros((n, self.obs_size))
-        out_mean = eng.mean_output[tasks] if n else np.zeros(0)
         miss = -float(cfg.miss_penalty)
         kv_budget = np.array([int(eng.kv_tokens[rep.model]) for rep in reps], np.int64)
 
@@ -221,11 +224,14 @@ class ContinuousReferenceSimulator:
                 h = rep.waiting[0]
                 if cfg.drop_expired and T - times[h] > self.d[tasks[h]]:
                     rep.waiting.popleft()
+                    rep.wait_prompt -= int(served_p[h])
+                    rep.per_task[tasks[h]] -= 1
                     status[h], finish[h], reward[h] = DROPPED, T, miss
                 elif len(rep.running) < S and rep.reserved + served_p[h] + outputs[h] <= kv_budget[r]:
                     rep.waiting.popleft()
                     rep.running.append(_Seq(h, int(served_p[h]), int(outputs[h])))
                     rep.reserved += int(served_p[h] + outputs[h])
+                    rep.wait_prompt -= int(served_p[h])
                     status[h], start[h] = RUNNING, T
                 else:
                     stops["max_num_seqs" if len(rep.running) >= S else "kv"] += 1
@@ -277,9 +283,11 @@ class ContinuousReferenceSimulator:
                     status[i], finish[i], met[i] = SERVED, E, ok
                     reward[i] = self.value(rep.model, t, e2e, ok)
                     rep.reserved -= q.p + q.o
+                    rep.per_task[t] -= 1
                 else:
                     keep.append(q)
             rep.running = keep
+            rep.kv_used = sum(q.f + q.g for q in keep)
             sv.busy, sv.replica, sv.batch, sv.last = False, -1, [], r
             for r2 in members[s]:
                 admit(r2, E)
@@ -303,7 +311,7 @@ class ContinuousReferenceSimulator:
             advance(now)
             rate_norm = rate.observe(now)
             t, p_in, o = int(tasks[i]), int(prompts[i]), int(outputs[i])
-            snap = self._snapshot(now, reps, servers, served_p, out_mean)
+            snap = self._snapshot(now, reps, servers)
             pred, pred_ttft, chosen = rvc.predict(snap, eng, t, p_in)
             obs = rvc.build_observation(cfg.obs_mode, snap, eng, t, p_in, rate_norm, pred)
             observations[i] = obs
@@ -331,6 +339,8 @@ class ContinuousReferenceSimulator:
             rep = reps[r]
             replica[i], gpu[i] = r, rep.gpu
             rep.waiting.append(i)
+            rep.wait_prompt += int(served_p[i])
+            rep.per_task[t] += 1
             s = rep.server
             if not servers[s].busy:
                 admit(r, now)
@@ -350,18 +360,16 @@ class ContinuousReferenceSimulator:
                                 np.array([rep.reserved for rep in reps], np.int64), kv_budget, iters, stops)
 
     # ------------------------------------------------------------------ routing view
-    def _snapshot(self, now, reps, servers, served_p, out_mean) -> rvc.Snapshot:
+    def _snapshot(self, now, reps, servers) -> rvc.Snapshot:
         R = len(reps)
-        n_wait = np.array([len(rep.waiting) for rep in reps], np.int64)
-        n_run = np.array([len(rep.running) for rep in reps], np.int64)
-        kv = np.array([sum(q.f + q.g for q in rep.running) for rep in reps], np.int64)
-        W = np.array([sum(int(served_p[i]) for i in rep.waiting) for rep in reps], np.int64)
-        osum = np.array([sum(float(out_mean[q.i]) for q in rep.running) + sum(float(out_mean[i]) for i in rep.waiting)
-                         for rep in reps], np.float64)
         return rvc.Snapshot(
             now=now, replica_model=np.array([rep.model for rep in reps], np.int64),
             replica_server=np.array([rep.server for rep in reps], np.int64), valid=np.ones(R, bool),
-            n_wait=n_wait, n_run=n_run, kv_in_use=kv, wait_prompt=W, out_mean_sum=osum,
+            n_wait=np.array([len(rep.waiting) for rep in reps], np.int64),
+            n_run=np.array([len(rep.running) for rep in reps], np.int64),
+            kv_in_use=np.array([rep.kv_used for rep in reps], np.int64),
+            wait_prompt=np.array([rep.wait_prompt for rep in reps], np.int64),
+            out_mean_sum=np.array([rep.per_task for rep in reps]).reshape(R, self.T) @ self.eng.mean_output,
             server_busy=np.array([sv.busy for sv in servers], bool),
             server_busy_until=np.array([sv.until for sv in servers], np.float64))
 
