@@ -481,3 +481,46 @@ def test_in_process_pool_behind_the_engine_interface():
         assert json.loads(events[0][5:])["choices"][0]["text"] == r.body["choices"][0]["text"]
     finally:
         pool.stop()
+
+
+def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="continuous"):
+    path.mkdir(parents=True, exist_ok=True)
+    k1 = np.random.default_rng(0).normal(size=(obs_size, 8)).astype(np.float32)
+    b2 = np.zeros(3, np.float32)
+    b2[prefer] = 1.0
+    np.savez(path / "weights.npz", **{"hidden_0/kernel": k1, "hidden_0/bias": np.zeros(8, np.float32),
+                                      "out/kernel": np.zeros((8, 3), np.float32), "out/bias": b2})
+    (path / "metadata.json").write_text(json.dumps({
+        "obs_mode": "rich", "obs_size": obs_size, "hidden": [8],
+        "obs_norm": {"mean": [0.0] * obs_size, "var": [1.0] * obs_size}, "model_names": NAMES,
+        "task_names": ["short", "long"],
+        "sim_config": {"batching": batching, "ewma_alpha": 0.1, "ref_rate": 50.0, "max_num_seqs": 8}}))
+
+
+def test_every_router_over_engines(profile, fakes, tmp_path):
+    """static, random, weighted, greedy and policy all route over engines; a policy trained in
+    request mode is refused at start, naming the setting."""
+    fs, srvs = fakes
+    write_continuous_policy(tmp_path / "pol", prefer=1)
+    cases = [({"name": "static", "model": "e-s"}, {"e-s"}), ({"name": "weighted", "weights": [0, 0, 1]}, {"e-l"}),
+             ({"name": "random"}, set(NAMES)), ({"name": "greedy"}, {"e-l"}),
+             ({"name": "policy", "path": str(tmp_path / "pol")}, {"e-m"})]
+    for router, allowed in cases:
+        svc = gateway(profile, srvs, router=router)
+
+        async def go():
+            await svc.start()
+            try:
+                return [await svc.forward("/v1/completions", {"model": "auto", "prompt": f"r{i}"}) for i in range(6)]
+            finally:
+                await svc.stop()
+        out = asyncio.run(go())
+        served = {d["model"] for d, _ in out}
+        assert served <= allowed and served, (router, served)
+        assert all(h["x-bes-router"] == svc.router.name for _, h in out)
+        counters_add_up(svc)
+    svc = gateway(profile, srvs, router={"name": "policy", "path": str(tmp_path / "pol")})
+    assert svc.sim_config.max_num_seqs == 8 and svc.rate.alpha == 0.1  # the policy's training settings
+    write_continuous_policy(tmp_path / "req", prefer=1, obs_size=2 + 2 * 3 + 2, batching="request")
+    with pytest.raises(ValueError, match="trained with batching='request'"):
+        gateway(profile, srvs, router={"name": "policy", "path": str(tmp_path / "req")})

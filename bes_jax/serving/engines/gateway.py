@@ -284,9 +284,25 @@ class EngineService:
             replica_counts, queue_capacity = self.replica_counts, int(settings.queue_capacity)
         import dataclasses
         sim = serving_sim_config(_Layout, router_cfg, serve_settings, profile)
-        self.sim_config = dataclasses.replace(
-            sim, batching="continuous", max_num_seqs=int(settings.max_num_seqs),
-            max_num_batched_tokens=int(settings.max_num_batched_tokens), context_overflow=settings.context_overflow)
+        engine_view = {"max_num_seqs": int(settings.max_num_seqs),
+                       "max_num_batched_tokens": int(settings.max_num_batched_tokens),
+                       "context_overflow": settings.context_overflow}
+        if dict(router_cfg).get("name") == "policy":
+            # a policy reads the observation it was trained on: continuous batching, and its engine
+            # settings (which the prediction and the observation's denominators use)
+            from bes_jax.agents.export import policy_observation_settings
+            pol = policy_observation_settings(router_cfg["path"])
+            if pol.get("batching", "request") != "continuous":
+                raise ValueError(f"router.path = {router_cfg['path']!r}: the policy was trained with batching="
+                                 f"{pol.get('batching', 'request')!r}; pool=engines routes continuously batching "
+                                 "engines and needs a policy trained with sim.batching=continuous")
+            for k in engine_view:
+                if k in pol and pol[k] != engine_view[k]:
+                    log.warning("router=policy: the policy at %s was trained with %s = %r; the router uses it "
+                                "(pool.%s = %r is ignored for the observation)", router_cfg["path"], k, pol[k], k,
+                                engine_view[k])
+                    engine_view[k] = pol[k]
+        self.sim_config = dataclasses.replace(sim, batching="continuous", **engine_view)
         self.engines = engines_for(profile, self.sim_config)
         self.rate = RateEstimator(self.sim_config.ewma_alpha, self.sim_config.ref_rate)
         self.deadlines = np.asarray(self.sim_config.task_deadlines(profile), np.float64)
