@@ -524,3 +524,17 @@ def test_every_router_over_engines(profile, fakes, tmp_path):
     write_continuous_policy(tmp_path / "req", prefer=1, obs_size=2 + 2 * 3 + 2, batching="request")
     with pytest.raises(ValueError, match="trained with batching='request'"):
         gateway(profile, srvs, router={"name": "policy", "path": str(tmp_path / "req")})
+
+
+def test_serve_without_a_profile_profiles_the_engines_at_start(fakes):
+    """`bes-serve pool=engines pool.urls=...` with no pool.profile: a quick profile of each
+    model's first engine, names from the mapping's keys (or the engines' model ids)."""
+    from bes_jax.serving.engines.gateway import build_engine_service
+    fs, srvs = fakes
+    base = {"router": {"name": "greedy"}, "serve": {"request_timeout_s": 5.0}}
+    svc = build_engine_service({**base, "pool": {"kind": "engines", "urls": {
+        "tiny": srvs[0].url, "mid": [srvs[1].url, srvs[3].url], "big": srvs[2].url}}})
+    assert svc.profile.model_names == ["tiny", "mid", "big"] and svc.profile.supports_continuous
+    assert svc.replica_counts == (1, 2, 1) and "PLACEHOLDER" in svc.profile.provenance["quality"]
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['warmup'\]"):
+        build_engine_service({**base, "pool": {"kind": "engines", "urls": [srvs[0].url], "warmup": True}})

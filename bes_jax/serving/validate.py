@@ -532,6 +532,9 @@ def validate_continuous(cfg, url: str, health: dict) -> dict:
 
     from bes_jax.profile import load_profile
     prof_path = cfg.get("profile") or health["profile_source"]
+    if str(prof_path).startswith("<"):
+        raise SystemExit("bes-validate: the server profiled its engines at start and has no profile file; give "
+                         "profile=FILE (written by bes-profile --engine, then served with pool.profile=FILE)")
     profile = load_profile(prof_path)
     names, T = profile.task_names, profile.n_tasks
     times, tasks, plens, olens, src = make_requests(int(cfg.n_requests), float(cfg.rate), profile,

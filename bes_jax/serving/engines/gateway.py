@@ -905,6 +905,40 @@ def create_engine_app(service: EngineService, *, manage: bool = True):
     return app
 
 
+def profile_at_start(pool: dict):
+    """Without ``pool.profile``: a quick ``bes-profile --engine`` of the first engine of every
+    model (model names from the ``pool.urls`` mapping, else the engines' own model ids), kept in
+    memory. Good enough to start; a profile measured with care (``bes-profile --engine``, more
+    points and repeats) is what the routing deserves."""
+    from bes_jax.profile import profile_from_dict
+    from bes_jax.serving.engines.config import parse_engine_urls
+    from bes_jax.serving.engines.profiler import run_engine_profile
+    urls = pool.get("urls")
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        if isinstance(urls, (DictConfig, ListConfig)):
+            urls = OmegaConf.to_container(urls, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(urls, dict):
+        names = list(urls)
+    else:
+        urls = [urls] if isinstance(urls, str) else urls
+        names = [f"model-{i}" for i in range(len(urls or []))] or ["model-0"]
+    entries = parse_engine_urls(urls, names, api_key=pool.get("engine_api_key"),
+                                api_key_env=pool.get("engine_api_key_env"))
+    first = [next(e for e in entries if e.model == n) for n in names]
+    log.warning("pool.profile not given: profiling %d engines now (quick; use bes-profile --engine for a careful "
+                "profile)", len(first))
+    doc = run_engine_profile([e.url for e in first], names=names if isinstance(urls, dict) else None,
+                             prompt_lens=(8, 64, 256), concurrencies=(1, 8), decode_prompt_lens=(16,),
+                             decode_tokens=8, repeats=1, chars_per_token=1.0,
+                             max_num_batched_tokens=int(pool.get("max_num_batched_tokens") or 512),
+                             name="profiled-at-start", api_keys=[e.api_key for e in first],
+                             log=lambda msg: log.info("%s", msg))
+    return profile_from_dict(doc, "<profiled at start by bes-serve>")
+
+
 def build_engine_service(c: dict) -> EngineService:
     """An :class:`EngineService` from the composed ``serve.yaml`` with ``pool=engines`` (a dict)."""
     from bes_jax.profile import load_profile
@@ -913,10 +947,6 @@ def build_engine_service(c: dict) -> EngineService:
     from bes_jax.serving.server import ServeSettings
 
     pool = dict(c["pool"])
-    if not pool.get("profile"):
-        raise ValueError("pool.profile is required for pool=engines: a continuous-batching profile written by "
-                         "bes-profile --engine (its model order is the order of pool.urls)")
-    profile = load_profile(pool["profile"])
     known = set(EngineSettings.__dataclass_fields__) | {"kind", "urls", "profile", "engine_api_key",
                                                         "engine_api_key_env"}
     unknown = sorted(set(pool) - known)
@@ -924,6 +954,14 @@ def build_engine_service(c: dict) -> EngineService:
         raise ValueError(f"pool: unknown field(s) {unknown} for pool=engines; known: {sorted(known)}")
     settings = EngineSettings(**{k: v for k, v in pool.items() if k in EngineSettings.__dataclass_fields__})
     settings.check()
+    s = dict(c.get("serve") or {})
+    unknown = sorted(set(s) - set(ServeSettings.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"serve: unknown field(s) {unknown}; known: {sorted(ServeSettings.__dataclass_fields__)}")
+    if pool.get("profile"):
+        profile = load_profile(pool["profile"])
+    else:
+        profile = profile_at_start(pool)
     entries = parse_engine_urls(pool.get("urls"), profile.model_names, api_key=pool.get("engine_api_key"),
                                 api_key_env=pool.get("engine_api_key_env"))
     k_of = {}
@@ -936,10 +974,6 @@ def build_engine_service(c: dict) -> EngineService:
                                   read_timeout_s=settings.read_timeout_s, probe_timeout_s=settings.probe_timeout_s,
                                   metrics_timeout_s=settings.metrics_timeout_s,
                                   scrape_metrics=settings.scrape_metrics))
-    s = dict(c.get("serve") or {})
-    unknown = sorted(set(s) - set(ServeSettings.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"serve: unknown field(s) {unknown}; known: {sorted(ServeSettings.__dataclass_fields__)}")
     serve = ServeSettings(**s)
     keys = parse_client_keys(serve.api_keys, serve.api_keys_env)
     return EngineService(engines, profile, dict(c["router"]), serve, settings, client_keys=keys)

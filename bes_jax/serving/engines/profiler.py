@@ -253,19 +253,23 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
                        prompt_lens=(8, 64, 256), concurrencies=(1, 4, 16), decode_prompt_lens=(16, 256),
                        decode_tokens: int = 16, repeats: int = 3, chars_per_token: float = 1.0,
                        deadline_factor: float = 2.5, quality=None, hardware: str = "live engines",
-                       name: str = "engines", api_key=None, log=print) -> dict:
+                       name: str = "engines", api_key=None, api_keys=None, log=print) -> dict:
     """Measure every engine, fit, and return a validated continuous-batching profile dict."""
     from bes_jax.profile import profile_from_dict
     tasks = dict(tasks or DEFAULT_TASKS)
     t_start = time.time()
     raws = []
-    for u in urls:
+    for i, u in enumerate(urls):
         log(f"profiling {u}")
+        key = api_keys[i] if api_keys else api_key
         raws.append(asyncio.run(measure_engine(u, prompt_lens=prompt_lens, concurrencies=concurrencies,
                                                decode_prompt_lens=decode_prompt_lens,
                                                decode_tokens=decode_tokens, repeats=repeats,
-                                               chars_per_token=chars_per_token, api_key=api_key, log=log)))
-    names = list(names) if names else [Path(r["model_id"]).name or r["model_id"] for r in raws]
+                                               chars_per_token=chars_per_token, api_key=key, log=log)))
+    if not names:
+        names = [Path(r["model_id"]).name or r["model_id"] for r in raws]
+        names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+    names = list(names)
     if len(names) != len(urls):
         raise ValueError(f"--names: {len(names)} names for {len(urls)} engines")
     models, fits, lat = [], {}, np.zeros((len(urls), len(tasks), b_max))
