@@ -32,7 +32,8 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 
 @dataclass
 class ServeSettings:
     request_timeout_s: float = 30.0
-    max_tokens_limit: int = 64
+    #: largest accepted max_tokens; None: 64 on the in-process pool, the smallest ctx_max with engines
+    max_tokens_limit: Optional[int] = 64
     default_task: Optional[str] = None  # None: the profile's first task
     deadline_scale: float = 1.0
     ewma_alpha: Optional[float] = None  # None: the policy's training value, else 0.05
@@ -175,7 +176,7 @@ class Service:
         max_tokens = body.get("max_tokens", default_out)
         if max_tokens is None:
             max_tokens = default_out
-        lim = self.settings.max_tokens_limit
+        lim = int(self.settings.max_tokens_limit or 64)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= lim:
             raise ApiError(400, f"'max_tokens' must be an integer in 1..{lim}, got {max_tokens!r}", param="max_tokens")
         if body.get("n", 1) != 1:

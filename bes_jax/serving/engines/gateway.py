@@ -314,6 +314,7 @@ class EngineService:
             raise ValueError(f"serve.default_task = {self.default_task!r}: not a task of profile {profile.name!r} "
                              f"({profile.task_names})")
         self.counter = PromptCounter(settings.tokenizer, settings.chars_per_token)
+        self.max_tokens_limit = int(serve_settings.max_tokens_limit or int(np.min(self.engines.ctx_max)))
         self.client_keys = list(client_keys or [])
         self.counters = Counters(names)
         self.metrics = Metrics(names, [s.label for s in self.slots])
@@ -472,7 +473,7 @@ class EngineService:
             raise self._bad(ApiError(400, f"unknown task {task!r}; choose from {self.profile.task_names}",
                                      param="task"))
         t = self.profile.task_index(task)
-        lim = int(self.serve.max_tokens_limit)
+        lim = self.max_tokens_limit
         for key in ("max_tokens", "max_completion_tokens"):
             v = body.get(key)
             if v is None:
@@ -782,7 +783,7 @@ class EngineService:
                          "prompt_tokens": self.counter.source},
                 "deadlines_s": [float(x) for x in self.deadlines],
                 "deadline_scale": float(self.serve.deadline_scale),
-                "limits": {"max_tokens_limit": int(self.serve.max_tokens_limit),
+                "limits": {"max_tokens_limit": self.max_tokens_limit,
                            "max_prompt_tokens": self.serve.max_prompt_tokens,
                            "max_body_bytes": int(self.serve.max_body_bytes)},
                 "sim_config": self.sim_config.to_dict(),
