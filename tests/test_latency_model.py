@@ -250,3 +250,43 @@ def test_kv_tokens_from_a_memory_share():
         kv_tokens(524_288, 80e9, 0.15, 2 * 6_658_473_984, 1.5e9)
     with pytest.raises(ValueError, match="share"):
         kv_tokens(524_288, 80e9, 1.5, 1e9, 0)
+
+
+def test_gated_ffn_adds_one_matrix_and_leaves_opt_unchanged():
+    """`Arch.ffn_matrices`: 2 (OPT/GPT up + down, the default) or 3 (SwiGLU gate + up + down)."""
+    # the default is the two-matrix FFN the OPT numbers were made with: spelling it out changes nothing
+    for name in OPT:
+        a = ARCHS[name]
+        assert a.ffn_matrices == 2
+        h, k, f, L = a.hidden, a.kv_hidden, a.ffn, a.layers
+        assert a.matmul_params == L * (2 * h * h + 2 * h * k + 2 * h * f)
+        assert a.elementwise_values_per_token == 4 * h + 2 * f + 2 * (h + 2 * k)
+        assert breakdown(name, "h100-sxm", 8, 512, 32) == breakdown(Arch(L, a.heads, a.head_dim, h, f, ffn_matrices=2),
+                                                                     "h100-sxm", 8, 512, 32)
+    assert predict("opt-6.7b", "a100-80gb", 1, 512, 32) == pytest.approx(0.426, abs=5e-4)  # docs/latency_model.md
+    two = ARCHS["opt-1.3b"]
+    three = Arch(24, 32, 64, 2048, 8192, ffn_matrices=3)
+    assert three.matmul_params - two.matmul_params == 24 * 2048 * 8192  # one more h x f matrix per layer
+    assert three.elementwise_values_per_token - two.elementwise_values_per_token == 8192  # act-and-mul reads 2f
+    assert three.kv_bytes_per_token == two.kv_bytes_per_token
+    c2, c3 = (iteration_coefficients(a, "h100-sxm") for a in (two, three))
+    assert c3["weights_s"] > c2["weights_s"] and c3["per_token_s"] > c2["per_token_s"]
+    assert c3["per_kv_token_s"] == c2["per_kv_token_s"] and c3["fixed_s"] == c2["fixed_s"]
+    # prefill FFN FLOPs grow by half (2 -> 3 matrices of h x f): a compute-bound pass takes longer
+    b2, b3 = (breakdown(a, "h100-sxm", 32, 512, 1) for a in (two, three))
+    assert 1.1 < b3["prefill_matmuls"] / b2["prefill_matmuls"] < 1.5
+    for bad in (1, 4, 2.0, True):
+        with pytest.raises(ValueError, match="ffn_matrices"):
+            Arch(24, 32, 64, 2048, 8192, ffn_matrices=bad)
+
+
+def test_qwen25_shapes():
+    """Qwen2.5 (config.json / arXiv 2412.15115 Table 1): GQA, SwiGLU, known by `resolve_arch`."""
+    from bes_jax.latency.model import QWEN25_ARCHS, resolve_arch
+    for name, (L, heads, kv_heads, f, V) in {"qwen2.5-0.5b": (24, 14, 2, 4864, 151936),
+                                             "qwen2.5-1.5b": (28, 12, 2, 8960, 151936),
+                                             "qwen2.5-7b": (28, 28, 4, 18944, 152064)}.items():
+        a = resolve_arch(name)
+        assert a is QWEN25_ARCHS[name] and name not in ARCHS
+        assert (a.layers, a.heads, a.kv_heads, a.ffn, a.vocab, a.ffn_matrices) == (L, heads, kv_heads, f, V, 3)
+    assert predict("qwen2.5-7b", "h100-sxm", 1, 512, 32) > predict("qwen2.5-1.5b", "h100-sxm", 1, 512, 32)

@@ -34,10 +34,9 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
 
 def elementwise_bytes_per_token(a: Arch) -> int:
-    """Bytes the memory-bound element-wise kernels move per token over all layers (2 LayerNorms,
-    bias + ReLU, 2 residual adds, bias + QKV split), as in `model._pass_roofline`."""
-    h, f, k = a.hidden, a.ffn, a.kv_hidden
-    return a.layers * (2 * 2 * h + 2 * f + 2 * (h + 2 * k)) * BYTES
+    """Bytes the memory-bound element-wise kernels move per token over all layers (2 norms, the
+    FFN activation, 2 residual adds, bias + QKV split), as in `model._pass_roofline`."""
+    return a.layers * a.elementwise_values_per_token * BYTES
 
 
 def iteration_coefficients(arch: Arch | str, gpu: GPU | str, c: Constants = CALIBRATED) -> dict[str, float]:

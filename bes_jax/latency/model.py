@@ -33,10 +33,16 @@ class Arch:
     vocab: int = 50272
     #: key/value heads (grouped-query attention); None = `heads` (multi-head attention, as OPT)
     n_kv_heads: int | None = None
+    #: weight matrices of one FFN: 2 (up, down: OPT/GPT, ReLU/GeLU) or 3 (gate, up, down: a gated
+    #: FFN such as SwiGLU, Llama / Qwen2.5); gate and up are one fused `h x 2f` GEMM, as vLLM runs it
+    ffn_matrices: int = 2
 
     def __post_init__(self):
         if self.heads * self.head_dim != self.hidden:
             raise ValueError(f"heads x head_dim = {self.heads} x {self.head_dim} != hidden {self.hidden}")
+        m = self.ffn_matrices
+        if isinstance(m, bool) or not isinstance(m, int) or m not in (2, 3):
+            raise ValueError(f"ffn_matrices = {m!r}: must be 2 (up, down) or 3 (gate, up, down)")
         kv = self.n_kv_heads
         if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.heads % kv):
             raise ValueError(f"n_kv_heads = {kv!r}: must be a positive integer dividing heads ({self.heads})")
@@ -57,13 +63,23 @@ class Arch:
 
     @property
     def matmul_params(self) -> int:
-        """Weights of the per-layer matmuls (Q, K, V, out, FFN up and down), without the LM head."""
+        """Weights of the per-layer matmuls (Q, K, V, out, the FFN's `ffn_matrices` matrices), without
+        the LM head."""
         h, k = self.hidden, self.kv_hidden
-        return self.layers * (2 * h * h + 2 * h * k + 2 * h * self.ffn)
+        return self.layers * (2 * h * h + 2 * h * k + self.ffn_matrices * h * self.ffn)
+
+    @property
+    def elementwise_values_per_token(self) -> int:
+        """Values the memory-bound element-wise kernels read and write per token per layer: 2 norms
+        (4h), the FFN activation (bias + ReLU: f in, f out; a gated FFN's act-and-mul: 2f in, f out;
+        so `ffn_matrices x f`), 2 residual adds and the QKV bias + split (2 (h + 2k))."""
+        h, k = self.hidden, self.kv_hidden
+        return 2 * 2 * h + self.ffn_matrices * self.ffn + 2 * (h + 2 * k)
 
     @property
     def weight_bytes(self) -> int:
-        """fp16 bytes of the matmul weights (layers + tied LM head); biases and norms ignored."""
+        """fp16 bytes of the matmul weights a pass streams: layers + the LM head (h x V, tied or not:
+        an untied embedding table is only gathered from); biases and norms ignored."""
         return (self.matmul_params + self.hidden * self.vocab) * BYTES
 
 
@@ -85,6 +101,18 @@ ARCHS = {
     "opt-13b": Arch(40, 40, 128, 5120, 20480),
     "gpt-350m": Arch(24, 16, 64, 1024, 4096),
     "gpt-1.3b": Arch(24, 32, 64, 2048, 8192),
+}
+
+# Qwen2.5 base models (decoder with GQA, SwiGLU FFN, RoPE, RMSNorm, QKV bias; 0.5B and 1.5B tie
+# the LM head to the embeddings): the `config.json` of Qwen/Qwen2.5-{0.5B,1.5B,7B} on Hugging Face
+# (num_hidden_layers, num_attention_heads, hidden_size / num_attention_heads, hidden_size,
+# intermediate_size, vocab_size, num_key_value_heads) and Table 1 of the Qwen2.5 technical report
+# (arXiv 2412.15115: layers, Q/KV heads, tied embeddings). Kept apart from ARCHS (the OPT/GPT
+# shapes of the calibration and of the OPT profiles); `resolve_arch` knows both.
+QWEN25_ARCHS = {
+    "qwen2.5-0.5b": Arch(24, 14, 64, 896, 4864, vocab=151936, n_kv_heads=2, ffn_matrices=3),
+    "qwen2.5-1.5b": Arch(28, 12, 128, 1536, 8960, vocab=151936, n_kv_heads=2, ffn_matrices=3),
+    "qwen2.5-7b": Arch(28, 28, 128, 3584, 18944, vocab=152064, n_kv_heads=4, ffn_matrices=3),
 }
 
 # Vendor datasheets (OPT_FACTS.md): memory bandwidth and dense fp16/bf16 tensor throughput.
@@ -124,9 +152,10 @@ CSV_PATH = REPO_ROOT.parent / "shared" / "docs" / CSV_NAME
 def resolve_arch(arch: Arch | str) -> Arch:
     if isinstance(arch, Arch):
         return arch
-    if arch not in ARCHS:
-        raise KeyError(f"unknown model {arch!r}; known: {sorted(ARCHS)}")
-    return ARCHS[arch]
+    known = {**ARCHS, **QWEN25_ARCHS}
+    if arch not in known:
+        raise KeyError(f"unknown model {arch!r}; known: {sorted(known)}")
+    return known[arch]
 
 
 def resolve_gpu(gpu: GPU | str, extra: dict[str, GPU] | None = None) -> GPU:
@@ -151,10 +180,11 @@ def _pass_roofline(a: Arch, g: GPU, c: Constants, tokens: int, seqs: int) -> dic
     h, f, L, V, k = a.hidden, a.ffn, a.layers, a.vocab, a.kv_hidden
     T, e, p = tokens, c.bw_eff, c.flop_eff
     matmuls = 0.0
-    for n_in, n_out in ((h, h + 2 * k), (h, h), (h, f), (f, h)):
+    # QKV, out projection, FFN up (a gated FFN: gate and up fused, h x 2f), FFN down
+    for n_in, n_out in ((h, h + 2 * k), (h, h), (h, (a.ffn_matrices - 1) * f), (f, h)):
         w = n_in * n_out
         matmuls += _roof((w + T * (n_in + n_out)) * BYTES, 2 * T * w, g, e, p)
-    elementwise = T * (2 * 2 * h + 2 * f + 2 * (h + 2 * k)) * BYTES / (e * g.bandwidth)
+    elementwise = T * a.elementwise_values_per_token * BYTES / (e * g.bandwidth)
     lm_head = _roof((h * V + seqs * (h + 2 * V)) * BYTES, 2 * seqs * h * V, g, e, p)
     return {"matmuls": L * matmuls, "elementwise": L * elementwise, "lm_head": lm_head}
 
