@@ -635,6 +635,16 @@ class EngineService:
                 last = e
                 tried.add(s.index)
                 retry_of = m
+            except ApiError:
+                raise  # already counted (a client that went away)
+            except asyncio.CancelledError:
+                self._done("failed", names[m], "cancelled")
+                raise
+            except Exception as e:  # never leave an accepted request uncounted
+                log.exception("forwarding to %s failed", s.label)
+                self._done("failed", names[m])
+                raise ApiError(500, f"internal error while forwarding: {type(e).__name__}: {e}", "internal_error",
+                               bes=facts) from None
         # every attempt failed on engine faults
         model_name = names[retry_of] if retry_of is not None else None
         self._done("failed", model_name)
