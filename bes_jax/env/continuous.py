@@ -245,6 +245,8 @@ class ContinuousServingEnv:
             for w, r in enumerate(row):
                 if r >= 0:
                     self.member_pos[r] = w
+        #: quiet iteration ends (decode only, no completion) one event may apply beyond its own
+        self.quiet_steps = 8
         M, T = self.n_models, self.n_tasks
         self.obs_size = T + M + 1 + (3 * M + 2 if cfg.obs_mode == "rich" else 0)
 
@@ -413,7 +415,7 @@ class ContinuousServingEnv:
         def body(carry):
             st, realised, T = carry
             lane = first_lanes(T < jnp.inf, lanes)
-            st, realised = self._process_events(st, params, params_axis, lane, T.reshape(-1), realised)
+            st, realised = self._process_events(st, params, params_axis, lane, T.reshape(-1), realised, t_limit)
             return st, realised, self._due_events(st, t_limit)
 
         realised = jnp.zeros((N,), states.busy_until.dtype)
@@ -438,7 +440,7 @@ class ContinuousServingEnv:
         return jax.tree.map(take, ax, p, is_leaf=lambda x: x is None), jax.tree.map(
             lambda a: None if a is None else 0, ax, is_leaf=lambda x: x is None)
 
-    def _process_events(self, st: ContinuousState, params, params_axis, lane, T, realised):
+    def _process_events(self, st: ContinuousState, params, params_axis, lane, T, realised, t_limit):
         """The due iteration end of lanes ``lane`` [K] (flat ``n * Sv + s``; ``N * Sv`` marks an
         empty lane whose writes are dropped): apply it, complete sequences, admit on every
         replica of the server, start the next iteration (docs/simulator.md, steps 1-5)."""
@@ -449,7 +451,7 @@ class ContinuousServingEnv:
         sk = lane % Sv
         Tk = T[jnp.minimum(lane, N * Sv - 1)]
         p, p_axis = self._params_for(params, params_axis, e)
-        out = jax.vmap(self._lane, in_axes=(None, p_axis, 0, 0, 0))(st, p, e, sk, Tk)
+        out = jax.vmap(self._lane, in_axes=(None, p_axis, 0, 0, 0, 0))(st, p, e, sk, Tk, t_limit[e])
         drop = dict(mode="drop")
         K = lane.shape[0]
         o = st.outcomes
@@ -485,7 +487,7 @@ class ContinuousServingEnv:
         realised = realised.at[idx].add(out["realised"], **drop)
         return st, realised
 
-    def _lane(self, st: ContinuousState, p: ContinuousParams, e, s, T):
+    def _lane(self, st: ContinuousState, p: ContinuousParams, e, s, T, t_limit):
         """One lane's event (environment ``e``, server ``s``, time ``T``), reading the batched
         state; returns the new rows of the server's replicas and the ring updates."""
         S, C, H, Rm, R, Tn = self.max_seqs, self.capacity, self.slots, self.r_max, self.n_replicas, self.n_tasks
@@ -568,12 +570,36 @@ class ContinuousServingEnv:
         w_next = order[first_true(has)]
         busy = jnp.any(has)
         nxt = rows[w_next]
-        _, _, tau = compose(nxt[:, P], nxt[:, F], nxt[:, G], n_run[w_next], K, p.iteration[rw[w_next] // Rm])
+        coef = p.iteration[rw[w_next] // Rm]
+        _, _, tau = compose(nxt[:, P], nxt[:, F], nxt[:, G], n_run[w_next], K, coef)
+        end = jnp.where(busy, T + tau, T)
+        # Quiet iteration ends, processed here: while the server keeps iterating r alone, every
+        # sequence decodes and none completes, an end changes only g (admission cannot change:
+        # nothing is freed, and without drop_expired nothing expires), so up to `quiet_steps`
+        # further ends due by t_limit are applied now, each exactly as the loop would.
+        n = n_run[w_next]
+        live = jnp.arange(S) < n
+        pn, on = nxt[:, P], nxt[:, O]
+        quiet = busy & (rw[w_next] == r) & jnp.all(~live | (nxt[:, F] >= pn))
+        if self.drop_expired:
+            quiet = quiet & (rep[w_next, Q_LEN] == 0)
+
+        def step(_, c):
+            E, g, ok, k = c
+            ok = ok & (E <= t_limit) & jnp.all(~live | (g + 1 < on))
+            g = jnp.where(ok & live, g + 1, g)
+            C = jnp.sum(jnp.where(live, pn + g, 0))
+            E = jnp.where(ok, E + iteration_time(coef, n, C, n), E)
+            return E, g, ok, k + ok.astype(jnp.int32)
+
+        end, g_next, _, k = jax.lax.fori_loop(0, self.quiet_steps, step, (end, nxt[:, G], quiet, jnp.int32(0)))
+        rows = rows.at[w_next, :, G].set(g_next)
+        rep = rep.at[w_next, KV_USED].add(k * n)
         return {
             "newly": newly, "done": done, "slots": slots, "value": value, "first_token": ft,
             "admitted": admitted, "dropped": dropped, "qslots": qslots,
             "members": jnp.where(okm, members, R), "run": rows, "rep": rep,
-            "busy": busy, "busy_until": jnp.where(busy, T + tau, T),
+            "busy": busy, "busy_until": end,
             "iter_replica": jnp.where(busy, rw[w_next], r).astype(jnp.int32),
             "realised": realised,
         }
