@@ -107,8 +107,9 @@ def run_jax(env, cases):
             return (nxt, st), (a, obs)
         obs, st = env.reset(jax.random.PRNGKey(0), params)
         (_, st), (acts, seen) = jax.lax.scan(body, (obs, st), None, length=N)
+        early = (st.outcomes, st.now)  # before the drain: advanced to the next (wrapped) arrival
         st = env.drain(st, params)
-        return st.outcomes, acts, seen, (st.kv_reserved, st.n_run, st.queue_len, st.busy)
+        return st.outcomes, acts, seen, (st.kv_reserved, st.n_run, st.queue_len, st.busy), early
 
     run = jax.jit(one)
     for c in cases:
@@ -154,7 +155,7 @@ def test_same_per_request_outcomes(layout):
     env = ContinuousServingEnv(cases[0]["prof"], base)
     to_jax = flat_to_jax_replica(base, env.n_models, env.r_max)
     seen_kinds = set()
-    for c_i, (c, (o, acts, seen, final, params)) in enumerate(zip(cases, run_jax(env, cases))):
+    for c_i, (c, (o, acts, seen, final, early, params)) in enumerate(zip(cases, run_jax(env, cases))):
         ctx = (f"{layout} case {c_i}: K={c['cfg'].max_num_batched_tokens} overflow={c['cfg'].context_overflow} "
                f"kv_bind={c['kv_bind']} {c['cfg'].deadline_kind} ttft={c['cfg'].ttft_deadlines} "
                f"greedy={c['greedy']}")
@@ -183,6 +184,15 @@ def test_same_per_request_outcomes(layout):
                              ("reward", "reward")):
             np.testing.assert_allclose(take(getattr(o, f_jax)), getattr(ref, f_ref), err_msg=f"{ctx} {f_jax}", **TOL)
         np.testing.assert_allclose(seen, ref.observations, err_msg=f"{ctx} observation", **TOL)
+        # before the drain: the same waiting / running requests, first tokens and unrealised rewards
+        o_early, next_arrival = early
+        part = ContinuousReferenceSimulator(c["prof"], c["cfg"]).run(
+            c["times"], c["tasks"], prompt_in, output, "greedy" if c["greedy"] else c["actions"], drain=False,
+            until=float(next_arrival))
+        np.testing.assert_array_equal(o_early.status[:N], part.status, err_msg=f"{ctx} before drain")
+        for f in ("start", "first_token", "finish", "reward"):
+            np.testing.assert_allclose(getattr(o_early, f)[:N], getattr(part, f), err_msg=f"{ctx} {f} before drain", **TOL)
+        seen_kinds.update(f"early status {int(s)}" for s in np.unique(part.status))
         # both metric implementations on the same run
         if c_i % 3 == 0:
             check_metrics(o, params, ref, c, ctx)
@@ -198,7 +208,7 @@ def test_same_per_request_outcomes(layout):
             seen_kinds.add("ttft/tpot miss")
         if ((ref.first_token - ref.start) > 0.05).any():
             seen_kinds.add("long prefill")
-    want = {"status 2", "status 4", "max_num_seqs", "kv", "truncated", "context", "ttft/tpot miss", "long prefill"}
+    want = {"status 2", "status 4", "early status 1", "early status 5", "max_num_seqs", "kv", "truncated", "context", "ttft/tpot miss", "long prefill"}
     if base.drop_expired:
         want.add("status 3")
     assert want <= seen_kinds, want - seen_kinds

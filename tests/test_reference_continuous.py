@@ -250,6 +250,14 @@ def test_undrained_run_keeps_waiting_and_running_requests():
     m = compute_metrics(res, [0, 0, 1.0], [0, 0, 0], prof, SimConfig(batching="continuous", n_gpus=1,
                                                                    replicas=(1, 1)))
     assert m["n_running"] == 1 and m["n_queued"] == 2 and m["n_in_system"] == 3
+    # `until`: the events up to a later time too (iteration ends 1.5 and 2.25; r0 has 3 tokens)
+    res = run(prof, [0, 0, 1.0], [0] * 3, [8] * 3, [4, 4, 4], [0] * 3, drain=False, until=2.25, max_num_seqs=1,
+              max_num_batched_tokens=64)
+    assert res.clock == 2.25
+    eq(res.generated, [3, 0, 0])
+    eq(res.status, [RUNNING, QUEUED, QUEUED])
+    with pytest.raises(ValueError, match="until = 0.5"):
+        run(prof, [0, 0, 1.0], [0] * 3, [8] * 3, [4, 4, 4], [0] * 3, drain=False, until=0.5)
 
 
 def test_metrics_by_hand():

@@ -8,8 +8,9 @@ routing view (replica choice, prediction, observation, greedy) is
 :mod:`bes_jax.reference.routing_view_continuous`, the numpy code the live router uses too.
 
 Status codes: ``QUEUED`` (waiting), ``RUNNING`` (admitted, not completed), ``SERVED``
-(completed), ``DROPPED``, ``REJECTED``. Without ``drain`` the run stops at the last arrival and
-whatever is still waiting or running keeps that status with an unrealised (NaN) reward.
+(completed), ``DROPPED``, ``REJECTED``. Without ``drain`` the run stops at the last arrival (or
+at ``until``) and whatever is still waiting or running keeps that status with an unrealised
+(NaN) reward.
 
 Choices the doc leaves to an implementation: prompts must have >= 1 token (the doc's first token
 comes at the end of the prefill, so an empty prompt would never emit one); a router that picks a
@@ -178,9 +179,14 @@ class ContinuousReferenceSimulator:
 
     # ------------------------------------------------------------------ run
     def run(self, times, tasks, prompts, outputs, actions: Actions, drain: bool = True,
-            trace: bool = False) -> ContinuousResult:
+            trace: bool = False, until: float | None = None) -> ContinuousResult:
         """Route request i (arrival ``times[i]``, task, prompt and output tokens) with
-        ``actions[i]`` (an int array, ``"greedy"``, or ``f(i, view) -> model``)."""
+        ``actions[i]`` (an int array, ``"greedy"``, or ``f(i, view) -> model``).
+
+        After the last decision: ``drain`` processes every event (clock = inf); else ``until``
+        (>= the last arrival, e.g. the next arrival a simulator would advance to) processes
+        the events with time <= until (clock = until); else nothing more (clock = last arrival).
+        """
         times = np.asarray(times, np.float64).reshape(-1)
         n = times.size
         tasks = self._int_array(tasks, "tasks", n)
@@ -350,6 +356,11 @@ class ContinuousReferenceSimulator:
         if drain:
             advance(math.inf)
             clock = math.inf
+        elif until is not None:
+            if not until >= clock:
+                raise ValueError(f"until = {until}: must be >= the last arrival ({clock})")
+            advance(float(until))
+            clock = float(until)
         done = status == SERVED
         e2e = np.where(done, finish - times, np.nan)
         ttft = np.where(done, first - times, np.nan)
