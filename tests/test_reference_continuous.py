@@ -41,12 +41,12 @@ def hand_profile(iterations=(FLAT, VAR), ctx=(4096, 4096), kv=(100_000, 100_000)
     }, "hand-continuous.json")
 
 
-def run(prof, times, tasks, prompts, outputs, actions, drain=True, trace=False, **cfg):
+def run(prof, times, tasks, prompts, outputs, actions, drain=True, trace=False, until=None, **cfg):
     cfg.setdefault("n_gpus", 1)
     cfg.setdefault("batching", "continuous")
     cfg.setdefault("replicas", (1,) * prof.n_models)
     sim = ContinuousReferenceSimulator(prof, SimConfig(**cfg))
-    return sim.run(np.asarray(times, float), tasks, prompts, outputs, actions, drain=drain, trace=trace)
+    return sim.run(np.asarray(times, float), tasks, prompts, outputs, actions, drain=drain, trace=trace, until=until)
 
 
 def eq(a, b):
