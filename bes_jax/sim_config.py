@@ -14,6 +14,7 @@ SOFT_DECAYS = ("linear", "exp")
 OBS_MODES = ("paper", "rich")
 BATCHINGS = ("request", "continuous")
 CONTEXT_OVERFLOWS = ("truncate", "reject")
+AUTOSCALE_METRICS = ("in_system", "rate")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,24 @@ class SimConfig:
     #: per-task TTFT / TPOT deadlines in seconds (None: not configured), scaled by deadline_scale
     ttft_deadlines: Optional[tuple[float, ...]] = None
     tpot_deadlines: Optional[tuple[float, ...]] = None
+    # ---- reactive autoscaler (docs/simulator.md "Autoscaler (`autoscale`)"); request mode only
+    #: replicas of one model are added / removed on observed load; the n_gpus GPUs are its pool
+    autoscale: bool = False
+    #: the model it serves (profile index; -1: the last, the largest in the shipped profiles)
+    autoscale_model: int = -1
+    #: fewest replicas kept (>= 1) and replicas allocated at the first arrival (None: the minimum)
+    autoscale_min: int = 1
+    autoscale_initial: Optional[int] = None
+    #: simulated seconds between two decisions (taken at arrivals)
+    autoscale_interval_s: float = 10.0
+    #: observed load: in_system (requests queued + in flight) or rate (estimated arrivals / s)
+    autoscale_metric: str = "in_system"
+    #: load one replica should carry (requests in system, or requests / s): desired = ceil(load / target)
+    autoscale_target: float = 8.0
+    #: a new replica becomes routable this long after the decision that adds it
+    autoscale_spinup_s: float = 60.0
+    #: no scale-down within this long after the last scale action
+    autoscale_cooldown_s: float = 120.0
 
     def __post_init__(self):
         def bad(field_name, value, why):
@@ -103,15 +122,65 @@ class SimConfig:
                 object.__setattr__(self, name, tuple(float(x) for x in v))
                 if any(not x > 0 for x in getattr(self, name)):
                     bad(name, v, "every deadline must be > 0")
+        self._check_autoscale(bad)
+
+    def _check_autoscale(self, bad):
+        if not isinstance(self.autoscale, bool):
+            bad("autoscale", self.autoscale, "must be true or false")
+        if self.autoscale_metric not in AUTOSCALE_METRICS:
+            bad("autoscale_metric", self.autoscale_metric, f"must be one of {AUTOSCALE_METRICS}")
+        for name in ("autoscale_interval_s", "autoscale_target"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v > 0):
+                bad(name, v, "must be > 0")
+        for name in ("autoscale_spinup_s", "autoscale_cooldown_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
+                bad(name, v, "must be >= 0 seconds")
+        if isinstance(self.autoscale_model, bool) or not isinstance(self.autoscale_model, int):
+            bad("autoscale_model", self.autoscale_model, "must be a model index (-1: the last model)")
+        v = self.autoscale_min
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            bad("autoscale_min", v, "must be an integer >= 1 (the autoscaler always keeps a replica)")
+        v = self.autoscale_initial
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not self.autoscale_min <= v):
+            bad("autoscale_initial", v, f"must be an integer >= autoscale_min ({self.autoscale_min}), or null")
+        if not self.autoscale:
+            return
+        if self.batching != "request":
+            bad("autoscale", True, f"implemented for batching='request' only (got batching={self.batching!r})")
+        if self.replicas is not None:
+            bad("replicas", self.replicas, "must be null with autoscale: the layout is autoscale_model's replicas, "
+                "one per GPU of the n_gpus pool")
+        if self.autoscale_min > self.n_gpus:
+            bad("autoscale_min", self.autoscale_min, f"must be <= n_gpus ({self.n_gpus}, the pool)")
+        if self.autoscale_initial is not None and self.autoscale_initial > self.n_gpus:
+            bad("autoscale_initial", self.autoscale_initial, f"must be <= n_gpus ({self.n_gpus}, the pool)")
 
     # --------------------------------------------------------------- derived layout
     def replica_counts(self, n_models: int) -> tuple[int, ...]:
+        if self.autoscale:  # the pool: one replica slot of the served model per GPU
+            m = self.autoscale_model_index(n_models)
+            return tuple(self.n_gpus if i == m else 0 for i in range(n_models))
         if self.replicas is None:
             return (self.n_gpus,) * n_models
         if len(self.replicas) != n_models:
             raise ConfigError(f"sim config: field 'replicas' = {self.replicas!r}: "
                               f"needs one count per model ({n_models})")
         return self.replicas
+
+    def autoscale_model_index(self, n_models: int) -> int:
+        """The model the autoscaler serves, as a non-negative index."""
+        m = self.autoscale_model
+        if not -n_models <= m < n_models:
+            raise ConfigError(f"sim config: field 'autoscale_model' = {m!r}: needs a model index in "
+                              f"{-n_models}..{n_models - 1}")
+        return m % n_models
+
+    @property
+    def autoscale_initial_replicas(self) -> int:
+        """Replicas allocated (and ready) at the first arrival."""
+        return self.autoscale_min if self.autoscale_initial is None else self.autoscale_initial
 
     def gpu_of_replica(self, model: int, k: int) -> int:
         """Replica k of a model lives on GPU k mod n_gpus."""

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bes_jax.env import autoscaler
 from bes_jax.env.params import EnvParams, default_float, make_env_params
 from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes
 from bes_jax.profile import Profile
@@ -64,6 +65,10 @@ class ServingEnv:
             self.server_of = np.arange(self.n_replicas)
             self.server_members = np.arange(self.n_replicas)[:, None]
         self.obs_size = self.n_tasks + self.n_models + 1 + (self.n_models + 1 if cfg.obs_mode == "rich" else 0)
+        # reactive autoscaler (static flag: with it off nothing of it is traced)
+        self.autoscale = bool(cfg.autoscale)
+        if self.autoscale:
+            self.autoscale_pool = autoscaler.pool_mask(cfg, self.n_models, self.r_max)
 
     # ------------------------------------------------------------------ params
     def make_params(self, workload: WorkloadParams, **overrides) -> EnvParams:
@@ -90,6 +95,8 @@ class ServingEnv:
             decision=jnp.zeros((), jnp.int32), ewma_gap=(1.0 / params.ref_rate).astype(f),
             episode_step=jnp.zeros((), jnp.int32), chosen_replica=jnp.zeros((M,), jnp.int32),
             wait=jnp.zeros((M,), f), predicted_finish=jnp.zeros((M,), f), outcomes=outcomes, workload=ws)
+        if self.autoscale:
+            state = state.replace(autoscale=autoscaler.init(params.autoscale, self.autoscale_pool, state.now))
         state = self._predict(state, params)
         return self.observe(state, params), state
 
@@ -197,8 +204,18 @@ class ServingEnv:
         state = state.replace(
             now=t_next, task=task_next, decision=state.decision + 1, ewma_gap=ewma.astype(f),
             episode_step=jnp.where(done, 0, ep), workload=ws)
+        if self.autoscale:
+            state = self._autoscale_at_arrival(state, params)
         state = self._predict(state, params)
         return self.observe(state, params), state, realised.astype(f), done, info
+
+    def _autoscale_at_arrival(self, st: EnvState, params: EnvParams) -> EnvState:
+        """The autoscaler at the pending request's arrival (bes_jax.env.autoscaler)."""
+        server = jnp.asarray(self.server_of)
+        idle = ~(st.busy[server] & (st.free_at[server] > st.now))
+        a = autoscaler.at_arrival(st.autoscale, params.autoscale, self.autoscale_pool, st.now,
+                                  st.queue_len + self.running(st), idle, st.free_at[server], 1.0 / st.ewma_gap)
+        return st.replace(autoscale=a)
 
     def running(self, st: EnvState):
         """[R] requests in flight per replica at the clock (a batch that has ended counts 0)."""
@@ -369,7 +386,10 @@ class ServingEnv:
         server = jnp.asarray(self.server_of)
         count = (st.queue_len + self.running(st)).reshape(M, Rm)
         free = jnp.maximum(st.free_at[server], st.now).reshape(M, Rm)
-        valid = params.replica_valid.reshape(M, Rm)
+        valid_flat = params.replica_valid
+        if self.autoscale:  # only replicas that are up (allocated, ready, not draining)
+            valid_flat = valid_flat & autoscaler.routable(st.autoscale, st.now)
+        valid = valid_flat.reshape(M, Rm)
         big = jnp.iinfo(jnp.int32).max
         count = jnp.where(valid, count, big)
         best = count == min_last(count)[:, None]
@@ -396,7 +416,7 @@ class ServingEnv:
         # up (arrivals keep joining until it starts), which is what happens under load.
         own = jnp.where(busy, lat[:, B - 1], lat[:, 0])
         finish = st.now + wait + own
-        possible = params.replica_valid[r] & (q < C)
+        possible = valid_flat[r] & (q < C)
         return st.replace(chosen_replica=r.astype(jnp.int32),
                           wait=jnp.where(possible, wait, jnp.inf),
                           predicted_finish=jnp.where(possible, finish, jnp.inf))

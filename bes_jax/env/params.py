@@ -35,11 +35,40 @@ class EnvParams:
     ref_rate: jnp.ndarray
     episode_len: jnp.ndarray     # int32
     workload: object             # bes_jax.workloads.WorkloadParams
+    autoscale: object = None     # AutoscaleParams with cfg.autoscale, else None (no leaves)
 
     @property
     def peak(self) -> jnp.ndarray:
         """Best quality per task: what serving everything on time with the best model gives."""
         return self.quality.max(axis=0)
+
+
+@struct.dataclass
+class AutoscaleParams:
+    """The autoscaler's numbers (docs/simulator.md "Autoscaler"); arrays, so one program can
+    sweep them. The pool (one slot per GPU of the served model) is static layout."""
+
+    min_replicas: jnp.ndarray   # int32
+    initial: jnp.ndarray        # int32
+    interval: jnp.ndarray       # seconds between decisions
+    use_rate: jnp.ndarray       # bool: load = estimated arrival rate (else requests in system)
+    target: jnp.ndarray         # load per replica
+    spinup: jnp.ndarray         # seconds from decision to routable
+    cooldown: jnp.ndarray       # seconds after a scale action with no scale-down
+
+
+def make_autoscale_params(cfg: SimConfig):
+    if not cfg.autoscale:
+        return None
+    f = default_float()
+    return AutoscaleParams(
+        min_replicas=jnp.asarray(cfg.autoscale_min, jnp.int32),
+        initial=jnp.asarray(cfg.autoscale_initial_replicas, jnp.int32),
+        interval=jnp.asarray(cfg.autoscale_interval_s, f),
+        use_rate=jnp.asarray(cfg.autoscale_metric == "rate"),
+        target=jnp.asarray(cfg.autoscale_target, f),
+        spinup=jnp.asarray(cfg.autoscale_spinup_s, f),
+        cooldown=jnp.asarray(cfg.autoscale_cooldown_s, f))
 
 
 def make_env_params(profile: Profile, cfg: SimConfig, workload, r_max: int) -> EnvParams:
@@ -64,4 +93,5 @@ def make_env_params(profile: Profile, cfg: SimConfig, workload, r_max: int) -> E
         ref_rate=jnp.asarray(cfg.ref_rate, f),
         episode_len=jnp.asarray(cfg.episode_len, jnp.int32),
         workload=workload,
+        autoscale=make_autoscale_params(cfg),
     )

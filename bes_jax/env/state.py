@@ -52,3 +52,29 @@ class EnvState:
     predicted_finish: jnp.ndarray  # [M] predicted completion time (inf: impossible)
     outcomes: Outcomes
     workload: object           # bes_jax.workloads.WorkloadState
+    autoscale: object = None   # AutoscaleState with cfg.autoscale, else None (no leaves)
+
+
+@struct.dataclass
+class AutoscaleState:
+    """The reactive autoscaler's state (docs/simulator.md "Autoscaler"), per replica slot [R].
+
+    A slot is *off* (``~alloc``), *starting* (``alloc``, ``ready_at > now``), *up* (``alloc``,
+    ready, not draining) or *draining* (removed: takes no new request, released when empty).
+    """
+
+    alloc: jnp.ndarray        # [R] bool: holds a GPU (starting, up or draining)
+    draining: jnp.ndarray     # [R] bool: removed, finishing its queue and batch
+    ready_at: jnp.ndarray     # [R] time it becomes routable (its decision + spin-up)
+    down_at: jnp.ndarray      # [R] time it was removed (while draining)
+    next_decision: jnp.ndarray  # the first arrival at or after this time decides
+    last_action: jnp.ndarray  # time of the last scale action (cool-down)
+    clock: jnp.ndarray        # the last arrival it has seen (the pending request's)
+    gpu_s: jnp.ndarray        # GPU-seconds from the first arrival to `clock`
+    n_up: jnp.ndarray         # int32 replicas added so far
+    n_down: jnp.ndarray       # int32 replicas removed so far
+    # the same three through the arrival before `clock`: after a step, the last routed request's
+    # (the env has already seen the next, pending, arrival); what a run reports
+    gpu_s_routed: jnp.ndarray
+    n_up_routed: jnp.ndarray
+    n_down_routed: jnp.ndarray

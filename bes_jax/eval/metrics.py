@@ -21,6 +21,8 @@ CONTINUOUS_METRICS = (
     "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50", "tpot_p90", "tpot_p99", "e2e_p50", "e2e_p90", "e2e_p99",
     "output_tokens_per_s", "kv_utilisation", "slo_goodput",
 )
+#: added for autoscaled runs (docs/simulator.md "Autoscaler (`autoscale`)"), by `autoscale_metrics`
+AUTOSCALE_METRICS = ("gpu_seconds", "quality_goodput_per_gpu_second", "mean_replicas", "n_scale_up", "n_scale_down")
 
 
 def metrics_kwargs(params) -> dict:
@@ -111,10 +113,30 @@ def run_metrics(o: Outcomes, quality, deadline, clock, n_gpus: int, window_s: fl
     return out
 
 
+def autoscale_metrics(autoscale_state, o: Outcomes, clock=jnp.inf) -> dict:
+    """`AUTOSCALE_METRICS` of one autoscaled run from its final ``EnvState.autoscale`` (after
+    the last step; a drain does not change it), or its `run_totals`, and outcome record: GPU-seconds from the first
+    to the last routed arrival, quality goodput per GPU-second (sum of realised rewards /
+    GPU-seconds), mean allocated replicas (GPU-seconds / span of arrivals), replicas added and
+    removed. A fixed layout's counterpart is ``n_gpus * span`` GPU-seconds, for which
+    ``quality_goodput_per_gpu_second`` equals ``quality_goodput_per_gpu``."""
+    from bes_jax.env.autoscaler import run_totals
+
+    tot = autoscale_state if isinstance(autoscale_state, dict) else run_totals(autoscale_state)
+    used = o.decision >= 0
+    completed = used & (o.status == SERVED) & (o.finish <= clock)
+    resolved = used & ((o.status == DROPPED) | (o.status == REJECTED) | completed)
+    reward = jnp.sum(jnp.where(resolved, o.reward, 0.0))
+    span = jnp.maximum(jnp.max(jnp.where(used, o.arrival, -jnp.inf)) - jnp.min(jnp.where(used, o.arrival, jnp.inf)), 1e-9)
+    gpu_s = tot["gpu_seconds"]
+    return {"gpu_seconds": gpu_s, "quality_goodput_per_gpu_second": reward / jnp.maximum(gpu_s, 1e-9),
+            "mean_replicas": gpu_s / span, "n_scale_up": tot["n_scale_up"], "n_scale_down": tot["n_scale_down"]}
+
+
 def to_report(metrics: dict, model_names, window_s: float) -> dict:
     """Host-side JSON-able dict with SPEC names (per-window series kept under 'windows')."""
     out = {}
-    for k in SCALAR_METRICS + tuple(k for k in CONTINUOUS_METRICS if k in metrics):
+    for k in SCALAR_METRICS + tuple(k for k in CONTINUOUS_METRICS + AUTOSCALE_METRICS if k in metrics):
         v = np.asarray(metrics[k])
         out[k] = int(v) if k.startswith("n_") else float(v)
     share = np.asarray(metrics["per_model_share"])

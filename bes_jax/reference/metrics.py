@@ -20,6 +20,11 @@ token) percentiles; ``output_tokens_per_s`` = their output tokens / span of arri
 ``kv_utilisation`` = ``Σ (p + o)(finish - start) / (Σ_m R_m kv_tokens_m · span)``;
 ``slo_goodput`` = requests meeting every configured deadline / span; ``availability`` counts
 those too. The span is the one ``quality_goodput_per_gpu`` uses.
+
+With the autoscaler (a result with ``gpu_seconds``; docs/simulator.md "Autoscaler"):
+``gpu_seconds`` (allocated replicas integrated from the first to the last arrival),
+``quality_goodput_per_gpu_second`` = sum of realised rewards / gpu_seconds, ``mean_replicas`` =
+gpu_seconds / span, ``n_scale_up`` / ``n_scale_down`` (replicas added / removed).
 """
 from __future__ import annotations
 
@@ -93,6 +98,10 @@ def compute_metrics(res, times, tasks, profile, cfg, window_s: float = 10.0) -> 
     }
     if continuous:
         out.update(_continuous_metrics(res, times, done, met, span, profile, cfg, pctl))
+    if getattr(res, "gpu_seconds", None) is not None:
+        g = float(res.gpu_seconds)
+        out.update({"gpu_seconds": g, "quality_goodput_per_gpu_second": float(reward.sum() / max(g, 1e-9)),
+                    "mean_replicas": g / span, "n_scale_up": int(res.n_scale_up), "n_scale_down": int(res.n_scale_down)})
     return out
 
 

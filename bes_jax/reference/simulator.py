@@ -23,6 +23,11 @@ Routing to a model with no replica (``SimConfig.replicas`` entry 0): the doc giv
 ``pred = inf`` but says nothing about a router that picks it anyway; here the request is
 ``REJECTED`` at its arrival (``finish = arrival``, reward ``-miss_penalty``, ``replica = -1``),
 like a request routed to a full queue.
+
+With ``cfg.autoscale`` the reactive autoscaler (docs/simulator.md "Autoscaler") runs at every
+arrival, from :mod:`bes_jax.reference.autoscaler`; the routing view then sees only the replicas
+that are up, and the result adds ``gpu_seconds``, ``n_scale_up``, ``n_scale_down`` and the
+scaling log.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import numpy as np
 
 from bes_jax.profile import Profile
 from bes_jax.reference import routing_view as rv
+from bes_jax.reference.autoscaler import ReferenceAutoscaler
 from bes_jax.sim_config import SimConfig
 
 QUEUED, SERVED, DROPPED, REJECTED = 1, 2, 3, 4
@@ -100,6 +106,12 @@ class ReferenceResult:
     observations: np.ndarray
     clock: float
     gpu: np.ndarray = None
+    #: with ``cfg.autoscale``: GPU-seconds from the first to the last arrival, the replicas
+    #: added / removed, and the scaling log ``[(time, "up" | "down" | "release", k)]``
+    gpu_seconds: float = None
+    n_scale_up: int = None
+    n_scale_down: int = None
+    autoscale_log: list = None
 
     @property
     def completed(self) -> np.ndarray:
@@ -219,11 +231,19 @@ class ReferenceSimulator:
 
         gap_ewma = 1.0 / cfg.ref_rate
         greedy = isinstance(actions, str)
+        # the autoscaler (docs/simulator.md "Autoscaler"): the pool is the served model's replicas
+        auto = ReferenceAutoscaler(cfg, float(times[0])) if cfg.autoscale and n else None
+        self._auto = auto
         for i in range(n):
             now = float(times[i])
             advance(now)
             if i > 0:
                 gap_ewma = cfg.ewma_alpha * (now - times[i - 1]) + (1.0 - cfg.ewma_alpha) * gap_ewma
+            if auto is not None:
+                auto.at_arrival(now, [len(r.queue) + r.inflight for r in reps],
+                                [not servers[r.server].busy for r in reps],
+                                [servers[r.server].until for r in reps],
+                                1.0 / gap_ewma if gap_ewma > 0 else math.inf)
             t = int(tasks[i])
             snap = self._snapshot(now)
             wait, pred, chosen = rv.predict(snap, self.lat[:, t, :])
@@ -252,6 +272,10 @@ class ReferenceSimulator:
                 form(s, now)
 
         clock = float(times[-1]) if n else 0.0
+        scaled = {}
+        if auto is not None:
+            scaled = dict(gpu_seconds=auto.gpu_seconds(clock), n_scale_up=auto.n_up, n_scale_down=auto.n_down,
+                          autoscale_log=list(auto.log))
         if drain:
             advance(math.inf)
             clock = math.inf
@@ -261,7 +285,7 @@ class ReferenceSimulator:
         reward = np.where(served & ~done, np.nan, reward)  # in flight: not realised yet
         met = done & (latency <= self.d[tasks])
         return ReferenceResult(model, replica, status, start, finish, latency, reward, met,
-                               observations, clock, gpu)
+                               observations, clock, gpu, **scaled)
 
     # ------------------------------------------------------------------ checks
     def _check_inputs(self, times, tasks, actions):
@@ -289,13 +313,17 @@ class ReferenceSimulator:
 
     # ------------------------------------------------------------------ routing view
     def _snapshot(self, now: float) -> rv.Snapshot:
-        """The state a router sees at ``now`` (every replica is alive here)."""
+        """The state a router sees at ``now`` (every replica is alive here, except, with the
+        autoscaler, those that are not up: starting, draining or off)."""
         reps, servers = self._reps, self._servers
+        auto = getattr(self, "_auto", None)
+        valid = (np.ones(len(reps), bool) if auto is None
+                 else np.array([auto.routable(r.k, now) for r in reps], bool))
         return rv.Snapshot(
             now=now, replica_model=np.array([r.model for r in reps], np.int64),
             replica_server=np.array([r.server for r in reps], np.int64),
             queue_len=np.array([len(r.queue) for r in reps], np.int64),
-            inflight=np.array([r.inflight for r in reps], np.int64), valid=np.ones(len(reps), bool),
+            inflight=np.array([r.inflight for r in reps], np.int64), valid=valid,
             server_busy=np.array([s.busy for s in servers], bool),
             server_free_at=np.array([s.until for s in servers], np.float64),
             queue_capacity=self.cfg.queue_capacity, b_max=self.B, n_models=self.M)
