@@ -152,6 +152,14 @@ def sample_resolved(key, ready, batch_size: int):
     return idx, ready[idx]
 
 
+def resolved_at(env_state, e, h):
+    """`resolved_mask` of a batch of environment states at slots ``(e, h)`` only (O(len(e)))."""
+    o = env_state.outcomes
+    status = o.status[e, h]
+    final = (status == SERVED) | (status == DROPPED) | (status == REJECTED)
+    return final & (o.finish[e, h] <= env_state.now[e])
+
+
 def update_stats(stats: ObsStats, batch) -> ObsStats:
     """Parallel Welford update with a batch of observations [n, D]."""
     n = batch.shape[0]
@@ -247,9 +255,7 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         k_e, k_h = jax.random.split(key)
         e = jax.random.randint(k_e, (cfg.batch_size,), 0, N)
         h = jax.random.randint(k_h, (cfg.batch_size,), 0, H)
-        o, now = ts.env_state.outcomes, ts.env_state.now
-        status = o.status[e, h]
-        valid = ((status == SERVED) | (status == DROPPED) | (status == REJECTED)) & (o.finish[e, h] <= now[e])
+        valid = resolved_at(ts.env_state, e, h)
         # every decision of a full ring is stored: count stored transitions for learning_starts
         n_stored = jnp.minimum(ts.iteration, H) * N
         return e, h, valid, n_stored
