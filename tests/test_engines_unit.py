@@ -385,7 +385,9 @@ def test_engine_fault_masks_retries_and_recovers(profile, fakes):
     counters_add_up(svc)
     assert vals['bes_engine_masked{engine="e-l#0"}'] == 1
     assert vals["bes_accepted_total"] == vals["bes_completed_total"] + vals["bes_failed_total"] + vals["bes_rejected_total"]
-    assert sum(v for k, v in vals.items() if k.startswith("bes_retries_total")) == svc.counters.retries >= 3
+    # two retries at least (the large model's 5xx, the small model's twin); the refused connection
+    # is a third unless the probe masked that engine first
+    assert sum(v for k, v in vals.items() if k.startswith("bes_retries_total")) == svc.counters.retries >= 2
 
 
 def test_timeout_overload_and_gauges(profile, fakes):
