@@ -432,6 +432,14 @@ def test_client_disconnect_cancels_upstream_and_drain(profile, fakes):
             time.sleep(0.05)
         assert svc._in_flight() == 0 and fs[1].cancelled == 1
         assert svc.counters.failed == 1
+        # a plain request whose client gives up: the gateway notices and drops the upstream call
+        with httpx.Client(base_url=gw.url, timeout=0.3) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                c.post("/v1/completions", json={"model": "e-m", "prompt": "p"})  # 200 x 20 ms upstream
+        deadline = time.time() + 5
+        while svc._in_flight() and time.time() < deadline:
+            time.sleep(0.05)
+        assert svc._in_flight() == 0 and svc.counters.failed == 2
         # drain: in-flight requests finish, new ones get 503
         fs[1].tokens, fs[1].gap = 10, 0.05
         import threading
