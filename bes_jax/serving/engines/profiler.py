@@ -233,6 +233,17 @@ def fit_points(raw: dict) -> tuple[np.ndarray, dict]:
     return fit_iteration(n, C, P, D, y)
 
 
+def _local_ctx_max(model_id: str) -> Optional[int]:
+    """``max_position_embeddings`` of a model served from a local directory (``transformers serve``
+    does not report a context length)."""
+    try:
+        cfg = json.loads((Path(model_id) / "config.json").read_text())
+        v = cfg.get("max_position_embeddings")
+        return int(v) if v else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _param_count(model_id: str) -> Optional[int]:
     """Parameters of a model served from a local directory (counted on the meta device)."""
     try:
@@ -276,7 +287,7 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
     for mi, (nm, raw) in enumerate(zip(names, raws)):
         coef, err = fit_points(raw)
         fits[nm] = err
-        ctx = int(ctx_max or raw["models_entry"].get("max_model_len") or 2048)
+        ctx = int(ctx_max or raw["models_entry"].get("max_model_len") or _local_ctx_max(raw["model_id"]) or 2048)
         kv = int(kv_tokens or raw["kv_tokens_reported"] or ctx * 32)
         params = _param_count(raw["model_id"]) or 1
         models.append({"name": nm, "params": params, "ctx_max": ctx, "kv_tokens": kv,
@@ -326,7 +337,8 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
             "fit_error": fits,
             "quality": q_note,
             "deadlines": f"{deadline_factor} x the largest model's batch-of-one latency, rounded up to 1 ms",
-            "ctx_max": "--ctx-max" if ctx_max else "the engine's /v1/models max_model_len, else 2048",
+            "ctx_max": ("--ctx-max" if ctx_max else "the engine's /v1/models max_model_len (vLLM), else the "
+                        "served model's max_position_embeddings when it is a local directory, else 2048"),
             "kv_tokens": ("--kv-tokens" if kv_tokens else
                           "vLLM cache_config_info (num_gpu_blocks x block_size) when published, else 32 x ctx_max"),
             "params": "counted from the served model's config when it is a local directory, else 1 (unknown)",
