@@ -15,7 +15,6 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("prometheus_client")
 
-from bes_jax.profile import profile_from_dict  # noqa: E402
 from bes_jax.serving.engines.config import parse_engine_urls  # noqa: E402
 from bes_jax.serving.engines.gateway import EngineService, EngineSettings, create_engine_app  # noqa: E402
 from bes_jax.serving.engines.http import HttpEngine, parse_engine_metrics  # noqa: E402
@@ -100,7 +99,8 @@ def test_live_view_is_the_reference_view(profile):
     svc = EngineService(engines, profile, {"name": "greedy"}, ServeSettings(), st)
     # e-s#0: three requests (two running: the first max_num_seqs sent; one waiting); e-s#1: one,
     # streaming with 5 tokens so far; e-m: none; e-l: three with the last waiting
-    f = [svc._open(svc.slots[0], 0, p, False) for p in (10, 20, 30)]
+    for p in (10, 20, 30):
+        svc._open(svc.slots[0], 0, p, False)
     g = svc._open(svc.slots[1], 1, 40, True)
     g.generated = 5
     h = [svc._open(svc.slots[3], t, p, True) for t, p in ((0, 7), (1, 8), (1, 9))]

@@ -536,7 +536,7 @@ def validate_continuous(cfg, url: str, health: dict) -> dict:
         raise SystemExit("bes-validate: the server profiled its engines at start and has no profile file; give "
                          "profile=FILE (written by bes-profile --engine, then served with pool.profile=FILE)")
     profile = load_profile(prof_path)
-    names, T = profile.task_names, profile.n_tasks
+    names = profile.task_names
     times, tasks, plens, olens, src = make_requests(int(cfg.n_requests), float(cfg.rate), profile,
                                                     seed=int(cfg.seed), mix=cfg.get("task_mix"),
                                                     trace_path=cfg.get("trace_path"),

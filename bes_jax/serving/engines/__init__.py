@@ -4,4 +4,6 @@
 ``bes-serve pool=engines`` (:mod:`.gateway`) routes OpenAI requests over them; ``bes-profile
 --engine`` (:mod:`.profiler`) fits a live engine's iteration model. See docs/serving.md.
 """
-from bes_jax.serving.engines.base import Engine, EngineError, UpstreamReply  # noqa: F401
+from bes_jax.serving.engines.base import Engine, EngineError, UpstreamReply
+
+__all__ = ["Engine", "EngineError", "UpstreamReply"]

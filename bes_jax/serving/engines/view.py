@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bes_jax.profile import ITERATION_FIELDS as ITERATION_KEYS  # noqa: F401 (re-exported)
 from bes_jax.reference import routing_view_continuous as reference
 from bes_jax.reference.routing_view_continuous import (Engines, build_observation, choose_replica,  # noqa: F401
-                                                       greedy_choice, predict)
+                                                       greedy_choice, predict)  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
