@@ -210,11 +210,12 @@ def check_log_rules(ref, times, cfg, ctx):
         assert not spans or times[i] >= spans[-1], f"{ctx}: request {i} routed to replica {k} before it was ready"
 
 
-@pytest.mark.parametrize("placement,drop_expired", [("exclusive", False), ("concurrent", True)])
-def test_jax_matches_reference_on_bursts(placement, drop_expired):
+def test_jax_matches_reference_on_bursts(placement="exclusive", drop_expired=False):
     """Request by request, with the autoscaler's numbers varied as params of one program:
     requests-in-system and rate targets, spin-up, cool-down, initial and minimum replicas; the
-    static router (model 2, the only one with replicas) and a random one (others are rejected)."""
+    static router (model 2, the only one with replicas) and a random one (others are rejected);
+    outcomes, observations, scale counts and GPU-seconds. (`concurrent` and `drop_expired`: in
+    the batched test below.)"""
     n = 300
     prof = quantized_profile(seed=7)
     base = SimConfig(autoscale=True, placement=placement, drop_expired=drop_expired, n_gpus=4, queue_capacity=12,
@@ -275,3 +276,53 @@ def test_off_or_pinned_changes_nothing():
     assert tot["n_scale_up"] == tot["n_scale_down"] == 0
     rm = compute_metrics(got, times, tasks, prof, pinned)
     np.testing.assert_allclose(rm["quality_goodput_per_gpu_second"], rm["quality_goodput_per_gpu"])
+
+
+def test_step_batch_with_per_env_autoscaler_params():
+    """The batched step (`step_batch` / `drain_batch`, what evaluation and training use) with
+    every environment on its own bursty arrivals and its own spin-up and target (params vmapped
+    per environment), against the reference, environment by environment; under `concurrent`
+    with `drop_expired`."""
+    n_envs, n = 24, 150
+    prof = quantized_profile(seed=5)
+    cfg = SimConfig(autoscale=True, placement="concurrent", drop_expired=True, n_gpus=4, queue_capacity=12,
+                    outcome_slots=n + 1, episode_len=10 ** 6, autoscale_interval_s=0.5, autoscale_cooldown_s=1.0)
+    env = ServingEnv(prof, cfg)
+    rng = np.random.default_rng(8)
+    traces = [bursty(rng, n, quiet=4.0, burst=float(rng.choice([30.0, 80.0])), phase_len=30) for _ in range(n_envs)]
+    spinup = rng.choice([0.0, 0.5, 2.0], n_envs)
+    target = rng.choice([2.0, 4.0], n_envs)
+    wps = W.stack_workloads([W.trace(times=t, tasks=k, n_tasks=2) for t, k in traces])
+    params = env.make_params(W.trace(times=traces[0][0], tasks=traces[0][1], n_tasks=2))
+    f = params.autoscale.spinup.dtype
+    params = params.replace(workload=wps, autoscale=params.autoscale.replace(
+        spinup=jnp.asarray(spinup, f), target=jnp.asarray(target, f)))
+    none = jax.tree.map(lambda _: None, params.autoscale)
+    axes = jax.tree.map(lambda _: None, params).replace(
+        workload=jax.tree.map(lambda _: 0, wps), autoscale=none.replace(spinup=0, target=0))
+
+    @jax.jit
+    def run(params):
+        keys = jax.random.split(jax.random.PRNGKey(0), n_envs)
+        _, st = jax.vmap(env.reset, in_axes=(0, axes))(keys, params)
+
+        def body(st, _):
+            _, st, _, _, _ = env.step_batch(keys, st, jnp.full((n_envs,), 2, jnp.int32), params, axes)
+            return st, None
+        st, _ = jax.lax.scan(body, st, None, length=n)
+        return env.drain_batch(st, params, axes), run_totals(st.autoscale)
+
+    st, totals = run(params)
+    o = jax.tree.map(np.asarray, st.outcomes)
+    totals = jax.tree.map(np.asarray, totals)
+    scaled = 0
+    for i, (times, tasks) in enumerate(traces):
+        c = dataclasses.replace(cfg, autoscale_spinup_s=float(spinup[i]), autoscale_target=float(target[i]))
+        ref = ReferenceSimulator(prof, c).run(times, tasks, np.full(n, 2), drain=True)
+        order = np.argsort(o.decision[i])[-n:]
+        for field in ("status", "start", "finish"):
+            np.testing.assert_array_equal(getattr(o, field)[i][order], getattr(ref, field), err_msg=f"env {i} {field}")
+        assert (int(totals["n_scale_up"][i]), int(totals["n_scale_down"][i])) == (ref.n_scale_up, ref.n_scale_down)
+        np.testing.assert_allclose(float(totals["gpu_seconds"][i]), ref.gpu_seconds, rtol=1e-6, err_msg=f"env {i}")
+        scaled += ref.n_scale_down > 0
+    assert scaled >= n_envs // 2

@@ -73,7 +73,10 @@ class ReferenceAutoscaler:
     def _decide(self, now: float, in_system, rate: float) -> None:
         c = self.cfg
         load = rate if c.autoscale_metric == "rate" else float(sum(in_system))
-        desired = min(max(math.ceil(load / c.autoscale_target), c.autoscale_min), self.size)
+        if math.isinf(load):  # rate estimate 1 / 0 (only with ewma_alpha = 1 and a zero gap)
+            desired = self.size
+        else:
+            desired = min(max(math.ceil(load / c.autoscale_target), c.autoscale_min), self.size)
         active = [k for k, s in enumerate(self.slots) if s.alloc and not s.draining]
         if desired > len(active):
             off = [k for k, s in enumerate(self.slots) if not s.alloc]
