@@ -1,12 +1,18 @@
 """Shared fixtures: small synthetic profiles so tests run fast and need no shipped file."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bes_jax.profile import profile_from_dict
+
+# measured capacities are cached on disk (bes_jax.eval.capacity): tests, and the commands they
+# start, share one fresh cache instead of reading or writing the user's
+os.environ["BES_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="bes_jax_test_cache_")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bes_jax.eval.capacity import measured_capacity, nominal_capacity
 from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
@@ -37,3 +38,23 @@ def test_measured_capacity_is_the_sustainable_rate(synthetic_profile):
     a = a["availability"].mean(1)
     assert a[0] >= 0.99 > a[1], a
     assert measured_capacity(synthetic_profile, CFG.__class__(**{**CFG.to_dict(), "obs_mode": "rich"})) == cap
+
+
+def test_measured_capacity_is_cached_on_disk_by_what_defines_it(synthetic_profile, monkeypatch, tmp_path):
+    """A second process (here: an emptied in-memory cache) reads the measurement back; another
+    setting is measured again."""
+    import bes_jax.eval.capacity as cap_mod
+    import bes_jax.eval.sweep as sweep_mod
+
+    monkeypatch.setenv("BES_JAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cap_mod, "_MEASURED", {})
+    first = measured_capacity(synthetic_profile, CFG)
+    assert (tmp_path / "capacity.json").exists()
+    monkeypatch.setattr(cap_mod, "_MEASURED", {})
+
+    def no_sweep(*a, **k):
+        raise AssertionError("measured again although the result is cached")
+    monkeypatch.setattr(sweep_mod, "max_sustainable_rate", no_sweep)
+    assert measured_capacity(synthetic_profile, CFG) == first
+    with pytest.raises(AssertionError, match="measured again"):
+        measured_capacity(synthetic_profile, CFG.__class__(**{**CFG.to_dict(), "queue_capacity": 7}))

@@ -4,10 +4,21 @@ A baseline's capacity is *measured*: the `max_sustainable_rate` of static servin
 under the configured placement and deadlines (Poisson arrivals, uniform task mix). The nominal
 formula below only brackets that sweep; it overstates what a model sustains (a mixed-task batch
 takes its slowest member's latency, and a request may arrive just after a batch started).
+
+A measurement is a sweep (about a minute under continuous batching on 2 cores), so results are
+also kept on disk, keyed by everything that defines them (the profile's numbers, the serving
+settings, the model, the protocol, the package version and the simulator's source code):
+``$BES_JAX_CACHE_DIR`` or
+``~/.cache/bes_jax``, file ``capacity.json``. ``BES_JAX_CACHE_DIR=off`` disables it.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +30,55 @@ CAPACITY_PROTOCOL = {"router": "static", "workload": "poisson, uniform task mix"
                      "n_decisions": 3000, "seeds": (0, 1)}
 
 _MEASURED: dict = {}
+
+
+def _cache_file() -> Path | None:
+    root = os.environ.get("BES_JAX_CACHE_DIR")
+    if root == "off":
+        return None
+    return Path(root or Path.home() / ".cache" / "bes_jax") / "capacity.json"
+
+
+#: modules whose code decides a measured capacity: a change to any of them measures again
+_CODE = ("env/core.py", "env/continuous.py", "env/params.py", "eval/metrics.py", "eval/rollout.py", "eval/sweep.py",
+         "workloads/generators.py", "workloads/builders.py", "routers/baselines.py", "lengths.py")
+
+
+def _disk_key(profile: Profile, serving: SimConfig, m: int) -> str:
+    from bes_jax import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    code = hashlib.sha256(b"".join((root / f).read_bytes() if (root / f).exists() else b"" for f in _CODE)).hexdigest()
+    doc = {"profile": profile.to_dict(), "sim": serving.to_dict(), "model": m, "protocol": CAPACITY_PROTOCOL,
+           "version": __version__, "code": code}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _disk_get(key: str):
+    path = _cache_file()
+    try:
+        return float(json.loads(path.read_text())[key]["req_per_s"]) if path else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no cache, or an unreadable one: measure again
+
+
+def _disk_put(key: str, value: float, profile: Profile, m: int) -> None:
+    path = _cache_file()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        doc[key] = {"req_per_s": value, "profile": profile.name, "model": profile.model_names[m]}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+    except OSError:
+        pass  # a read-only home: the measurement is still returned
 
 
 def nominal_capacity(profile: Profile, cfg: SimConfig) -> np.ndarray:
@@ -55,6 +115,9 @@ def measured_capacity(profile: Profile, cfg: SimConfig, model: int = -1) -> floa
     serving = dataclasses.replace(cfg, obs_mode="paper", ewma_alpha=0.05, ref_rate=100.0, episode_len=1000,
                                   outcome_slots=2048)
     key = (profile.name, np.asarray(profile.latency).tobytes(), serving, m)
+    disk_key = _disk_key(profile, serving, m)
+    if key not in _MEASURED and (cached := _disk_get(disk_key)) is not None:
+        _MEASURED[key] = cached
     if key not in _MEASURED:
         nominal = float(nominal_capacity(profile, serving)[m])
         if nominal <= 0:
@@ -68,4 +131,5 @@ def measured_capacity(profile: Profile, cfg: SimConfig, model: int = -1) -> floa
             raise ValueError(f"profile {profile.name!r}: static {profile.model_names[m]} misses "
                              f"{1 - p['threshold']:.0%} of requests even at {nominal / 300:.3g} req/s; no capacity")
         _MEASURED[key] = float(res["max_sustainable_rate"])
+        _disk_put(disk_key, _MEASURED[key], profile, m)
     return _MEASURED[key]
