@@ -50,7 +50,7 @@ def _probe_profile():
     return profile_from_dict(d, "probe.json")
 
 
-PROBE = dict(n_envs=64, iterations=1536, chunk_iterations=512, rollout_len=16, delay_rollouts=3, minibatches=4,
+PROBE = dict(n_envs=64, iterations=1536, chunk_iterations=512, rollout_len=16, delay_rollouts=3, minibatches=4, epochs=1,
              hidden=(32, 32), lr=3e-3, gamma=0.5, lam=0.65, eps_decay_fraction=0.5)
 
 

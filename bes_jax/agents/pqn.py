@@ -52,8 +52,8 @@ class PQNConfig:
     chunk_iterations: int = 512     # env steps per compiled chunk (a multiple of rollout_len)
     rollout_len: int = 16           # decisions per environment per rollout
     delay_rollouts: int = 32        # rollouts kept; training uses the oldest (rewards resolve meanwhile)
-    epochs: int = 1
-    minibatches: int = 4
+    epochs: int = 2
+    minibatches: int = 16
     gamma: float = 0.9
     lam: float = 0.65
     lr: float = 3e-4
