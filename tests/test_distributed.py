@@ -14,7 +14,7 @@ import pytest
 from bes_jax.eval.distributed import shard_bounds
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--router", "greedy", "--n-seeds", "5", "--workloads", "gamma_test_x10", "eval.n_decisions=150"]
+ARGS = ["--router", "greedy", "--n-seeds", "5", "--workloads", "gamma_test_x10", "eval.n_decisions=150", "sim=default"]
 
 
 def _free_port() -> int:

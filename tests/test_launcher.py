@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["seeds=[0]", "test_on=[gamma_test_x10]", "eval.n_decisions=60", "eval.seeds=[1]", "train_family.bank_size=2",
+TINY = ["sim=default", "seeds=[0]", "test_on=[gamma_test_x10]", "eval.n_decisions=60", "eval.seeds=[1]", "train_family.bank_size=2",
         "dqn.n_envs=4", "dqn.iterations=20", "dqn.chunk_iterations=10", "dqn.batch_size=8", "dqn.learning_starts=8",
         "dqn.hidden=[8]"]
 
