@@ -251,7 +251,7 @@ class ContinuousServingEnv:
                 if r >= 0:
                     self.member_pos[r] = w
         #: quiet iteration ends (decode only, no completion) one event may apply beyond its own
-        self.quiet_steps = 8
+        self.quiet_steps = 64
         M, T = self.n_models, self.n_tasks
         self.obs_size = T + M + 1 + (3 * M + 2 if cfg.obs_mode == "rich" else 0)
 
@@ -578,28 +578,49 @@ class ContinuousServingEnv:
         coef = p.iteration[rw[w_next] // Rm]
         _, _, tau = compose(nxt[:, P], nxt[:, F], nxt[:, G], n_run[w_next], K, coef)
         end = jnp.where(busy, T + tau, T)
-        # Quiet iteration ends, processed here: while the server keeps iterating r alone, every
-        # sequence decodes and none completes, an end changes only g (admission cannot change:
-        # nothing is freed, and without drop_expired nothing expires), so up to `quiet_steps`
-        # further ends due by t_limit are applied now, each exactly as the loop would.
-        n = n_run[w_next]
-        live = jnp.arange(S) < n
-        pn, on = nxt[:, P], nxt[:, O]
-        quiet = busy & (rw[w_next] == r) & jnp.all(~live | (nxt[:, F] >= pn))
+        # Quiet iteration ends, processed here: while every iteration the server runs is decode
+        # only and completes nothing, an end changes only the g of its replica (admission cannot
+        # change: nothing is freed, and without drop_expired nothing expires; the next replica
+        # follows the same round-robin over the same running sets), so up to `quiet_steps`
+        # further ends due by t_limit are applied now, each exactly as the loop would: a decode
+        # iteration of n sequences after k earlier quiet ends has C = C0 + k n (integers).
+        live = jnp.arange(S)[None, :] < n_run[:, None]  # [W, S]
+        act = okm & (n_run > 0)
+        dec = act & jnp.all(~live | (rows[..., F] >= rows[..., P]), axis=1)
+        slack = jnp.min(jnp.where(live, rows[..., O] - rows[..., G], jnp.iinfo(jnp.int32).max), axis=1)
+        C0 = jnp.sum(jnp.where(live, rows[..., P] + rows[..., G], 0), axis=1)
+        coefs = p.iteration[rw // Rm]  # [W, 5]
+        quiet = busy
         if self.drop_expired:
-            quiet = quiet & (rep[w_next, Q_LEN] == 0)
+            quiet = quiet & jnp.all(~okm | (rep[:, Q_LEN] == 0))
+        ar = jnp.arange(W)
 
-        def step(_, c):
-            E, g, ok, k = c
-            ok = ok & (E <= t_limit) & jnp.all(~live | (g + 1 < on))
-            g = jnp.where(ok & live, g + 1, g)
-            C = jnp.sum(jnp.where(live, pn + g, 0))
-            E = jnp.where(ok, E + iteration_time(coef, n, C, n), E)
-            return E, g, ok, k + ok.astype(jnp.int32)
+        def cond(c):
+            return c[3] & (c[4] < self.quiet_steps)
 
-        end, g_next, _, k = jax.lax.fori_loop(0, self.quiet_steps, step, (end, nxt[:, G], quiet, jnp.int32(0)))
-        rows = rows.at[w_next, :, G].set(g_next)
-        rep = rep.at[w_next, KV_USED].add(k * n)
+        def step(c):
+            E, cur, k, ok, i = c
+            hot = ar == cur
+            if W == 1:
+                nx = cur
+            else:
+                order = (cur + 1 + ar) % W
+                nx = order[first_true(act[order])]
+            sel = ar == nx
+            # the end of cur's iteration completes nothing and the next one (nx) is decode only
+            ok = ok & (E <= t_limit) & jnp.any(hot & dec & (k + 1 < slack)) & jnp.any(sel & dec)
+            k = jnp.where(ok & hot, k + 1, k)
+            n_x = jnp.sum(jnp.where(sel, n_run, 0))
+            C_x = jnp.sum(jnp.where(sel, C0 + k * n_run, 0))
+            coef_x = coefs[nx]
+            E = jnp.where(ok, E + iteration_time(coef_x, n_x, C_x, n_x), E).astype(E.dtype)
+            return E, jnp.where(ok, nx, cur).astype(jnp.int32), k, ok, i + 1
+
+        end, w_end, k, _, _ = jax.lax.while_loop(
+            cond, step, (jnp.asarray(end, end.dtype), w_next.astype(jnp.int32), jnp.zeros((W,), jnp.int32), quiet, jnp.int32(0)))
+        rows = rows.at[:, :, G].add(jnp.where(live, k[:, None], 0))
+        rep = rep.at[:, KV_USED].add(k * n_run)
+        w_next = w_end
         return {
             "newly": newly, "done": done, "slots": slots, "value": value, "first_token": ft,
             "admitted": admitted, "dropped": dropped, "qslots": qslots,
