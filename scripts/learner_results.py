@@ -33,6 +33,8 @@ def main(argv=None):
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
     from bes_jax.routers import Router, baseline_routers
 
+    if not any(o.split("=", 1)[0].lstrip("+~") == "sim" for o in args.overrides):
+        args.overrides = ["sim=default"] + list(args.overrides)  # the learner table is in request mode
     cfg = compose_train_config(args.overrides)
     s = setup_training(cfg)
     train, greedy_policy = s["fns"].train, s["fns"].greedy_policy

@@ -14,7 +14,7 @@ from conftest import REPO, TRACES
 pytestmark = pytest.mark.skipif(not (TRACES / "maf2019_invitro_500fn_min480-959.csv").exists(),
                                 reason="../shared/traces not present")
 
-SMALL = ["dqn.iterations=200", "dqn.chunk_iterations=100", "dqn.learning_starts=50", "eval.n_decisions=300",
+SMALL = ["sim=default", "dqn.iterations=200", "dqn.chunk_iterations=100", "dqn.learning_starts=50", "eval.n_decisions=300",
          "eval.seeds=[1]", "progress.n_decisions=200", "~eval.workloads.maf_test_x20", "~eval.workloads.gamma_test_x10",
          "train_family.bank_size=6"]
 
@@ -45,3 +45,18 @@ def test_train_writes_everything_and_resumes(tmp_path):
     assert r3.returncode == 2 and "fingerprint" in r3.stderr
     r4 = bes_train(tmp_path / "run4", "progress.workload=maf_test_x5")  # progress is never measured on the test set
     assert r4.returncode == 2 and "not a tuning-set workload" in r4.stderr
+
+
+def test_main_job_trains_and_compares_in_continuous_mode_by_default(tmp_path):
+    """The default config serves with continuous batching: results say so, with its metrics."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from bes_jax.cli.train import main; main()", f"hydra.run.dir={run}",
+           *[o for o in SMALL if o != "sim=default"], "eval.n_decisions=200", "progress.n_decisions=100"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    assert res["sim"]["batching"] == "continuous"
+    learned = res["results"]["maf_test_x5"]["routers"]["learned"]
+    assert {"ttft_p50", "tpot_p99", "output_tokens_per_s", "kv_utilisation", "slo_goodput"} <= set(learned)
+    meta = json.loads((run / "policy" / "metadata.json").read_text())
+    assert meta["sim_config"]["batching"] == "continuous"

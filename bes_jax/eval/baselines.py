@@ -37,6 +37,14 @@ def build_eval_workloads(ev, profile, capacity_large: float, section: str = "eva
     return out
 
 
+def _mean_std(values) -> dict:
+    """Mean and std over seeds of the finite values (a percentile of a run that completed nothing
+    is NaN: it says nothing, and a NaN result only when every seed has one)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if v.size else float("nan"), "std": float(v.std()) if v.size else float("nan")}
+
+
 def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: int, seeds, window_s: float,
                                echo=None) -> dict:
     """Every router on every held-out workload, mean and std over evaluation seeds."""
@@ -44,7 +52,7 @@ def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: i
     import jax.numpy as jnp
 
     from bes_jax.env import make_serving_env
-    from bes_jax.eval.metrics import SCALAR_METRICS, to_report
+    from bes_jax.eval.metrics import CONTINUOUS_METRICS, SCALAR_METRICS, to_report
     from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
 
     eval_env = make_serving_env(profile, eval_config(sim_cfg, n_eval))
@@ -57,8 +65,9 @@ def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: i
         for router in routers:
             m = jax.jit(make_evaluate(eval_env, router, n_eval, window_s, n_windows))(keys, params)
             reps = [to_report(jax.tree.map(lambda x: x[i], m), profile.model_names, window_s) for i in range(len(seeds))]
-            rows[router.name] = {k: {"mean": float(np.mean([r[k] for r in reps])), "std": float(np.std([r[k] for r in reps]))}
-                                 for k in SCALAR_METRICS}
+            # SCALAR_METRICS, plus the continuous-batching ones when the mode reports them
+            names = SCALAR_METRICS + tuple(k for k in CONTINUOUS_METRICS if k in reps[0])
+            rows[router.name] = {k: _mean_std([r[k] for r in reps]) for k in names}
             rows[router.name]["per_model_share"] = {
                 mn: float(np.mean([r["per_model_share"][mn] for r in reps])) for mn in profile.model_names}
         results[wname] = {"workload": node, "routers": rows}
