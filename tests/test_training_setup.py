@@ -6,7 +6,7 @@ import pytest
 from bes_jax.agents.training import setup_training
 from bes_jax.config import compose_train_config
 
-SMALL = ["train_family.bank_size=4", "dqn.iterations=100", "dqn.chunk_iterations=100"]
+SMALL = ["sim=default", "train_family.bank_size=4", "dqn.iterations=100", "dqn.chunk_iterations=100"]
 
 
 def test_training_miss_penalty_is_training_only():

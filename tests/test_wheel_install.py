@@ -22,7 +22,7 @@ from conftest import REPO
 pytestmark = pytest.mark.skipif(os.environ.get("BES_SKIP_WHEEL_TEST", "") not in ("", "0"),
                                 reason="BES_SKIP_WHEEL_TEST is set")
 
-TINY = ["dqn.iterations=200", "dqn.chunk_iterations=100", "dqn.learning_starts=50", "dqn.n_envs=4",
+TINY = ["sim=default", "dqn.iterations=200", "dqn.chunk_iterations=100", "dqn.learning_starts=50", "dqn.n_envs=4",
         "eval.n_decisions=300", "eval.seeds=[1000]", "progress.n_decisions=200", "train_family.bank_size=4"]
 
 
