@@ -211,6 +211,9 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         frac = jnp.clip(it / decay_iters, 0.0, 1.0)
         return hp["eps_start"] + frac * (hp["eps_end"] - hp["eps_start"])
 
+    if cfg.mask_wait_x > 0 and env.cfg.batching == "continuous":
+        raise ValueError("dqn.mask_wait_x = {}: the wait mask reads the request-level rich observation's "
+                         "wait columns; it is not defined under sim.batching=continuous".format(cfg.mask_wait_x))
     use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
 
     def q_values(params, stats, obs):

@@ -180,6 +180,9 @@ class PQN:
                                  f"{(n_bank,) + base_params.deadline.shape} (one deadline per task for every workload)")
             params_axes = params_axes.replace(deadline=0)
         v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
+        if cfg.mask_wait_x > 0 and env.cfg.batching == "continuous":
+            raise ValueError("pqn.mask_wait_x = {}: the wait mask reads the request-level rich observation's "
+                             "wait columns; it is not defined under sim.batching=continuous".format(cfg.mask_wait_x))
         use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
         DV = cfg.devices
         NL = N // DV  # environments per device (all of them with one device)
