@@ -252,6 +252,8 @@ class ContinuousServingEnv:
                     self.member_pos[r] = w
         #: quiet iteration ends (decode only, no completion) one event may apply beyond its own
         self.quiet_steps = 64
+        #: ring writes of each kind (first tokens, completions, admissions) per event lane, compacted
+        self.ring_writes = 8
         M, T = self.n_models, self.n_tasks
         self.obs_size = T + M + 1 + (3 * M + 2 if cfg.obs_mode == "rich" else 0)
 
@@ -459,28 +461,72 @@ class ContinuousServingEnv:
         out = jax.vmap(self._lane, in_axes=(None, p_axis, 0, 0, 0, 0))(st, p, e, sk, Tk, t_limit[e])
         drop = dict(mode="drop")
         K = lane.shape[0]
-        o = st.outcomes
         row = idx[:, None]
         # ring writes: the iteration's sequences [K, S], then the admitted / dropped waiting requests
         seq_slots, q_slots = out["slots"], out["qslots"].reshape(K, -1)
         admitted, dropped = out["admitted"].reshape(K, -1), out["dropped"].reshape(K, -1)
-        done = out["done"]
-        T2 = jnp.broadcast_to(Tk[:, None], seq_slots.shape)
-        Tq = jnp.broadcast_to(Tk[:, None], q_slots.shape)
+        done, newly = out["done"], out["newly"]
         miss = -p.miss_penalty
-        miss = jnp.broadcast_to(miss[:, None] if miss.ndim else miss, q_slots.shape)
-        cat = lambda a, b: jnp.concatenate([a, b], axis=1)
-        end_slots = cat(jnp.where(done, seq_slots, H), jnp.where(dropped, q_slots, H))
-        o = o.replace(
-            # the values written are the ones the lane read (T where newly): reading before writing
-            # in place then needs no copy of the whole ring
-            first_token=o.first_token.at[row, jnp.where(out["newly"], seq_slots, H)].set(out["first_token"], **drop),
-            finish=o.finish.at[row, end_slots].set(cat(T2, Tq), **drop),
-            reward=o.reward.at[row, end_slots].set(cat(out["value"], miss.astype(o.reward.dtype)), **drop),
-            status=o.status.at[row, cat(jnp.where(done, seq_slots, H), jnp.where(admitted | dropped, q_slots, H))].set(
-                cat(jnp.full(seq_slots.shape, SERVED, jnp.int8),
-                    jnp.where(admitted, RUNNING, DROPPED).astype(jnp.int8)), **drop),
-            start=o.start.at[row, jnp.where(admitted, q_slots, H)].set(Tq, **drop))
+        miss = jnp.reshape(miss, (-1, 1) if miss.ndim else ())
+        i32 = lambda x: x.astype(jnp.int32)
+
+        def write(o, n_slots, ft, d_slots, value, q_slots, admitted, dropped):
+            """The ring writes at (possibly compacted) entries; every write is at a distinct slot,
+            H (dropped) where nothing is written."""
+            Tq = jnp.broadcast_to(Tk[:, None], q_slots.shape)
+            cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+            if self.drop_expired:
+                end_slots = cat(d_slots, jnp.where(dropped, q_slots, H))
+                finish = cat(jnp.broadcast_to(Tk[:, None], d_slots.shape), Tq)
+                reward = cat(value, jnp.broadcast_to(miss, q_slots.shape).astype(o.reward.dtype))
+            else:  # nothing is dropped
+                end_slots, finish, reward = d_slots, jnp.broadcast_to(Tk[:, None], d_slots.shape), value
+            return o.replace(
+                # the values written are the ones the lane read (T where newly): reading before writing
+                # in place then needs no copy of the whole ring
+                first_token=o.first_token.at[row, n_slots].set(ft, **drop),
+                finish=o.finish.at[row, end_slots].set(finish, **drop),
+                reward=o.reward.at[row, end_slots].set(reward, **drop),
+                status=o.status.at[row, cat(d_slots, jnp.where(admitted | dropped, q_slots, H))].set(
+                    cat(jnp.full(d_slots.shape, SERVED, jnp.int8),
+                        jnp.where(admitted, RUNNING, DROPPED).astype(jnp.int8)), **drop),
+                start=o.start.at[row, jnp.where(admitted, q_slots, H)].set(Tq, **drop))
+
+        def full(o):
+            return write(o, jnp.where(newly, seq_slots, H), out["first_token"], jnp.where(done, seq_slots, H),
+                         out["value"], q_slots, admitted, dropped)
+
+        # Compacted: the first B entries of each kind per lane (all of them when every lane has at
+        # most B; else the full writes above). Removed waiting requests are a prefix of each
+        # member's window.
+        B = self.ring_writes
+        j = jnp.arange(B)
+
+        def first_b(mask):  # [K, L] -> [K, B] positions of the first B true entries (L: none)
+            cs = jnp.cumsum(i32(mask), axis=1)
+            return i32(jnp.sum(cs[:, None, :] < (j + 1)[None, :, None], axis=2))
+
+        def take(x, i):
+            return jnp.take_along_axis(x, jnp.minimum(i, x.shape[1] - 1), axis=1)
+
+        Wq = out["admitted"].shape[1:]
+        removed = (out["admitted"] | out["dropped"])  # [K, W, Q]
+        n_rem = i32(jnp.sum(removed, axis=2))
+        acum = jnp.cumsum(n_rem, axis=1)
+        w_j = i32(jnp.sum(acum[:, None, :] <= j[None, :, None], axis=2))  # [K, B]
+        pos_j = j[None] - take(acum - n_rem, w_j)
+        qi = jnp.where(j[None] < acum[:, -1:], w_j * Wq[1] + pos_j, Wq[0] * Wq[1])
+        ni, di = first_b(newly), first_b(done)
+        fits = (jnp.all(acum[:, -1] <= B) & jnp.all(jnp.sum(newly, axis=1) <= B)
+                & jnp.all(jnp.sum(done, axis=1) <= B))
+
+        def compact(o):
+            qv = qi < Wq[0] * Wq[1]
+            return write(o, jnp.where(ni < seq_slots.shape[1], take(seq_slots, ni), H), take(out["first_token"], ni),
+                         jnp.where(di < seq_slots.shape[1], take(seq_slots, di), H), take(out["value"], di),
+                         take(q_slots, qi), qv & take(admitted, qi), qv & take(dropped, qi))
+
+        o = jax.lax.cond(fits, compact, full, st.outcomes)
         mem = out["members"]  # [K, W] replica indices, R for padding (dropped)
         st = st.replace(
             outcomes=o,
