@@ -12,17 +12,17 @@ parameters, so a profile says exactly what synthetic workloads draw:
 
 Every draw is an integer >= 1. ``mean`` is the stated mean (the uniform's midpoint, the
 log-normal's ``mean`` before rounding and clipping): what a router may assume for a task.
+
+Importing this module does not import JAX (profiles are read by the JAX-free serving path);
+the jittable parts import it when called.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 FIXED, UNIFORM, LOGNORMAL = 0, 1, 2
 KINDS = {"fixed": FIXED, "uniform": UNIFORM, "lognormal": LOGNORMAL}
@@ -100,19 +100,20 @@ def parse_length(x: Any, where: str) -> LengthDist:
     return LengthDist(LOGNORMAL, mean, cv, lo, hi)
 
 
-@struct.dataclass
-class LengthArrays:
-    """Per-task distributions as arrays ``[T]`` (one struct for prompts, one for outputs)."""
+class LengthArrays(NamedTuple):
+    """Per-task distributions as arrays ``[T]`` (one for prompts, one for outputs); a pytree."""
 
-    kind: jnp.ndarray  # int32
-    a: jnp.ndarray
-    b: jnp.ndarray
-    lo: jnp.ndarray
-    hi: jnp.ndarray
-    mean: jnp.ndarray
+    kind: Any  # int32
+    a: Any
+    b: Any
+    lo: Any
+    hi: Any
+    mean: Any
 
 
 def length_arrays(dists) -> LengthArrays:
+    import jax.numpy as jnp
+
     f = jnp.result_type(float)
     return LengthArrays(
         kind=jnp.asarray([d.kind for d in dists], jnp.int32), a=jnp.asarray([d.a for d in dists], f),
@@ -122,6 +123,9 @@ def length_arrays(dists) -> LengthArrays:
 
 def draw_length(key, task, la: LengthArrays):
     """One length (int32 >= 1) for a request of ``task``: jittable, fixed cost, vmappable."""
+    import jax
+    import jax.numpy as jnp
+
     f = la.a.dtype
     k_u, k_n = jax.random.split(key)
     kind, a, b, lo, hi = la.kind[task], la.a[task], la.b[task], la.lo[task], la.hi[task]
