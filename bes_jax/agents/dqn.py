@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from bes_jax.agents.network import QNetwork, normalize, wait_mask
+from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
 from bes_jax.env.state import DROPPED, REJECTED, SERVED
@@ -211,18 +211,11 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         frac = jnp.clip(it / decay_iters, 0.0, 1.0)
         return hp["eps_start"] + frac * (hp["eps_end"] - hp["eps_start"])
 
-    if cfg.mask_wait_x > 0 and env.cfg.batching == "continuous":
-        raise ValueError("dqn.mask_wait_x = {}: the wait mask reads the request-level rich observation's "
-                         "wait columns; it is not defined under sim.batching=continuous".format(cfg.mask_wait_x))
+    allowed = action_mask_fn(cfg.mask_wait_x, env, A, "dqn.mask_wait_x")
     use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
 
     def q_values(params, stats, obs):
         return net.apply(params, normalize(obs, stats.mean, stats.var))
-
-    def allowed(obs):
-        if not use_mask:
-            return jnp.ones(obs.shape[:-1] + (A,), bool)
-        return wait_mask(obs, env.n_tasks, A, cfg.mask_wait_x)
 
     def init(key, hp=None) -> TrainState:
         hp = resolve_hparams(cfg, DQN_HPARAMS, hp)

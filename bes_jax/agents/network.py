@@ -47,3 +47,15 @@ def wait_mask(obs, n_tasks: int, n_models: int, threshold: float):
     ok = wait < min(float(threshold), WAIT_CAP)
     soonest = wait <= jnp.min(wait, axis=-1, keepdims=True)
     return jnp.where(jnp.any(ok, axis=-1, keepdims=True), ok, soonest)
+
+
+def action_mask_fn(mask_wait_x: float, env, n_actions: int, setting: str):
+    """``allowed(obs) -> [..., A] bool`` for a learner: `wait_mask` with ``mask_wait_x`` on a
+    ``rich`` observation, else every action. The mask reads the request-level observation's wait
+    columns, so under continuous batching it is refused (``setting`` names the config field)."""
+    if mask_wait_x > 0 and env.cfg.batching == "continuous":
+        raise ValueError(f"{setting} = {mask_wait_x}: the wait mask reads the request-level rich observation's "
+                         "wait columns; it is not defined under sim.batching=continuous")
+    if not (mask_wait_x > 0 and env.cfg.obs_mode == "rich"):
+        return lambda obs: jnp.ones(obs.shape[:-1] + (n_actions,), bool)
+    return lambda obs: wait_mask(obs, env.n_tasks, n_actions, mask_wait_x)

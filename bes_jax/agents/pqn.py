@@ -38,7 +38,7 @@ import optax
 from flax import struct
 
 from bes_jax.agents.dqn import ObsStats, make_optimizer, resolve_hparams, default_hparams, update_stats
-from bes_jax.agents.network import QNetwork, normalize, wait_mask
+from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
 from bes_jax.env import ServingEnv
 from bes_jax.env.params import EnvParams
 from bes_jax.env.state import DROPPED, REJECTED, SERVED
@@ -180,9 +180,7 @@ class PQN:
                                  f"{(n_bank,) + base_params.deadline.shape} (one deadline per task for every workload)")
             params_axes = params_axes.replace(deadline=0)
         v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
-        if cfg.mask_wait_x > 0 and env.cfg.batching == "continuous":
-            raise ValueError("pqn.mask_wait_x = {}: the wait mask reads the request-level rich observation's "
-                             "wait columns; it is not defined under sim.batching=continuous".format(cfg.mask_wait_x))
+        allowed = action_mask_fn(cfg.mask_wait_x, env, A, "pqn.mask_wait_x")
         use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
         DV = cfg.devices
         NL = N // DV  # environments per device (all of them with one device)
@@ -217,11 +215,6 @@ class PQN:
 
         def q_values(params, stats, obs):
             return net.apply(params, normalize(obs, stats.mean, stats.var))
-
-        def allowed(obs):
-            if not use_mask:
-                return jnp.ones(obs.shape[:-1] + (A,), bool)
-            return wait_mask(obs, env.n_tasks, A, cfg.mask_wait_x)
 
         def init(key, hp=None) -> PQNState:
             hp = resolve_hparams(cfg, PQN_HPARAMS, hp)

@@ -45,6 +45,7 @@ import numpy as np
 from flax import struct
 
 from bes_jax.env.core import first_lanes
+from bes_jax.env.layout import server_layout
 from bes_jax.env.params import default_float
 from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, RUNNING, SERVED
 from bes_jax.lengths import LengthArrays, draw_length, length_arrays
@@ -232,18 +233,7 @@ class ContinuousServingEnv:
         # admission looks at the first `window` waiting requests: all of them when expired heads
         # are dropped on the way, else the most that can join a running set
         self.window = self.capacity if self.drop_expired else min(self.max_seqs, self.capacity)
-        gpu = np.array([cfg.gpu_of_replica(m, k) for m in range(self.n_models) for k in range(self.r_max)])
-        if self.exclusive:
-            self.n_servers = cfg.n_gpus
-            self.server_of = gpu
-            members = [np.nonzero(gpu == g)[0] for g in range(cfg.n_gpus)]
-            width = max(len(x) for x in members)
-            # ascending replica index; padding -1
-            self.server_members = np.stack([np.pad(x, (0, width - len(x)), constant_values=-1) for x in members])
-        else:
-            self.n_servers = self.n_replicas
-            self.server_of = np.arange(self.n_replicas)
-            self.server_members = np.arange(self.n_replicas)[:, None]
+        self.n_servers, self.server_of, self.server_members = server_layout(cfg, self.n_models, self.r_max)
         # position of each replica among its server's members
         self.member_pos = np.zeros(self.n_replicas, np.int32)
         for row in self.server_members:

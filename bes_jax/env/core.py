@@ -12,9 +12,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bes_jax.env import autoscaler
+from bes_jax.env.layout import server_layout
 from bes_jax.env.params import EnvParams, default_float, make_env_params
 from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes
 from bes_jax.profile import Profile
@@ -51,19 +51,7 @@ class ServingEnv:
         # may be skipped, else only the B_max that can be taken (static: it sets shapes).
         self.drop_expired = bool(cfg.drop_expired)
         self.window = self.capacity if self.drop_expired else min(self.b_max, self.capacity)
-        gpu = np.array([cfg.gpu_of_replica(m, k) for m in range(self.n_models) for k in range(self.r_max)])
-        if self.exclusive:
-            self.n_servers = cfg.n_gpus
-            self.server_of = gpu
-            # replicas of each server in ascending replica index = (model, k) order: the
-            # exclusive tie-break "lowest model index" falls out of argmin's first-index rule.
-            members = [np.nonzero(gpu == g)[0] for g in range(cfg.n_gpus)]
-            width = max(len(x) for x in members)
-            self.server_members = np.stack([np.pad(x, (0, width - len(x)), constant_values=-1) for x in members])
-        else:
-            self.n_servers = self.n_replicas
-            self.server_of = np.arange(self.n_replicas)
-            self.server_members = np.arange(self.n_replicas)[:, None]
+        self.n_servers, self.server_of, self.server_members = server_layout(cfg, self.n_models, self.r_max)
         self.obs_size = self.n_tasks + self.n_models + 1 + (self.n_models + 1 if cfg.obs_mode == "rich" else 0)
         # reactive autoscaler (static flag: with it off nothing of it is traced)
         self.autoscale = bool(cfg.autoscale)
