@@ -147,6 +147,7 @@ def to_report(metrics: dict, model_names, window_s: float) -> dict:
         "window_s": window_s,
         "pct_of_peak": [None if not e else float(x) for x, e in zip(np.asarray(win["pct_of_peak"]), nonempty)],
         "n_requests": [int(x) for x in np.asarray(win["n_requests"])],
+        "availability": [None if not e else float(x) for x, e in zip(np.asarray(win["availability"]), nonempty)],
     }
     last = int(np.nonzero(nonempty)[0].max()) + 1 if nonempty.any() else 0
     out["windows"] = {k: (v[:last] if isinstance(v, list) else v) for k, v in out["windows"].items()}

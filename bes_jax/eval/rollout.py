@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from bes_jax.env import ServingEnv
-from bes_jax.eval.metrics import metrics_kwargs, run_metrics
+from bes_jax.eval.metrics import autoscale_metrics, metrics_kwargs, run_metrics
 from bes_jax.routers import Router
 from bes_jax.sim_config import SimConfig
 
@@ -96,13 +96,20 @@ def metric_windows(n_decisions: int, window_s: float, workload=None) -> int:
 
 def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: float, n_windows: int,
                   params_axis=None):
-    """``evaluate(keys[N], params) -> metrics[N]`` (jittable); ``n_windows``: see :func:`metric_windows`."""
+    """``evaluate(keys[N], params) -> metrics[N]`` (jittable); ``n_windows``: see :func:`metric_windows`.
+
+    With the autoscaler on (``env.autoscale``) the metrics also hold `AUTOSCALE_METRICS`
+    (GPU-seconds and the rest, :func:`bes_jax.eval.metrics.autoscale_metrics`)."""
     run = make_run(env, router, n_decisions, params_axis=params_axis)
+    autoscaled = bool(getattr(env, "autoscale", False))
 
     def evaluate(keys, params):
         state = run(keys, params)
         metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows,
                                           **metrics_kwargs(p))
-        return jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
+        out = jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
+        if autoscaled:
+            out.update(jax.vmap(autoscale_metrics)(state.autoscale, state.outcomes))
+        return out
 
     return evaluate
