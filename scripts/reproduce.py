@@ -1,21 +1,54 @@
-"""Reproduce the paper's headline experiments and regenerate docs/results.md (experiments
-section), docs/results.json and the figures in docs/figures/.
+"""Reproduce the paper's experiments under the evaluation protocol (SPEC) and regenerate the
+"Paper experiments" section of docs/results.md, docs/results.json and docs/figures/.
 
-    python scripts/reproduce.py --scale small     # 2-core CPU, under 30 minutes
-    python scripts/reproduce.py --scale full      # more seeds and requests (GPU)
+    python scripts/reproduce.py --scale small     # 2-core CPU, under 45 minutes
+    python scripts/reproduce.py --scale full      # more seeds, requests and grid points (GPU)
+    python scripts/reproduce.py --scale small --only request:poisson --out-dir /tmp/repro
 
-Sweeps over numbers (rates, GPU counts) run as vmapped programs; the learned router is trained
-for all seeds in one vmapped program with the default `bes-train` config (plus overrides).
+The experiment YAML (bes_jax/conf/experiment/SCALE.yaml) lists *modes*: a serving model and
+profile, each with its own `bes-train` overrides and the sections it runs:
+
+- ``poisson``: availability and performance vs Poisson load (multiples of static-largest's
+  measured sustainable rate, a geometric grid), and the max-sustainable-rate ratio learned /
+  static-largest at each availability threshold, read off that grid by interpolation;
+- ``bursty``: windows >= 96% / 98% of peak on bursty MAF-derived workloads of mean load
+  k x capacity (`bes_jax.workloads.bursty.bursty_workload`), and quality goodput per GPU
+  against static-largest on more GPUs, over the same k;
+- ``autoscaler`` (request-level batching only): a reactive autoscaler of the largest model
+  against the learned router at equal GPU-seconds, on the same bursty workloads;
+- ``extras`` (request-level): placement, latency weight, hard vs soft deadlines, per-task
+  deadlines, deadline scale, arrival-pattern and task-mix shift against target-trained routers.
+
+`--only` takes section names, mode names or ``mode:section`` (comma-separated); the learned
+routers of a mode are trained once (all seeds in one vmapped program) for the sections that
+need them. `--out-dir` (default docs/) receives results.md (its "Paper experiments" section is
+replaced, the rest kept), results.json and figures/.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+SECTIONS = ("poisson", "bursty", "autoscaler", "extras")
+REQUEST_ONLY = ("autoscaler", "extras")
+#: the paper's headline numbers (arXiv 2401.07886 and the earlier results table)
+PAPER = {"max_sustainable_rate": 10.0, "frac_windows_ge_96": 4.1, "frac_windows_ge_98": 2.3, "goodput_per_gpu": 3.9}
+BURSTY_METRICS = ("frac_windows_ge_96", "frac_windows_ge_98", "performance", "availability", "pct_of_peak",
+                  "quality_goodput_per_gpu")
+
+
+def _nanmean(x):
+    x = np.asarray(x, np.float64)
+    return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
 
 
 def _ms(x):
@@ -23,294 +56,267 @@ def _ms(x):
     return {"mean": float(np.mean(x)), "std": float(np.std(x)), "seeds": int(x.size)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", choices=["small", "full"], default="small")
-    ap.add_argument("--config", help="another experiment YAML (default bes_jax/conf/experiment/SCALE.yaml)")
-    args = ap.parse_args(argv)
-    t_start = time.perf_counter()
+def select_jobs(modes, only):
+    """``[(mode, section)]`` to run: every mode's sections, filtered by `only` (a set of
+    section names, mode names or ``mode:section``; None = all). Unknown names raise."""
+    jobs = [(str(m.name), str(s)) for m in modes for s in m.sections]
+    for mname, sec in jobs:
+        if sec not in SECTIONS:
+            raise ValueError(f"mode {mname!r}: unknown section {sec!r} (choose from {SECTIONS})")
+    if only is None:
+        return jobs
+    known = {s for s in SECTIONS} | {m for m, _ in jobs} | {f"{m}:{s}" for m, s in jobs}
+    bad = sorted(set(only) - known)
+    if bad:
+        raise ValueError(f"--only {','.join(sorted(only))}: unknown {bad}; choose from {sorted(known)}")
+    return [(m, s) for m, s in jobs if s in only or m in only or f"{m}:{s}" in only]
+
+
+class Progress:
+    """say() lines with elapsed time and an ETA from per-section cost estimates (seconds, from
+    the YAML), rescaled by how the finished sections compared with their estimates."""
+
+    def __init__(self, plan):
+        self.t0 = time.perf_counter()
+        self.plan = dict(plan)            # label -> estimated seconds
+        self.done_est, self.done_real = 0.0, 0.0
+        self.left = list(self.plan)
+        self._start = None
+
+    def say(self, msg):
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {msg}", flush=True)
+
+    def start(self, label):
+        self._start = time.perf_counter()
+        self.say(f"{label}: start (estimate {self.plan.get(label, 0):.0f} s)")
+
+    def done(self, label):
+        dt = time.perf_counter() - self._start
+        self.done_est += self.plan.get(label, 0.0)
+        self.done_real += dt
+        if label in self.left:
+            self.left.remove(label)
+        rate = self.done_real / self.done_est if self.done_est > 0 else 1.0
+        eta = sum(self.plan[k] for k in self.left) * rate
+        self.say(f"{label}: done in {dt:.0f} s; {len(self.left)} section(s) left, ETA {eta / 60:.1f} min")
+
+
+def machine_meta(t_wall, scale, config, argv):
+    import importlib.metadata as md
 
     import jax
+
+    from bes_jax import REPO_ROOT
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "bes_jax"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions,
+            "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu,
+                        "cpu_count": os.cpu_count(), "cpu_usable": affinity,
+                        "jax_devices": [str(d) for d in jax.devices()], "jax_backend": jax.default_backend()},
+            "wall_time_s": float(t_wall), "scale": scale, "config": str(config), "argv": list(argv)}
+
+
+def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds, n, window_s):
+    """Request-level extras on one MAF test workload: placement, latency weight, hard vs soft
+    deadlines, arrival-pattern shift (and the Azure trace's held-out half), per-task deadlines,
+    the deadline-scale sweep and task-mix shift, each against routers trained on the target."""
     import jax.numpy as jnp
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from omegaconf import OmegaConf
 
-    from bes_jax import CONF_DIR, REPO_ROOT
-    from bes_jax.eval.report import replace_section
     from bes_jax import workloads as W
-    from bes_jax.agents.training import setup_training
     from bes_jax.config import compose_train_config
-    from bes_jax.workloads.from_config import trace_part
-    from bes_jax.eval.experiments import evaluate_variants
     from bes_jax.env import make_serving_env
-    from bes_jax.eval.metrics import to_report
-    from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
-    from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
-    from bes_jax.routers import Router, greedy, static, uniform_random
+    from bes_jax.eval.experiments import TrainedRouters, train_routers
+    from bes_jax.eval.rollout import eval_config
+    from bes_jax.workloads.bursty import bursty_workload, describe
+    from bes_jax.workloads.from_config import trace_part_requests
 
-    exp = OmegaConf.load(args.config or CONF_DIR / "experiment" / f"{args.scale}.yaml")
-    say = lambda m: print(f"[{time.perf_counter() - t_start:6.0f} s] {m}", flush=True)
-    cfg = compose_train_config(list(exp.train_overrides))
-    s = setup_training(cfg)
-    profile, sim_cfg, cap = s["profile"], s["sim_cfg"], s["cap_large"]
-    train, greedy_policy = s["fns"].train, s["fns"].greedy_policy
-    seeds = list(exp.seeds)
-    ts, _ = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
-    learned = [Router("learned", greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
-                                                jax.tree.map(lambda x: x[i], ts.obs_stats))) for i in range(len(seeds))]
-    say(f"trained {len(seeds)} learned routers ({cfg.dqn.iterations} iterations x {cfg.dqn.n_envs} envs each)")
-    large = profile.n_models - 1
-    baselines = {f"static:{m}": static(i, f"static:{m}") for i, m in enumerate(profile.model_names)}
-    baselines.update({"random": uniform_random(), "greedy": greedy()})
-    n, eval_seeds, window_s = int(exp.n_decisions), tuple(int(k) for k in exp.eval_seeds), float(exp.window_s)
-    results = {"scale": args.scale, "profile": profile.name, "capacity_static_large": cap,
-               "train_overrides": list(exp.train_overrides), "seeds": seeds}
+    x = exp.extras
+    profile, sim_cfg, cap, stat = md.profile, md.sim_cfg, md.cap, md.stat
+    names = [str(b) for b in x.get("baselines", None) or md.baselines]  # the baselines the extras compare with
+    unknown = [b for b in names if b not in md.baselines]
+    if unknown:
+        raise ValueError(f"extras.baselines: unknown {unknown}; choose from {list(md.baselines)}")
+    baselines = {b: md.baselines[b] for b in dict.fromkeys(names + ["greedy", stat])}
+    wk = x.workload
+    rate_x = float(wk.rate_x)
+    wp_w = bursty_workload(exp.bursty.path, k=rate_x, capacity=cap, minutes=[int(v) for v in wk.minutes],
+                           time_scale=float(wk.time_scale), n_tasks=profile.n_tasks)
+    label_w = f"{describe(exp.bursty.path, list(wk.minutes), None, float(wk.time_scale))}, {rate_x:g}x load"
+    base_cols = list(baselines)
+    ne = len(eval_seeds)
+    pooled = lambda reps, key: float(np.mean([r[key] for r in reps]))
 
-    # ---------------------------------------------------------------- 1. stable Poisson load
-    rates = cap * np.asarray(exp.poisson_rates_x, np.float64)
-    curves = {}
-    for name, r in baselines.items():
-        o = sweep_rates(profile, sim_cfg, r, rates, n_decisions=n, seeds=eval_seeds, window_s=window_s)
-        curves[name] = {"performance": o["performance"].mean(1), "availability": o["availability"].mean(1)}
-    lp = [sweep_rates(profile, sim_cfg, r, rates, n_decisions=n, seeds=eval_seeds, window_s=window_s) for r in learned]
-    curves["learned"] = {"performance": np.mean([o["performance"].mean(1) for o in lp], 0),
-                         "availability": np.mean([o["availability"].mean(1) for o in lp], 0),
-                         "performance_std": np.std([o["performance"].mean(1) for o in lp], 0)}
-    say("Poisson rate sweep done")
-    m = exp.msr
-    msr_kw = dict(threshold=float(m.threshold), n_grid=int(m.n_grid), n_decisions=n, seeds=eval_seeds, window_s=window_s)
-    lo, hi = cap * float(m.lo_x), cap * float(m.hi_x)
-    msr_large = max_sustainable_rate(profile, sim_cfg, baselines[f"static:{profile.model_names[large]}"], lo, hi, **msr_kw)
-    msr_greedy = max_sustainable_rate(profile, sim_cfg, baselines["greedy"], lo, hi, **msr_kw)
-    msr_learned = [max_sustainable_rate(profile, sim_cfg, r, lo, hi, **msr_kw) for r in learned]
-    ratio_msr = [x["max_sustainable_rate"] / max(msr_large["max_sustainable_rate"], 1e-9) for x in msr_learned]
-    results["poisson"] = {"rates": rates.tolist(), "curves": {k: {kk: np.asarray(v).tolist() for kk, v in c.items()}
-                                                             for k, c in curves.items()},
-                          "max_sustainable_rate": {"static_large": msr_large["max_sustainable_rate"],
-                                                   "greedy": msr_greedy["max_sustainable_rate"],
-                                                   "learned": _ms([x["max_sustainable_rate"] for x in msr_learned])}}
-    results["ratio_max_sustainable_rate"] = _ms(ratio_msr)
-    say(f"max sustainable rate: static-large {msr_large['max_sustainable_rate']:.1f}, greedy "
-        f"{msr_greedy['max_sustainable_rate']:.1f}, learned {np.mean([x['max_sustainable_rate'] for x in msr_learned]):.1f} req/s")
-
-    # ---------------------------------------------------------------- 2. unpredictable MAF slices
-    maf_path = str(REPO_ROOT.parent / "shared" / "traces" / "maf2019_invitro_500fn_min480-959.csv")
-    env = make_serving_env(profile, eval_config(sim_cfg, n))
-    keys = jnp.stack([jax.random.PRNGKey(k) for k in eval_seeds])
-    slices = []
-    for sl in exp.maf_slices:
-        wp = W.maf(maf_path, target_mean_rate=cap * float(sl.rate_x), time_scale=float(sl.time_scale),
-                   minutes=list(sl.minutes), n_tasks=profile.n_tasks, pad_windows=64)
-        slices.append((f"minutes {sl.minutes[0]}-{sl.minutes[1]}, x{sl.time_scale} time, {sl.rate_x}x load", wp))
-
-    def run_metrics_for(router, wp, env_=env):
-        params = env_.make_params(wp)
-        mm = jax.jit(make_evaluate(env_, router, n, window_s, metric_windows(n, window_s, wp)))(keys, params)
-        return [to_report(jax.tree.map(lambda x: x[i], mm), profile.model_names, window_s) for i in range(len(eval_seeds))]
-
-    maf = {}
-    for label, wp in slices:
-        row = {name: run_metrics_for(r, wp) for name, r in baselines.items()}
-        row["learned"] = [run_metrics_for(r, wp) for r in learned]
-        maf[label] = row
-    say("MAF slices done")
-
-    def pooled(reps, key):
-        return float(np.mean([r[key] for r in reps]))
-
-    stat = f"static:{profile.model_names[large]}"
-    summary_rows = {}
-    for key in ("frac_windows_ge_96", "frac_windows_ge_98"):
-        base = np.mean([pooled(maf[l][stat], key) for l in maf])
-        per_seed = [np.mean([pooled(maf[l]["learned"][i], key) for l in maf]) for i in range(len(seeds))]
-        if base > 0:
-            results[f"ratio_{key}"] = _ms([x / base for x in per_seed])
-        else:  # static never reaches the bar: the ratio is unbounded, report the raw fractions
-            results[f"ratio_{key}"] = {"mean": None, "std": None, "seeds": len(per_seed),
-                                       "note": f"static-large has no window at this level; learned {np.mean(per_seed):.3f}"}
-        summary_rows[key] = (base, per_seed, np.mean([pooled(maf[l]["greedy"], key) for l in maf]))
-    results["maf"] = {l: {name: ({k: pooled(v, k) for k in ("performance", "availability", "pct_of_peak",
-                                                            "frac_windows_ge_96", "frac_windows_ge_98")}
-                                 if name != "learned" else
-                                 {k: _ms([pooled(x, k) for x in v]) for k in ("performance", "availability", "pct_of_peak",
-                                                                              "frac_windows_ge_96", "frac_windows_ge_98")})
-                          for name, v in row.items()} for l, row in maf.items()}
-
-    # ---------------------------------------------------------------- 3. hardware utility
-    def static_large_on(n_gpus):
-        c = dataclasses.replace(sim_cfg, n_gpus=n_gpus, replicas=tuple([0] * large + [n_gpus]))
-        e = make_serving_env(profile, eval_config(c, n))
-        return [run_metrics_for(baselines[stat], wp, e) for _, wp in slices]
-
-    learned_gp = [np.mean([pooled(maf[l]["learned"][i], "quality_goodput_per_gpu") for l in maf]) for i in range(len(seeds))]
-    learned_perf = np.mean([[pooled(maf[l]["learned"][i], "performance") for l in maf] for i in range(len(seeds))])
-    gpu_curve = {}
-    for g in exp.static_gpu_counts:
-        reps = static_large_on(int(g))
-        gpu_curve[int(g)] = {"performance": float(np.mean([pooled(r, "performance") for r in reps])),
-                             "quality_goodput_per_gpu": float(np.mean([pooled(r, "quality_goodput_per_gpu") for r in reps]))}
-    s8 = gpu_curve.get(8) or static_large_on(8)
-    results["ratio_goodput_per_gpu_vs_static_8gpu"] = _ms([x / s8["quality_goodput_per_gpu"] for x in learned_gp])
-    match = [g for g, v in sorted(gpu_curve.items()) if v["performance"] >= learned_perf]
-    results["hardware"] = {"learned_4gpu_goodput_per_gpu": _ms(learned_gp), "learned_4gpu_performance": float(learned_perf),
-                           "static_large_by_gpus": gpu_curve,
-                           "gpus_static_large_needs_to_match_learned": match[0] if match else f"> {max(gpu_curve)}"}
-    say("hardware utility done")
-
-    # ---------------------------------------------------------------- 4. placement
-    placement = {}
-    label, wp = slices[1]
-    for pl in ("concurrent", "exclusive"):
-        e = make_serving_env(profile, eval_config(dataclasses.replace(sim_cfg, placement=pl), n))
-        placement[pl] = {"greedy": pooled(run_metrics_for(baselines["greedy"], wp, e), "performance"),
-                         stat: pooled(run_metrics_for(baselines[stat], wp, e), "performance"),
-                         f"learned (trained {sim_cfg.placement})": float(np.mean([pooled(run_metrics_for(r, wp, e), "performance")
-                                                                       for r in learned]))}
-    results["placement"] = {"workload": label, "performance": placement}
-    say("placement done")
-
-    # ---------------------------------------------------------------- 5. reward settings and robustness
-    def train_variant(overrides):
-        c = compose_train_config(list(exp.train_overrides) + list(overrides))
-        sv = setup_training(c)
-        tv, _ = jax.block_until_ready(jax.jit(jax.vmap(sv["fns"].train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
-        gp = sv["fns"].greedy_policy
-        return sv["sim_cfg"], [Router("learned", gp(jax.tree.map(lambda x: x[i], tv.params),
-                                                    jax.tree.map(lambda x: x[i], tv.obs_stats))) for i in range(len(seeds))]
+    def on_all(sim, routers, wp, keys):
+        """``{key: [value per router]}``, each router evaluated once."""
+        e = make_serving_env(profile, eval_config(sim, n))
+        if isinstance(routers, TrainedRouters):
+            reps = [rs[0] for rs in md.reports(routers, [e.make_params(wp)], e)]
+        else:
+            reps = [md.reports(r, [e.make_params(wp)], e)[0] for r in routers]
+        return {key: [pooled(rr, key) for rr in reps] for key in keys}
 
     def on(sim, routers, wp, key="performance"):
-        e = make_serving_env(profile, eval_config(sim, n))
-        return [pooled(run_metrics_for(r, wp, e), key) for r in routers]
+        return on_all(sim, routers, wp, [key])[key]
 
-    label_w, wp_w = slices[-1]
+    def train_variant(overrides):
+        s, rs = train_routers(compose_train_config(md.overrides + list(overrides)), seeds)
+        return s["sim_cfg"], rs
+
+    def rec(experiment, router, metric, values, load_x=rate_x, workload=label_w, **extra):
+        curves.append(md.rec(experiment, workload, load_x, router, metric, values,
+                             None if router == "learned" else ne, **extra))
+
+    # placement (optional: extras.placement)
+    placement = {}
+    for pl in (("concurrent", "exclusive") if x.get("placement", True) else ()):
+        e_sim = dataclasses.replace(sim_cfg, placement=pl)
+        row = {"greedy": on(e_sim, [baselines["greedy"]], wp_w)[0], stat: on(e_sim, [baselines[stat]], wp_w)[0]}
+        lv = on(e_sim, md.learned, wp_w)
+        row[f"learned (trained {sim_cfg.placement})"] = _ms(lv)
+        placement[pl] = row
+        rec("placement", "greedy", "performance", row["greedy"], placement=pl)
+        rec("placement", stat, "performance", row[stat], placement=pl)
+        rec("placement", "learned", "performance", lv, placement=pl, trained_placement=sim_cfg.placement)
+    if placement:
+        results["placement"] = {"workload": label_w, "performance": placement}
+        say("extras: placement done")
+
+    # latency weight
     tradeoff = []
-    for w in exp.get("latency_weights", [0.0, 0.1, 0.3]):
-        sim_w, rw = train_variant([f"sim.latency_weight={w}"])
-        tradeoff.append({"latency_weight": float(w), "quality": _ms(on(sim_cfg, rw, wp_w)),
-                         "latency_p50": _ms(on(sim_cfg, rw, wp_w, "latency_p50")),
-                         "availability": _ms(on(sim_cfg, rw, wp_w, "availability"))})
-    say("latency-weight trade-off done")
-    soft_sim, soft_routers = train_variant(["sim.deadline_kind=soft"])
-    deadlines = {"hard-trained, hard reward": _ms(on(sim_cfg, learned, wp_w)),
-                 "soft-trained, soft reward": _ms(on(soft_sim, soft_routers, wp_w)),
-                 "hard-trained, soft reward": _ms(on(soft_sim, learned, wp_w)),
-                 "greedy, soft reward": _ms(on(soft_sim, [baselines["greedy"]], wp_w))}
-    say("soft deadlines done")
-    _, poisson_routers = train_variant(["train_family.kinds=[poisson]"])
-    split = float(exp.get("trace_split", 0.5))
-    azure_x = float(exp.get("trace_rate_x", 14.0))
-    azure_rel = "../shared/traces/AzureLLMInferenceTrace_code.csv"  # relative to the repository root, like maf_path
-    azure = W.trace(times=trace_part(str(REPO_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"),
-                                     [split, 1.0]), target_mean_rate=cap * azure_x, n_tasks=profile.n_tasks)
-    _, maf_routers = train_variant(["train_family.kinds=[maf]"])
-    _, trace_routers = train_variant(["train_family.kinds=[trace]", f"train_family.trace_path={azure_rel}",
-                                      f"train_family.trace_span=[0.0,{split}]"])
-    say("target-trained routers done")
-    azure_label = f"Azure LLM code trace, held-out part ({split:.0%}-100% of its arrivals), {azure_x:g}x load"
-    targets = {label_w: (wp_w, maf_routers, "MAF only (minutes 0-240 of the day; tested on minutes 440-470)"),
-               azure_label: (azure, trace_routers, f"the trace's first {split:.0%} of arrivals")}
-    robust = {}
-    for lbl, (wp_r, target_routers, target_desc) in targets.items():
-        robust[lbl] = {"trained on Poisson only": _ms(on(sim_cfg, poisson_routers, wp_r)),
-                       "trained on the default family (Poisson, Gamma, MAF)": _ms(on(sim_cfg, learned, wp_r)),
-                       "trained on the target": _ms(on(sim_cfg, target_routers, wp_r)),
-                       "target training": target_desc}
-        robust[lbl].update({name: on(sim_cfg, [r], wp_r)[0] for name, r in baselines.items()})
+    for w in x.latency_weights:  # the default's weight reuses the default routers
+        rw = md.learned if float(w) == float(sim_cfg.latency_weight) else train_variant([f"sim.latency_weight={w}"])[1]
+        pt = {"latency_weight": float(w)}
+        vals = on_all(sim_cfg, rw, wp_w, ("performance", "latency_p50", "availability"))
+        for key, metric in (("quality", "performance"), ("latency_p50", "latency_p50"), ("availability", "availability")):
+            v = vals[metric]
+            pt[key] = _ms(v)
+            rec("latency_weight", "learned", metric, v, latency_weight=float(w))
+        tradeoff.append(pt)
     results["latency_weight_tradeoff"] = {"workload": label_w, "points": tradeoff}
-    results["deadline_kinds"] = {"workload": label_w, "performance": deadlines}
-    results["robustness_arrivals"] = robust
-    say("robustness done")
+    say("extras: latency-weight trade-off done")
 
-    # ---------------------------------------------------------------- 6. per-task deadlines, task-mix shift
-    env_e = make_serving_env(profile, eval_config(sim_cfg, n))
+    # hard vs soft deadlines
+    soft_sim, soft_routers = train_variant(["sim.deadline_kind=soft"])
+    deadlines = {}
+    for lbl, sim, routers, router, trained in (
+            ("hard-trained, hard reward", sim_cfg, md.learned, "learned", "hard"),
+            ("soft-trained, soft reward", soft_sim, soft_routers, "learned", "soft"),
+            ("hard-trained, soft reward", soft_sim, md.learned, "learned", "hard"),
+            ("greedy, soft reward", soft_sim, [baselines["greedy"]], "greedy", None)):
+        v = on(sim, routers, wp_w)
+        deadlines[lbl] = _ms(v)
+        rec("deadline_kind", router, "performance", v, trained_on=trained, reward=sim.deadline_kind)
+    results["deadline_kinds"] = {"workload": label_w, "performance": deadlines}
+    say("extras: soft deadlines done")
+
+    # arrival-pattern shift against target-trained routers
+    _, poisson_routers = train_variant(["train_family.kinds=[poisson]"])
+    _, maf_routers = train_variant(["train_family.kinds=[maf]"])
+    split, azure_x = float(x.trace_split), float(x.trace_rate_x)
+    azure_path = str(x.trace_path)
+    part = trace_part_requests(azure_path, [split, 1.0])
+    azure = W.trace(times=part["times_s"], prompt=part["prompt"], output=part["output"], target_mean_rate=cap * azure_x,
+                    n_tasks=profile.n_tasks)
+    _, trace_routers = train_variant(["train_family.kinds=[trace]", f"train_family.trace_path={azure_path}",
+                                      f"train_family.trace_span=[0.0,{split}]"])
+    azure_label = f"Azure LLM code trace, held-out part ({split:.0%}-100% of its arrivals), {azure_x:g}x load"
+    targets = {label_w: (wp_w, rate_x, maf_routers, "MAF only (minutes 0-240 of the day)"),
+               azure_label: (azure, azure_x, trace_routers, f"the trace's first {split:.0%} of arrivals")}
+    robust = {}
+    for lbl, (wp_r, lx, target_routers, target_desc) in targets.items():
+        row = {}
+        for key, routers, trained in (("trained on Poisson only", poisson_routers, "poisson"),
+                                      ("trained on the default family (Poisson, Gamma, MAF)", md.learned, "default"),
+                                      ("trained on the target", target_routers, "target")):
+            v = on(sim_cfg, routers, wp_r)
+            row[key] = _ms(v)
+            rec("arrival_shift", "learned", "performance", v, load_x=lx, workload=lbl, trained_on=trained)
+        row["target training"] = target_desc
+        for name, r in baselines.items():
+            row[name] = on(sim_cfg, [r], wp_r)[0]
+            rec("arrival_shift", name, "performance", row[name], load_x=lx, workload=lbl)
+        robust[lbl] = row
+    results["robustness_arrivals"] = robust
+    say("extras: arrival-pattern shift done")
+
+    # per-task deadlines and the deadline-scale sweep
+    env_e = md.env
     base_dl = np.asarray(sim_cfg.task_deadlines(profile), np.float64)
     dl_variants = {"default": base_dl}
     dl_variants.update({str(k): np.round(base_dl * np.asarray(list(v), np.float64), 4)
-                        for k, v in exp.task_deadline_variants.items()})
-    scales = [float(x) for x in exp.deadline_scales]
-    dl_list = list(dl_variants.values()) + [base_dl * x for x in scales]
+                        for k, v in x.task_deadline_variants.items()})
+    scales = [float(v) for v in x.deadline_scales]
+    dl_list = list(dl_variants.values()) + [base_dl * v for v in scales]
     dtype = env_e.make_params(wp_w).deadline.dtype
     dl_params = [env_e.make_params(wp_w, deadline=jnp.asarray(d, dtype)) for d in dl_list]
 
-    def perf_variants(router, plist):  # performance per variant, mean over evaluation seeds; one program
-        reps = evaluate_variants(env_e, router, plist, eval_seeds, n, window_s, profile.model_names)
-        return np.asarray([np.mean([r["performance"] for r in v]) for v in reps])
+    def perf_variants(router, plist):
+        """Performance per variant (mean over evaluation seeds), one program; for trained
+        routers an array [training seed, variant]."""
+        reps = md.reports(router, plist, env_e)
+        per = lambda rv: np.asarray([np.mean([r["performance"] for r in v]) for v in rv])
+        return np.asarray([per(rv) for rv in reps]) if isinstance(router, TrainedRouters) else per(reps)
 
     V = len(dl_variants)
-    dl_base = {name: perf_variants(r, dl_params) for name, r in baselines.items()}  # every variant and scale at once
-    dl_default = np.asarray([perf_variants(r, dl_params) for r in learned])         # [seed, variant]
+    dl_base = {name: perf_variants(r, dl_params) for name, r in baselines.items()}
+    dl_default = perf_variants(md.learned, dl_params)  # [seed, variant]
     per_task = {}
     for vi, (vname, d) in enumerate(dl_variants.items()):
         if vname == "default":
             own = dl_default[:, vi]
         else:
-            _, rv = train_variant([f"sim.deadlines=[{','.join(f'{x:g}' for x in d)}]"])
-            own = np.asarray([perf_variants(r, [dl_params[vi]])[0] for r in rv])
+            _, rv = train_variant([f"sim.deadlines=[{','.join(f'{v:g}' for v in d)}]"])
+            own = perf_variants(rv, [dl_params[vi]])[:, 0]
         per_task[vname] = {"deadlines_s": d.tolist(), "trained on these deadlines": _ms(own),
                            "trained on the default deadlines": _ms(dl_default[:, vi])}
         per_task[vname].update({name: float(v[vi]) for name, v in dl_base.items()})
-    scale_curve = {"learned (trained at scale 1)": {"mean": dl_default[:, V:].mean(0).tolist(),
-                                                   "std": dl_default[:, V:].std(0).tolist()}}
-    lo, hi = (float(x) for x in exp.get("deadline_train_range", [0.5, 2.0]))
+        rec("per_task_deadlines", "learned", "performance", own, deadline_set=vname, trained_on="these deadlines")
+        rec("per_task_deadlines", "learned", "performance", dl_default[:, vi], deadline_set=vname,
+            trained_on="default deadlines")
+        for name, v in dl_base.items():
+            rec("per_task_deadlines", name, "performance", float(v[vi]), deadline_set=vname)
+    lo, hi = (float(v) for v in x.deadline_train_range)
     ranged_key = f"learned (trained on scales {lo:g}-{hi:g})"
     _, ranged = train_variant([f"train_family.deadline_scale_range=[{lo},{hi}]"])
-    dl_ranged = np.asarray([perf_variants(r, dl_params[V:]) for r in ranged])
-    scale_curve[ranged_key] = {"mean": dl_ranged.mean(0).tolist(), "std": dl_ranged.std(0).tolist()}
+    dl_ranged = perf_variants(ranged, dl_params[V:])
+    scale_curve = {"learned (trained at scale 1)": {"mean": dl_default[:, V:].mean(0).tolist(),
+                                                   "std": dl_default[:, V:].std(0).tolist()},
+                   ranged_key: {"mean": dl_ranged.mean(0).tolist(), "std": dl_ranged.std(0).tolist()}}
     scale_curve.update({name: v[V:].tolist() for name, v in dl_base.items()})
+    for i, sc in enumerate(scales):
+        rec("deadline_scale", "learned", "performance", dl_default[:, V + i], deadline_scale=sc, trained_on="scale 1")
+        rec("deadline_scale", "learned", "performance", dl_ranged[:, i], deadline_scale=sc,
+            trained_on=f"scales {lo:g}-{hi:g}")
+        for name, v in dl_base.items():
+            rec("deadline_scale", name, "performance", float(v[V + i]), deadline_scale=sc)
     results["per_task_deadlines"] = {"workload": label_w, "tasks": list(profile.task_names), "variants": per_task}
     results["deadline_scale_sweep"] = {"workload": label_w, "scales": scales, "performance": scale_curve}
-    say("per-task deadlines and deadline-scale sweep done")
-
-    mix_train = np.asarray(list(exp.task_mix_shift.train), np.float64)
-    mix_test = np.asarray(list(exp.task_mix_shift.test), np.float64)
-    mix_params = [env_e.make_params(W.with_task_mix(wp_w, mx)) for mx in (mix_train, mix_test)]
-    fmt_mix = lambda mx: "[" + ",".join(f"{x:g}" for x in mx) + "]"
-    _, mix_a_routers = train_variant([f"train_family.mix={fmt_mix(mix_train)}"])
-    _, mix_b_routers = train_variant([f"train_family.mix={fmt_mix(mix_test)}"])
-    mix_cols = {f"trained on mix {fmt_mix(mix_train)}": mix_a_routers,
-                f"trained on mix {fmt_mix(mix_test)} (the target)": mix_b_routers,
-                "trained on the default family (random mixes)": learned}
-    mix_perf = {c: np.asarray([perf_variants(r, mix_params) for r in rs]) for c, rs in mix_cols.items()}
-    mix_base = {name: perf_variants(r, mix_params) for name, r in baselines.items()}
-    mix_shift = {}
-    for mi, (tag, mx) in enumerate((("train mix (in distribution)", mix_train), ("shifted mix", mix_test))):
-        row = {c: _ms(v[:, mi]) for c, v in mix_perf.items()}
-        row.update({name: float(v[mi]) for name, v in mix_base.items()})
-        mix_shift[f"{tag} {fmt_mix(mx)}"] = row
-    results["task_mix_shift"] = {"workload": label_w, "tasks": list(profile.task_names), "performance": mix_shift}
-    say("task-mix shift done")
-
-    # ---------------------------------------------------------------- figures
-    fig_dir = REPO_ROOT / "docs" / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for metric in ("performance", "availability"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, c in curves.items():
-            ax.plot(rates, c[metric], marker="o", ms=3, lw=2.5 if name == "learned" else 1.2, label=name)
-        ax.set_xscale("log"); ax.set_xlabel("arrival rate (req/s, Poisson)"); ax.set_ylabel(metric)
-        ax.grid(alpha=0.3); ax.legend(fontsize=7); ax.set_title(f"{metric} vs rate ({profile.name})")
-        fig.tight_layout(); fig.savefig(fig_dir / f"{metric}_vs_rate.png", dpi=110); plt.close(fig)
-    label, wp = slices[-1]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-    for name in ("learned", "greedy", stat):
-        reps = maf[label]["learned"][0] if name == "learned" else maf[label][name]
-        pct = np.array([np.nan if v is None else v for v in reps[0]["windows"]["pct_of_peak"]], float)
-        x = np.arange(pct.size) * window_s
-        axes[0].plot(x, pct, label=name, lw=1.5 if name == "learned" else 1)
-    axes[0].axhline(0.96, color="k", ls=":", lw=0.8); axes[0].set_ylabel("% of peak (window)"); axes[0].legend(fontsize=7)
-    nreq = np.asarray(maf[label]["greedy"][0]["windows"]["n_requests"], float)
-    axes[1].bar(np.arange(nreq.size) * window_s, nreq / window_s, width=window_s, align="edge", color="gray")
-    axes[1].set_ylabel("arrivals / s")
-    env_l = make_serving_env(profile, eval_config(sim_cfg, n))
-    mm = jax.jit(make_evaluate(env_l, learned[0], n, window_s, metric_windows(n, window_s, wp)))(keys[:1], env_l.make_params(wp))
-    share = np.asarray(mm["windows"]["share"][0])[: nreq.size]
-    axes[2].stackplot(np.arange(share.shape[0]) * window_s, share.T, labels=profile.model_names)
-    axes[2].set_ylabel("learned routing share"); axes[2].set_xlabel("simulated time (s)"); axes[2].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"bursty MAF slice: {label}", fontsize=9)
-    fig.tight_layout(); fig.savefig(fig_dir / "maf_timeline.png", dpi=110); plt.close(fig)
-
+    say("extras: per-task deadlines and deadline-scale sweep done")
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, lbl in (("learned (trained at scale 1)", "learned (trained at 1)"), (ranged_key, f"learned (trained on {lo:g}-{hi:g})")):
         ax.errorbar(scales, scale_curve[key]["mean"], yerr=scale_curve[key]["std"], marker="o", lw=2.5, label=lbl)
@@ -320,121 +326,642 @@ def main(argv=None):
     ax.legend(fontsize=7); ax.set_title(f"performance vs deadline scale ({label_w})", fontsize=8)
     fig.tight_layout(); fig.savefig(fig_dir / "deadline_scale.png", dpi=110); plt.close(fig)
 
-    # ---------------------------------------------------------------- report
-    results["seconds"] = time.perf_counter() - t_start
-    (REPO_ROOT / "docs" / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    f2 = lambda d: f"{d['mean']:.2f} ± {d['std']:.2f}" if d.get("mean") is not None else f"unbounded ({d['note']})"
+    # task-mix shift
+    mix_train = np.asarray(list(x.task_mix_shift.train), np.float64)
+    mix_test = np.asarray(list(x.task_mix_shift.test), np.float64)
+    mix_params = [env_e.make_params(W.with_task_mix(wp_w, mx)) for mx in (mix_train, mix_test)]
+    fmt_mix = lambda mx: "[" + ",".join(f"{v:g}" for v in mx) + "]"
+    _, mix_a = train_variant([f"train_family.mix={fmt_mix(mix_train)}"])
+    _, mix_b = train_variant([f"train_family.mix={fmt_mix(mix_test)}"])
+    mix_cols = {f"trained on mix {fmt_mix(mix_train)}": mix_a,
+                f"trained on mix {fmt_mix(mix_test)} (the target)": mix_b,
+                "trained on the default family (random mixes)": md.learned}
+    mix_perf = {c: perf_variants(rs, mix_params) for c, rs in mix_cols.items()}
+    mix_base = {name: perf_variants(r, mix_params) for name, r in baselines.items()}
+    mix_shift = {}
+    for mi, (tag, mx) in enumerate((("train mix (in distribution)", mix_train), ("shifted mix", mix_test))):
+        row = {c: _ms(v[:, mi]) for c, v in mix_perf.items()}
+        row.update({name: float(v[mi]) for name, v in mix_base.items()})
+        mix_shift[f"{tag} {fmt_mix(mx)}"] = row
+        for c, v in mix_perf.items():
+            rec("task_mix_shift", "learned", "performance", v[:, mi], test_mix=mx.tolist(), trained_on=c)
+        for name, v in mix_base.items():
+            rec("task_mix_shift", name, "performance", float(v[mi]), test_mix=mx.tolist())
+    results["task_mix_shift"] = {"workload": label_w, "tasks": list(profile.task_names), "performance": mix_shift}
+    results["extras"] = {"mode": md.name, "workload": label_w, "base_cols": base_cols,
+                         "dl_variants": {k: v.tolist() for k, v in dl_variants.items()},
+                         "mix_train": mix_train.tolist(), "mix_test": mix_test.tolist(), "trace_split": split,
+                         "trace_path": azure_path, "deadline_train_range": [lo, hi]}
+    say("extras: task-mix shift done")
+
+
+def _f2(d):
+    if d is None or d.get("mean") is None:
+        return "n/a" if d is None or "note" not in d else f"unbounded ({d['note']})"
+    return f"{d['mean']:.2f} ± {d['std']:.2f}"
+
+
+def _why(values, paper, what):
+    """A sentence on why our number differs from the paper's, from the measured curve only."""
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return f"We measured no finite {what}, so the paper's number cannot be placed."
+    lo, hi = min(v), max(v)
+    spread = f"it varies {hi / lo:.1f}-fold over the loads we test" if lo > 0 else "it reaches 0 at some load"
+    side = ("higher than" if paper > hi else "lower than" if paper < lo else "inside")
+    return (f"Our {what} depends on the load it is read at ({spread}); the paper reports one hand-picked load, "
+            f"and its number is {side} our range.")
+
+
+def _wl(node) -> str:
+    """A workload config node in a few words."""
+    parts = [str(node.get("kind", "?"))]
+    if "minutes" in node:
+        parts.append(f"minutes [{node['minutes'][0]}, {node['minutes'][1]})")
+    if "time_scale" in node:
+        parts.append(f"x{node['time_scale']:g} time")
+    if "path" in node and node.get("kind") == "trace":
+        parts.append(str(node["path"]))
+    if "rate_x" in node:
+        parts.append(f"{node['rate_x']:g}x load")
+    return ", ".join(parts)
+
+
+def report_section(doc) -> str:
+    """The "Paper experiments" section of results.md, written from `doc` (results.json)."""
+    meta, modes = doc["meta"], doc["modes"]
     lines = ["## Paper experiments (`scripts/reproduce.py`)", "",
-             f"Regenerate: `python scripts/reproduce.py --scale {args.scale}` ({results['seconds'] / 60:.0f} min on the machine "
-             f"named in docs/benchmarks.md). Profile `{profile.name}`, 4 GPUs, hard deadlines, {len(seeds)} training seeds "
-             f"(mean ± std over them), {len(eval_seeds)} evaluation seeds x {n} requests, placement `{sim_cfg.placement}`. "
-             f"Loads are multiples of static OPT-6.7B's measured max_sustainable_rate under this placement, {cap:.2f} req/s "
-             "(`bes_jax.eval.capacity.measured_capacity`). Workloads: MAF minutes outside training [0, 240) and outside "
-             "the bes-train tuning set ([300, 330), [400, 430)), and the Azure code trace's second half; the learner's "
-             "defaults were chosen on the tuning set only.", "",
-             "| headline | paper | ours | key in docs/results.json |", "|---|---:|---:|---|",
-             f"| availability held at higher rates: max_sustainable_rate learned / static-6.7B | 10x | "
-             f"{f2(results['ratio_max_sustainable_rate'])}x | `ratio_max_sustainable_rate` |",
-             f"| windows >= 96% of peak, learned / static-6.7B (MAF slices) | 4.1x | {f2(results['ratio_frac_windows_ge_96'])}x | `ratio_frac_windows_ge_96` |",
-             f"| windows >= 98% of peak, learned / static-6.7B (MAF slices) | 2.3x | {f2(results['ratio_frac_windows_ge_98'])}x | `ratio_frac_windows_ge_98` |",
-             f"| quality goodput per GPU, learned on 4 GPUs / static-6.7B on 8 | 3.9x | "
-             f"{f2(results['ratio_goodput_per_gpu_vs_static_8gpu'])}x | `ratio_goodput_per_gpu_vs_static_8gpu` |", "",
-             f"Max sustainable rate (availability >= {float(m.threshold)}): static OPT-6.7B {msr_large['max_sustainable_rate']:.0f}, "
-             f"greedy {msr_greedy['max_sustainable_rate']:.0f}, learned {f2(results['poisson']['max_sustainable_rate']['learned'])} req/s.", "",
-             f"Windows >= 96% / 98% of peak pooled over the MAF slices: static OPT-6.7B {summary_rows['frac_windows_ge_96'][0]:.3f} / "
-             f"{summary_rows['frac_windows_ge_98'][0]:.3f}, greedy {summary_rows['frac_windows_ge_96'][2]:.3f} / "
-             f"{summary_rows['frac_windows_ge_98'][2]:.3f}, learned {np.mean(summary_rows['frac_windows_ge_96'][1]):.3f} / "
-             f"{np.mean(summary_rows['frac_windows_ge_98'][1]):.3f}.", "",
-             f"Static OPT-6.7B needs {results['hardware']['gpus_static_large_needs_to_match_learned']} GPUs to match the learned "
-             f"router's performance on 4 ({learned_perf:.3f}); by GPU count: "
-             + ", ".join(f"{g}: {v['performance']:.3f}" for g, v in gpu_curve.items()) + ".", "",
-             "### MAF slices (performance; learned mean ± std over training seeds)", "",
-             "| slice | learned | greedy | " + " | ".join(f"static:{m}" for m in profile.model_names) + " | random |",
-             "|---|---:|---:|" + "---:|" * (profile.n_models + 1)]
-    for l, row in results["maf"].items():
-        lines.append(f"| {l} | {f2(row['learned']['performance'])} | {row['greedy']['performance']:.3f} | "
-                     + " | ".join(f"{row[f'static:{mn}']['performance']:.3f}" for mn in profile.model_names)
-                     + f" | {row['random']['performance']:.3f} |")
-    lines += ["", f"### Placement ({results['placement']['workload']}; performance)", "",
-              "| placement | " + " | ".join(placement["concurrent"]) + " |", "|---|" + "---:|" * len(placement["concurrent"])]
-    for pl, row in placement.items():
-        lines.append(f"| {pl} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
-    lines += ["", "![performance vs rate](figures/performance_vs_rate.png) ![availability vs rate](figures/availability_vs_rate.png)",
-              "", "![bursty MAF slice](figures/maf_timeline.png)", "",
-              ""]
-    lines += [f"### Latency-weight trade-off ({label_w}; each weight trains its own router)", "",
+             f"Regenerate: `{doc['command']}` ({meta['wall_time_s'] / 60:.0f} min on "
+             f"{meta['machine']['cpu_model']}, {meta['machine']['cpu_usable']} usable cores, jax "
+             f"{meta['versions']['jax']} on {meta['machine']['jax_backend']}; commit `{(meta['git_commit'] or '?')[:10]}`"
+             f"{' with local changes' if meta['git_dirty'] else ''}). Sections run: {', '.join(doc['sections_run'])}. "
+             f"Learned router: {len(doc['seeds'])} training seeds (trained in one vmapped program; mean ± std over "
+             f"them in every table and in `curves`); baselines: mean over {len(doc['eval_seeds'])} evaluation seeds "
+             f"x {doc['n_decisions']} requests (std 0 in `curves`). Every record of every figure is in "
+             "`docs/results.json` under `curves` (`{experiment, batching, workload, profile, load_x, router, metric, "
+             "mean, std, seeds}`).", "",
+             "### Protocol", "",
+             "- Tuning set (chose the learner's defaults; never a test workload): "
+             + "; ".join(f"{k} ({_wl(v)})" for k, v in next(iter(modes.values()))["tuning_set"].items()) + ".",
+             "- Training family: " + "; ".join(
+                 f"{name}: {', '.join(m['training_family']['kinds'])} at {m['training_family']['rate_range_x'][0]:g}-"
+                 f"{m['training_family']['rate_range_x'][1]:g}x capacity, MAF minutes "
+                 f"[{m['training_family']['maf_minutes'][0]}, {m['training_family']['maf_minutes'][1]})"
+                 for name, m in modes.items()) + ".",
+             f"- Test set (the same workloads for every router): Poisson at every grid load; bursty workloads "
+             f"({'; '.join(doc['protocol']['test_set']['bursty'])}) at k = "
+             f"{', '.join(f'{k:g}' for k in doc['protocol']['test_set']['bursty_k'])}; "
+             f"{doc['protocol']['test_set']['extras']}.",
+             f"- Loads are multiples of the largest model's measured sustainable rate ({doc['protocol']['capacity']}), "
+             "per mode:", "",
+             "| mode | profile | batching | placement | GPUs | capacity of static-largest (req/s) |",
+             "|---|---|---|---|---:|---:|"]
+    for name, m in modes.items():
+        lines.append(f"| {name} | {m['profile']} | {m['batching']} | {m['placement']} | {m['n_gpus']} | "
+                     f"{m['capacity_static_large_req_s']:.3f} |")
+    lines.append("")
+    for name, m in modes.items():
+        st = m["static_large"]
+        lines += [f"### Mode `{name}`: {m['profile']}, {m['batching']} batching", ""]
+        if "poisson" in m:
+            pz = m["poisson"]
+            lines += [f"Availability vs Poisson load on a geometric grid ({pz['per_doubling']} points per doubling, "
+                      f"{pz['grid_x'][0]:g}x to {pz['grid_x'][-1]:g}x); the max sustainable rate is where "
+                      "availability crosses the threshold (log-linear between the grid points around it).", "",
+                      f"| threshold | {st} (x capacity) | greedy | learned | ratio learned / {st} | paper |",
+                      "|---:|---:|---:|---:|---:|---|"]
+            for thr, row in pz["msr"].items():
+                lx = [x["x"] for x in row["learned"]]
+                lines.append(f"| {thr} | {row['static'][st]['x']:.2f} | {row['static']['greedy']['x']:.2f} | "
+                             f"{np.mean(lx):.2f} ± {np.std(lx):.2f} | {_f2(row['ratio_learned'])}x | "
+                             f"{PAPER['max_sustainable_rate']:g}x |")
+            ratios = [row["ratio_learned"]["mean"] for row in pz["msr"].values()]
+            thr_s = list(pz["msr"])
+            smallest = [k for k in next(iter(pz["msr"].values()))["static"] if k.startswith("static:")]
+            caps = {k: next(iter(pz["msr"].values()))["static"][k]["x"] for k in smallest}
+            best_static = max(caps, key=caps.get)
+            lx0 = float(np.mean([x["x"] for x in next(iter(pz["msr"].values()))["learned"]]))
+            lines += ["", f"Where the paper's {PAPER['max_sustainable_rate']:g}x falls: "
+                      + P_where(PAPER["max_sustainable_rate"], [float(t) for t in thr_s], ratios, "threshold") + ". "
+                      + f"Why ours differs: the ratio is limited by how much more load the fastest model sustains "
+                        f"than {st} (here static {best_static} sustains {caps[best_static]:.2f}x at availability "
+                        f"{thr_s[0]}, and the learned router {lx0:.2f}x, {lx0 / max(caps[best_static], 1e-9):.0%} of "
+                        f"that); this is set by the profile's latency table, the deadlines and the placement "
+                        f"`{m['placement']}` more than by the router, and it moves with the threshold.",
+                      "", "Loads where the learned router's mean availability is below greedy's: "
+                      + (", ".join(f"{x:.3g}x" for x in pz["learned_below_greedy_availability_at_x"]) or "none") + ".",
+                      "", f"![availability and performance vs load](figures/poisson_{name}.png)", ""]
+        if "bursty" in m:
+            b = m["bursty"]
+            ks = b["k"]
+            tab = b["table"]
+            lines += [f"Bursty workloads ({b['workload']}), mean load k x capacity; windows of {doc['window_s']:g} s.", "",
+                      f"| k | windows >= 96%: learned / {st} | windows >= 98%: learned / {st} | goodput per GPU: learned "
+                      f"on {m['n_gpus']} / {st} on {2 * m['n_gpus']} | performance learned | greedy | {st} | "
+                      f"GPUs {st} needs to match |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for k in ks:
+                r = tab[str(k)]
+                lines.append(f"| {k:g} | {_f2(r['ratio_frac_windows_ge_96'])} | {_f2(r['ratio_frac_windows_ge_98'])} | "
+                             f"{_f2(r['ratio_goodput_per_gpu'])} | {_f2(r['learned']['performance'])} | "
+                             f"{r['greedy']['performance']:.3f} | {r[st]['performance']:.3f} | "
+                             f"{r['gpus_static_large_needs_to_match_learned']} |")
+            lines.append("")
+            for key, pname, what in (("ratio_frac_windows_ge_96", "frac_windows_ge_96", "windows >= 96% ratio"),
+                                     ("ratio_frac_windows_ge_98", "frac_windows_ge_98", "windows >= 98% ratio"),
+                                     ("ratio_goodput_per_gpu", "goodput_per_gpu", "goodput-per-GPU ratio")):
+                ys = [tab[str(k)][key]["mean"] for k in ks]
+                lines.append(f"- Paper {PAPER[pname]:g}x ({what}): " + P_where(PAPER[pname], ks, ys) + ". "
+                             + _why(ys, PAPER[pname], what))
+            lines += ["", f"Loads k where the learned router's mean performance is below greedy's: "
+                      + (", ".join(f"{k:g}" for k in b["learned_below_greedy_performance_at_k"]) or "none") + ".", "",
+                      f"![bursty workloads](figures/bursty_{name}.png)", ""]
+        if "autoscaler" in m:
+            a = m["autoscaler"]
+            lines += [f"Autoscaler: {st} only, pool of {a['pool_gpus']} GPUs, {a['initial']} replicas at the start, "
+                      f"spin-up {a['spinup_s']:g} s, cool-down {a['cooldown_s']:g} s, decisions every {a['interval_s']:g} s "
+                      f"on `{a['metric']}`. It runs for every setting (fewest replicas in {a['mins']}) x (load per replica "
+                      f"`autoscale_target` in {a['targets']}); at each k it is shown at its best setting (highest "
+                      f"performance) whose GPU-seconds are at most the learned router's ({m['n_gpus']} GPUs x the span "
+                      f"of arrivals): equal cost or less. Quality per GPU-second is reported for both. A burst is a "
+                      f"window among the run's busiest {1 - a['burst']['quantile']:.0%}; it is missed when its "
+                      f"availability is below {a['burst']['threshold']:g}.", "",
+                      "| k | GPU-s: learned | autoscaler | performance: learned | autoscaler | availability: learned | "
+                      "autoscaler | bursts missed: learned | autoscaler | quality / GPU-s: learned | autoscaler | setting |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            for k, r in a["table"].items():
+                l, e = r["learned"], r["autoscaler_best_within_budget"]
+                note = (f"min {e['autoscale_min']}, target {e['autoscale_target']:g}"
+                        + ("" if e["within_budget"] else " (no setting within budget: the cheapest)"))
+                lines.append(f"| {float(k):g} | {l['gpu_seconds']['mean']:.0f} | {e['gpu_seconds']:.0f} | "
+                             f"{_f2(l['performance'])} | {e['performance']:.3f} | {_f2(l['availability'])} | "
+                             f"{e['availability']:.3f} | {_f2(l['frac_bursts_missed'])} | {e['frac_bursts_missed']:.3f} | "
+                             f"{_f2(l['quality_goodput_per_gpu_second'])} | {e['quality_goodput_per_gpu_second']:.3f} | "
+                             f"{note} |")
+            better = [float(k) for k, r in a["table"].items()
+                      if r["learned"]["performance"]["mean"] > r["autoscaler_best_within_budget"]["performance"]]
+            lines += ["", f"The learned router's performance is above the autoscaler's best within the same GPU-seconds "
+                      f"at k = " + (", ".join(f"{k:g}" for k in better) or "no load") + f" (of {len(a['table'])} loads).",
+                      "", f"![autoscaler](figures/autoscaler_{name}.png)", ""]
+    if "extras" in doc:
+        lines += extras_report(doc)
+    return "\n".join(lines)
+
+
+def P_where(value, xs, ys, x_name="k"):
+    from bes_jax.eval.protocol import where_on_curve
+
+    return where_on_curve(value, xs, ys, x_name)
+
+
+def extras_report(doc) -> list:
+    x = doc["extras"]
+    label_w, base_cols = x["workload"], x["base_cols"]
+    fmt = lambda v: _f2(v) if isinstance(v, dict) else f"{v:.3f}"
+    train_note = (f"Learned columns: mean ± std over the {len(doc['seeds'])} training seeds; baselines: mean over "
+                  f"the {len(doc['eval_seeds'])} evaluation seeds.")
+    lines = [f"### Extras (mode `{x['mode']}`, request-level batching)", ""]
+    if "placement" in doc:
+        placement = doc["placement"]["performance"]
+        lines += [f"#### Placement ({label_w}; performance)", "",
+                  "| placement | " + " | ".join(placement["concurrent"]) + " |",
+                  "|---|" + "---:|" * len(placement["concurrent"])]
+        for pl, row in placement.items():
+            lines.append(f"| {pl} | " + " | ".join(fmt(v) for v in row.values()) + " |")
+    lines += ["", f"#### Latency-weight trade-off ({label_w}; each weight trains its own router)", "",
               "| latency_weight | quality (hard reward, no latency term) | p50 latency (s) | availability |", "|---:|---:|---:|---:|"]
-    for pt in tradeoff:
-        lines.append(f"| {pt['latency_weight']} | {f2(pt['quality'])} | {pt['latency_p50']['mean']:.3f} | {f2(pt['availability'])} |")
-    lines += ["", f"### Hard vs soft deadlines ({label_w}; performance)", "", "| router / reward | performance |", "|---|---:|"]
-    lines += [f"| {k} | {f2(v)} |" for k, v in deadlines.items()]
-    fmt = lambda v: f2(v) if isinstance(v, dict) else f"{v:.3f}"
-    base_cols = list(baselines)
-    train_note = (f"Learned columns: mean ± std over the {len(seeds)} training seeds (each router evaluated on "
-                  f"{len(eval_seeds)} evaluation seeds x {n} requests); baselines: mean over the evaluation seeds.")
-    lines += ["", "### Robustness to the arrival pattern, against a router trained on the target (performance)", "",
-              f"Every router is trained with the default config except its training family: Poisson only "
-              f"(`train_family.kinds=[poisson]`), the default Poisson + Gamma + MAF-slice family, or the target "
-              f"(`train_family.kinds=[maf]`, or `train_family.kinds=[trace]` on the first {split:.0%} of the Azure "
-              f"trace's arrivals, which the test never replays). {train_note}", "",
+    for pt in doc["latency_weight_tradeoff"]["points"]:
+        lines.append(f"| {pt['latency_weight']:g} | {_f2(pt['quality'])} | {_f2(pt['latency_p50'])} | {_f2(pt['availability'])} |")
+    lines += ["", f"#### Hard vs soft deadlines ({label_w}; performance)", "", "| router / reward | performance |", "|---|---:|"]
+    lines += [f"| {k} | {_f2(v)} |" for k, v in doc["deadline_kinds"]["performance"].items()]
+    split = x["trace_split"]
+    lines += ["", "#### Robustness to the arrival pattern, against a router trained on the target (performance)", "",
+              f"Every router is trained with the default config except its training family: Poisson only, the default "
+              f"Poisson + Gamma + MAF family, or the target (`train_family.kinds=[maf]`, or `[trace]` on the first "
+              f"{split:.0%} of the Azure trace's arrivals, which the test never replays). {train_note}", "",
               "| test workload | trained on Poisson only | trained on the default family | trained on the target | "
               + " | ".join(base_cols) + " | target router trained on |", "|---|" + "---:|" * (3 + len(base_cols)) + "---|"]
-    for lbl, row in robust.items():
+    for lbl, row in doc["robustness_arrivals"].items():
         lines.append(f"| {lbl} | " + " | ".join(fmt(row[k]) for k in ("trained on Poisson only",
                                                                          "trained on the default family (Poisson, Gamma, MAF)",
                                                                          "trained on the target"))
                      + " | " + " | ".join(fmt(row[k]) for k in base_cols) + f" | {row['target training']} |")
-    tasks = ", ".join(profile.task_names)
-    lines += ["", f"### Per-task deadlines ({label_w}; performance under each deadline set)", "",
-              f"Each non-default deadline set trains its own router (`sim.deadlines=[...]`, hard deadlines); the "
-              f"default router is trained with the profile's deadlines and tested unchanged under every set (its "
-              f"observation carries the current task's deadline, but training never varied it). {train_note}", "",
+    ptd = doc["per_task_deadlines"]
+    tasks = ", ".join(ptd["tasks"])
+    lines += ["", f"#### Per-task deadlines ({label_w}; performance under each deadline set)", "",
+              f"Each non-default deadline set trains its own router (`sim.deadlines=[...]`); the default router is "
+              f"tested unchanged under every set. {train_note}", "",
               f"| deadline set | deadlines (s): {tasks} | trained on these deadlines | trained on the default deadlines | "
               + " | ".join(base_cols) + " |", "|---|---|" + "---:|" * (2 + len(base_cols))]
-    for vname, row in per_task.items():
-        lines.append(f"| {vname} | " + ", ".join(f"{x:g}" for x in row["deadlines_s"]) + " | "
+    for vname, row in ptd["variants"].items():
+        lines.append(f"| {vname} | " + ", ".join(f"{v:g}" for v in row["deadlines_s"]) + " | "
                      + " | ".join(fmt(row[k]) for k in ("trained on these deadlines", "trained on the default deadlines"))
                      + " | " + " | ".join(fmt(row[k]) for k in base_cols) + " |")
-    lines += ["", f"Deadline-scale sweep (every task's deadline x scale; each router runs all deadline sets and scales "
-              f"in one vmapped program). One router is trained at scale 1; the other draws a scale per training "
-              f"workload, log-uniform in [{lo:g}, {hi:g}] (`train_family.deadline_scale_range=[{lo:g},{hi:g}]`):", "",
+    sc = doc["deadline_scale_sweep"]
+    lo, hi = x["deadline_train_range"]
+    ranged_key = f"learned (trained on scales {lo:g}-{hi:g})"
+    lines += ["", f"Deadline-scale sweep (every task's deadline x scale). One router is trained at scale 1; the other "
+              f"draws a scale per training workload, log-uniform in [{lo:g}, {hi:g}]:", "",
               f"| scale | learned (trained at 1) | learned (trained on {lo:g}-{hi:g}) | " + " | ".join(base_cols) + " |",
               "|---:|" + "---:|" * (2 + len(base_cols))]
-    lc, lr = scale_curve["learned (trained at scale 1)"], scale_curve[ranged_key]
-    for i, x in enumerate(scales):
-        lines.append(f"| {x:g} | {lc['mean'][i]:.2f} ± {lc['std'][i]:.2f} | {lr['mean'][i]:.2f} ± {lr['std'][i]:.2f} | "
-                     + " | ".join(f"{scale_curve[k][i]:.3f}" for k in base_cols) + " |")
+    lc, lr = sc["performance"]["learned (trained at scale 1)"], sc["performance"][ranged_key]
+    for i, s in enumerate(sc["scales"]):
+        lines.append(f"| {s:g} | {lc['mean'][i]:.2f} ± {lc['std'][i]:.2f} | {lr['mean'][i]:.2f} ± {lr['std'][i]:.2f} | "
+                     + " | ".join(f"{sc['performance'][k][i]:.3f}" for k in base_cols) + " |")
+    mix = doc["task_mix_shift"]["performance"]
+    mix_cols = [c for c in next(iter(mix.values())) if c.startswith("trained")]
     lines += ["", "![performance vs deadline scale](figures/deadline_scale.png)", "",
-              f"### Task-mix shift at test time ({label_w}, task mix over {tasks}; performance)", "",
-              f"Routers trained with one fixed task mix (`train_family.mix=[...]`) or the default randomised mixes, "
-              f"tested on the training mix and on the shifted one; the router trained on the shifted mix is the "
-              f"target. {train_note}", "",
+              f"#### Task-mix shift at test time ({label_w}, task mix over {tasks}; performance)", "",
+              f"Routers trained with one fixed task mix or the default randomised mixes, tested on the training mix and "
+              f"on the shifted one; the router trained on the shifted mix is the target. {train_note}", "",
               "| test mix | " + " | ".join(mix_cols) + " | " + " | ".join(base_cols) + " |",
               "|---|" + "---:|" * (len(mix_cols) + len(base_cols))]
-    for lbl, row in mix_shift.items():
+    for lbl, row in mix.items():
         lines.append(f"| {lbl} | " + " | ".join(fmt(row[k]) for k in list(mix_cols) + base_cols) + " |")
-    lines += ["", "### The same config sweeps with Hydra multirun", "",
-              "`bes-experiment` (bes_jax/conf/experiment_job.yaml) runs one training config per job: it trains the seeds in one "
-              "vmapped program, evaluates them and every baseline on named test workloads and writes `result.json` in "
-              f"the job directory (`outputs/experiment/DATE/N/`). With `seeds=[{','.join(str(k) for k in seeds)}] eval.n_decisions="
-              f"{n} eval.seeds=[{','.join(str(k) for k in eval_seeds)}]` appended, these rerun the sweeps above. "
-              "Their test rates are multiples (`rate_x`) of the job's own static OPT-6.7B capacity, which depends on "
-              "the deadlines: the per-task-deadline jobs test at a somewhat different load in req/s than the table "
-              "above (which keeps the default's rates), the other sweeps on the same workloads.", "",
-              "```bash",
-              "bes-experiment -m sim.latency_weight=0,0.1,0.3 test_on=[maf_440_x2] +eval_sim.latency_weight=0",
-              "bes-experiment -m sim.deadline_kind=hard,soft test_on=[maf_440_x2]",
-              "bes-experiment -m 'sim.deadlines=" + ",".join(
-                  "[" + ",".join(f"{x:g}" for x in d) + "]" for k, d in dl_variants.items() if k != "default")
-              + "' test_on=[maf_440_x2]",
-              "bes-experiment -m 'train_family.kinds=[poisson],[poisson,gamma,maf],[maf]' test_on=[maf_440_x2,azure_code_test]",
-              f"bes-experiment train_family.kinds=[trace] train_family.trace_path={azure_rel} "
-              f"'train_family.trace_span=[0.0,{split}]' test_on=[azure_code_test]",
-              f"bes-experiment -m 'train_family.mix={fmt_mix(mix_train)},{fmt_mix(mix_test)}' test_on=[maf_440_x2_tight]",
-              "```", ""]
-    section = "\n".join(lines)
-    replace_section(REPO_ROOT / "docs" / "results.md", "## Paper experiments", section)
-    print(section)
+    lines.append("")
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", choices=["small", "full"], default="small")
+    ap.add_argument("--config", help="another experiment YAML (default bes_jax/conf/experiment/SCALE.yaml)")
+    ap.add_argument("--only", help="comma-separated sections (poisson, bursty, autoscaler, extras), mode names "
+                                   "or mode:section; default: everything")
+    ap.add_argument("--out-dir", help="where results.md, results.json and figures/ go (default docs/)")
+    args = ap.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+
+    import jax.numpy as jnp
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from omegaconf import OmegaConf
+
+    from bes_jax import CONF_DIR, REPO_ROOT
+    from bes_jax.config import compose_train_config
+    from bes_jax.env import make_serving_env
+    from bes_jax.eval import protocol as P
+    from bes_jax.eval.experiments import TrainedRouters, evaluate_variants, evaluate_variants_seeds, train_routers
+    from bes_jax.eval.report import replace_section
+    from bes_jax.eval.rollout import eval_config
+    from bes_jax.eval.sweep import sweep_rates
+    from bes_jax.routers import greedy, static, uniform_random
+    from bes_jax.workloads.bursty import bursty_workload, describe
+
+    config_path = Path(args.config) if args.config else CONF_DIR / "experiment" / f"{args.scale}.yaml"
+    exp = OmegaConf.load(config_path)
+    out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "docs"
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    only = None if not args.only else {s.strip() for s in args.only.split(",") if s.strip()}
+    modes = {str(m.name): m for m in exp.modes}
+    jobs = select_jobs(exp.modes, only)
+    for mname, sec in jobs:
+        if sec in REQUEST_ONLY and str(modes[mname].batching) != "request":
+            raise ValueError(f"mode {mname!r}: section {sec!r} runs in request-level batching only")
+    plan = []
+    for mname in dict.fromkeys(m for m, _ in jobs):
+        cost = modes[mname].get("cost_s", {}) or {}
+        plan.append((f"{mname}:train", float(cost.get("train", 60))))
+        plan += [(f"{mname}:{s}", float(cost.get(s, 60))) for m, s in jobs if m == mname]
+    prog = Progress(plan)
+    say = prog.say
+    say(f"plan: {', '.join(k for k, _ in plan)}; estimated {sum(v for _, v in plan) / 60:.1f} min")
+
+    seeds = [int(k) for k in exp.seeds]
+    eval_seeds = tuple(int(k) for k in exp.eval_seeds)
+    n, window_s = int(exp.n_decisions), float(exp.window_s)
+    thresholds = [float(x) for x in exp.poisson.thresholds]
+    curves = []
+    results = {"scale": args.scale, "config": str(config_path.relative_to(REPO_ROOT) if config_path.is_relative_to(REPO_ROOT)
+                                                  else config_path),
+               "seeds": seeds, "eval_seeds": list(eval_seeds), "n_decisions": n, "window_s": window_s,
+               "sections_run": [f"{m}:{s}" for m, s in jobs], "modes": {},
+               "command": "python scripts/reproduce.py --scale " + args.scale
+               + (f" --config {args.config}" if args.config else "") + (f" --only {args.only}" if args.only else "")}
+    bursty_cfg = exp.bursty
+    bursty_slices = [dict(minutes=[int(x) for x in sl.minutes],
+                          time_scale="auto" if str(sl.time_scale) == "auto" else float(sl.time_scale))
+                     for sl in bursty_cfg.slices]
+    ks = [float(k) for k in bursty_cfg.k]
+    results["protocol"] = {
+        "tuning_set": "each mode's bes-train `tuning.workloads` (modes.*.tuning_set): the learner's defaults were "
+                      "chosen on these only",
+        "training": "each mode's bes-train `train_family` (modes.*.training_family)",
+        "test_set": {"poisson": "Poisson arrivals, uniform task mix, at every grid load",
+                     "bursty": [f"{bursty_cfg.path} minutes {sl['minutes'][0]}-{sl['minutes'][1]}, time scale "
+                                + ("auto (one pass over the slice = the run at k = 1)" if sl["time_scale"] == "auto"
+                                   else f"x{sl['time_scale']:g}") for sl in bursty_slices],
+                     "bursty_k": ks,
+                     "extras": "see the extras section (MAF test minutes and the Azure code trace's held-out half)"},
+        "capacity": "static serving on the largest model, max_sustainable_rate at availability 0.99 "
+                    "(bes_jax.eval.capacity.CAPACITY_PROTOCOL)"}
+
+    class Mode:
+        """One serving model and profile: its trained routers, baselines and evaluation env."""
+
+        def __init__(self, node):
+            self.node, self.name = node, str(node.name)
+            self.overrides = list(node.train_overrides)
+            cfg = compose_train_config(self.overrides)
+            self.setup, self.learned = train_routers(cfg, seeds)
+            s = self.setup
+            self.profile, self.sim_cfg, self.cap = s["profile"], s["sim_cfg"], float(s["cap_large"])
+            self.batching = self.sim_cfg.batching
+            if self.batching != str(node.batching):
+                raise ValueError(f"mode {self.name!r}: batching {node.batching!r} in the YAML, "
+                                 f"{self.batching!r} from its train_overrides")
+            self.large = self.profile.n_models - 1
+            self.stat = f"static:{self.profile.model_names[self.large]}"
+            self.baselines = {f"static:{m}": static(i, f"static:{m}") for i, m in enumerate(self.profile.model_names)}
+            self.baselines.update({"random": uniform_random(), "greedy": greedy()})
+            self.env = make_serving_env(self.profile, eval_config(self.sim_cfg, n))
+            self.info = {"profile": self.profile.name, "batching": self.batching, "train_overrides": self.overrides,
+                         "capacity_static_large_req_s": self.cap, "static_large": self.stat,
+                         "n_gpus": int(self.sim_cfg.n_gpus), "placement": self.sim_cfg.placement,
+                         "train_iterations": int(cfg[s["learner_name"]].iterations)
+                         if s["learner_name"] in cfg else None}
+            self._bursty = None
+            from omegaconf import OmegaConf as _OC
+            tf = cfg.train_family
+            self.info["tuning_set"] = {k: _OC.to_container(v, resolve=True) for k, v in cfg.tuning.workloads.items()}
+            self.info["training_family"] = {"kinds": list(tf.kinds), "rate_range_x": list(tf.rate_range),
+                                            "maf_path": str(tf.maf_path), "maf_minutes": list(tf.maf_minutes)}
+
+        def time_scale(self, sl):
+            """A slice's time scale; ``auto``: one pass over the slice takes n_decisions / capacity
+            seconds (as long as the run at k = 1), so every mode sees the same bursts per request."""
+            ts = sl["time_scale"]
+            if ts == "auto":
+                return (sl["minutes"][1] - sl["minutes"][0]) * 60.0 * self.cap / n
+            return float(ts)
+
+        def bursty_label(self):
+            return "bursty: " + "; ".join(describe(bursty_cfg.path, sl["minutes"], None, self.time_scale(sl))
+                                          for sl in bursty_slices)
+
+        def rec(self, experiment, workload, load_x, router, metric, values, seeds_=None, **extra):
+            return P.curve_record(experiment, self.batching, workload, self.profile.name, load_x, router, metric,
+                                  values, seeds_, mode=self.name, **extra)
+
+        def reports(self, router, params_list, env=None):
+            """``[variant][eval seed]`` reports; for trained routers (a `TrainedRouters` list)
+            ``[training seed][variant][eval seed]``, all seeds in one program."""
+            if isinstance(router, TrainedRouters):
+                return evaluate_variants_seeds(env or self.env, router, params_list, eval_seeds, n, window_s,
+                                               self.profile.model_names)
+            return evaluate_variants(env or self.env, router, params_list, eval_seeds, n, window_s,
+                                     self.profile.model_names)
+
+        def bursty_reports(self):
+            """``{router: reports[variant][seed]}`` (learned: a list over training seeds) on the
+            bursty workloads, variants ordered slice-major then k; computed once."""
+            if self._bursty is None:
+                wps = [bursty_workload(bursty_cfg.path, k=k, capacity=self.cap, minutes=sl["minutes"],
+                                       time_scale=self.time_scale(sl), n_tasks=self.profile.n_tasks)
+                       for sl in bursty_slices for k in ks]
+                self.bursty_wps = wps
+                self.bursty_params = [self.env.make_params(wp) for wp in wps]
+                reps = {name: self.reports(r, self.bursty_params) for name, r in self.baselines.items()}
+                reps["learned"] = self.reports(self.learned, self.bursty_params)
+                self._bursty = reps
+            return self._bursty
+
+    def pool_k(reps, key, ki):
+        """Mean of `key` over the bursty slices and evaluation seeds at k index `ki`."""
+        return float(np.mean([r[key] for si in range(len(bursty_slices)) for r in reps[si * len(ks) + ki]]))
+
+    # ---------------------------------------------------------------- sections
+    def run_poisson(md):
+        pc = md.node.get("poisson", None) or exp.poisson
+        grid = P.load_grid(float(pc.lo_x), float(pc.hi_x), int(pc.per_doubling))
+        rates = md.cap * grid
+        sw = lambda r: sweep_rates(md.profile, md.sim_cfg, r, rates, n_decisions=n, seeds=eval_seeds, window_s=window_s)
+        out = {name: sw(r) for name, r in md.baselines.items()}
+        lp = [sw(r) for r in md.learned]
+        curve = {name: {k: o[k].mean(1) for k in ("availability", "performance")} for name, o in out.items()}
+        curve["learned"] = {k: np.stack([o[k].mean(1) for o in lp]) for k in ("availability", "performance")}
+        wl = "poisson, uniform task mix"
+        for name, c in curve.items():
+            for metric in ("availability", "performance"):
+                for i, x in enumerate(grid):
+                    v = c[metric][:, i] if name == "learned" else c[metric][i]
+                    curves.append(md.rec("availability_vs_rate", wl, x, name, metric, v,
+                                         None if name == "learned" else len(eval_seeds)))
+        msr = {}
+        for thr in thresholds:
+            row = {name: P.threshold_crossing(grid, c["availability"], thr) for name, c in curve.items() if name != "learned"}
+            row_l = [P.threshold_crossing(grid, a, thr) for a in curve["learned"]["availability"]]
+            base = row[md.stat]["x"]
+            ratios = [x["x"] / base if base > 0 else np.nan for x in row_l]
+            g_ratio = row["greedy"]["x"] / base if base > 0 else np.nan
+            for name, v in row.items():
+                curves.append(md.rec("max_sustainable_rate", wl, None, name, f"load_x@{thr:g}", v["x"], len(eval_seeds),
+                                     threshold=thr, bound=v["bound"]))
+            curves.append(md.rec("max_sustainable_rate", wl, None, "learned", f"load_x@{thr:g}", [x["x"] for x in row_l],
+                                 threshold=thr, bound=sorted({x["bound"] for x in row_l})))
+            curves.append(md.rec("max_sustainable_rate_ratio", wl, None, "learned", f"ratio_vs_{md.stat}@{thr:g}", ratios,
+                                 threshold=thr))
+            curves.append(md.rec("max_sustainable_rate_ratio", wl, None, "greedy", f"ratio_vs_{md.stat}@{thr:g}", g_ratio,
+                                 len(eval_seeds), threshold=thr))
+            msr[f"{thr:g}"] = {"static": {k: v for k, v in row.items()}, "learned": row_l,
+                               "ratio_learned": _ms(ratios), "ratio_greedy": g_ratio}
+        worse = [float(x) for i, x in enumerate(grid)
+                 if curve["learned"]["availability"][:, i].mean() < curve["greedy"]["availability"][i] - 1e-9]
+        md.info["poisson"] = {"grid_x": grid.tolist(), "per_doubling": int(pc.per_doubling), "msr": msr,
+                              "learned_below_greedy_availability_at_x": worse}
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, metric in zip(axes, ("availability", "performance")):
+            for name, c in curve.items():
+                if name == "learned":
+                    mu, sd = c[metric].mean(0), c[metric].std(0)
+                    ax.plot(grid, mu, lw=2.5, label=f"learned ({len(seeds)} seeds)")
+                    ax.fill_between(grid, mu - sd, mu + sd, alpha=0.25)
+                else:
+                    ax.plot(grid, c[metric], lw=1.2, label=name)
+            if metric == "availability":
+                for thr in thresholds:
+                    ax.axhline(thr, color="k", ls=":", lw=0.8)
+            ax.set_xscale("log"); ax.set_xlabel(f"Poisson load (x {md.stat} capacity, {md.cap:.2f} req/s)")
+            ax.set_ylabel(metric); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+        fig.suptitle(f"{md.profile.name}, {md.batching} batching", fontsize=9)
+        fig.tight_layout(); fig.savefig(fig_dir / f"poisson_{md.name}.png", dpi=110); plt.close(fig)
+
+    def run_bursty(md):
+        reps = md.bursty_reports()
+        wl = md.bursty_label()
+        g = int(md.sim_cfg.n_gpus)
+        table = {}
+        for ki, k in enumerate(ks):
+            row = {}
+            for name in md.baselines:
+                row[name] = {m: pool_k(reps[name], m, ki) for m in BURSTY_METRICS}
+                for m in BURSTY_METRICS:
+                    curves.append(md.rec("bursty", wl, k, name, m, row[name][m], len(eval_seeds), n_gpus=g))
+            per_seed = {m: [pool_k(rl, m, ki) for rl in reps["learned"]] for m in BURSTY_METRICS}
+            row["learned"] = {m: _ms(v) for m, v in per_seed.items()}
+            for m in BURSTY_METRICS:
+                curves.append(md.rec("bursty", wl, k, "learned", m, per_seed[m], n_gpus=g))
+            for m in ("frac_windows_ge_96", "frac_windows_ge_98"):
+                base = row[md.stat][m]
+                r = [x / base if base > 0 else np.nan for x in per_seed[m]]
+                row[f"ratio_{m}"] = _ms(r) if base > 0 else {"mean": None, "std": None, "seeds": len(r),
+                                                             "note": f"{md.stat} has no such window"}
+                curves.append(md.rec("bursty_ratio", wl, k, "learned", f"ratio_{m}_vs_{md.stat}", r, n_gpus=g))
+                gb = row["greedy"][m] / base if base > 0 else np.nan
+                curves.append(md.rec("bursty_ratio", wl, k, "greedy", f"ratio_{m}_vs_{md.stat}", gb, len(eval_seeds), n_gpus=g))
+            table[k] = row
+        # quality goodput per GPU against static-largest on more GPUs
+        gpu_counts = [int(x) for x in (md.node.get("static_gpu_counts", None) or [2 * g])]
+        if 2 * g not in gpu_counts:
+            gpu_counts.append(2 * g)
+        by_gpus = {}
+        for gg in sorted(gpu_counts):
+            c = dataclasses.replace(md.sim_cfg, n_gpus=gg, replicas=tuple([0] * md.large + [gg]))
+            e = make_serving_env(md.profile, eval_config(c, n))
+            params = [e.make_params(wp) for wp in md.bursty_wps]
+            rg = md.reports(md.baselines[md.stat], params, e)
+            by_gpus[gg] = {ki: {m: pool_k(rg, m, ki) for m in ("quality_goodput_per_gpu", "performance", "availability")}
+                           for ki in range(len(ks))}
+            for ki, k in enumerate(ks):
+                for m, v in by_gpus[gg][ki].items():
+                    curves.append(md.rec("goodput_per_gpu", wl, k, md.stat, m, v, len(eval_seeds), n_gpus=gg))
+        for ki, k in enumerate(ks):
+            learned_gp = [pool_k(rl, "quality_goodput_per_gpu", ki) for rl in reps["learned"]]
+            base = by_gpus[2 * g][ki]["quality_goodput_per_gpu"]
+            r = [x / base if base > 0 else np.nan for x in learned_gp]
+            table[k]["ratio_goodput_per_gpu"] = _ms(r)
+            curves.append(md.rec("goodput_per_gpu_ratio", wl, k, "learned", f"ratio_vs_{md.stat}_on_{2 * g}_gpus", r,
+                                 n_gpus=g, baseline_gpus=2 * g))
+            lp = table[k]["learned"]["performance"]["mean"]
+            match = [gg for gg in sorted(by_gpus) if by_gpus[gg][ki]["performance"] >= lp]
+            table[k]["gpus_static_large_needs_to_match_learned"] = match[0] if match else f"> {max(by_gpus)}"
+        md.info["bursty"] = {"workload": wl, "k": ks, "table": {str(k): v for k, v in table.items()},
+                             "static_large_by_gpus": {str(gg): {str(ks[ki]): v for ki, v in d.items()}
+                                                      for gg, d in by_gpus.items()},
+                             "learned_below_greedy_performance_at_k": [
+                                 k for k in ks if table[k]["learned"]["performance"]["mean"]
+                                 < table[k]["greedy"]["performance"] - 1e-9]}
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        for ax, m in zip(axes, ("frac_windows_ge_96", "frac_windows_ge_98", "quality_goodput_per_gpu")):
+            mu = [table[k]["learned"][m]["mean"] for k in ks]
+            sd = [table[k]["learned"][m]["std"] for k in ks]
+            ax.errorbar(ks, mu, yerr=sd, marker="o", lw=2.5, label=f"learned ({g} GPUs)")
+            for name in ("greedy", md.stat):
+                ax.plot(ks, [table[k][name][m] for k in ks], marker="o", ms=3, lw=1.2, label=f"{name} ({g} GPUs)")
+            if m == "quality_goodput_per_gpu":
+                ax.plot(ks, [by_gpus[2 * g][ki][m] for ki in range(len(ks))], marker="s", ms=3, lw=1.2,
+                        label=f"{md.stat} ({2 * g} GPUs)")
+            ax.set_xlabel(f"mean load k (x {md.stat} capacity)"); ax.set_ylabel(m); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+        fig.suptitle(f"bursty MAF workloads, {md.profile.name}, {md.batching} batching", fontsize=9)
+        fig.tight_layout(); fig.savefig(fig_dir / f"bursty_{md.name}.png", dpi=110); plt.close(fig)
+
+    def run_autoscaler(md):
+        a = exp.autoscaler
+        reps_l = md.bursty_reports()["learned"]
+        g = int(md.sim_cfg.n_gpus)
+        initial = None if a.get("initial", None) is None else int(a.initial)
+        sim_a = dataclasses.replace(md.sim_cfg, autoscale=True, replicas=None, n_gpus=int(a.pool_gpus), autoscale_model=-1,
+                                    autoscale_min=1, autoscale_initial=initial,
+                                    autoscale_spinup_s=float(a.spinup_s), autoscale_cooldown_s=float(a.cooldown_s),
+                                    autoscale_interval_s=float(a.interval_s), autoscale_metric=str(a.metric))
+        env_a = make_serving_env(md.profile, eval_config(sim_a, n))
+        # settings: (fewest replicas, load per replica), swept in one program
+        settings = [(int(lo), float(t)) for lo in a.mins for t in a.targets]
+        if any(lo > (initial or 1) for lo, _ in settings):
+            raise ValueError(f"autoscaler.mins {list(a.mins)}: each must be <= autoscaler.initial ({initial})")
+        params = []
+        for wp in md.bursty_wps:
+            p = env_a.make_params(wp)
+            ap_ = p.autoscale
+            params += [p.replace(autoscale=ap_.replace(min_replicas=jnp.asarray(lo, ap_.min_replicas.dtype),
+                                                       target=jnp.asarray(t, ap_.target.dtype))) for lo, t in settings]
+        reps_a = md.reports(md.baselines[md.stat], params, env_a)  # [workload x setting][seed]
+        burst_kw = dict(quantile=float(a.burst_quantile), threshold=float(a.burst_threshold))
+        frac_missed = lambda rs: _nanmean([P.missed_bursts(r, **burst_kw)["frac_missed"] for r in rs])
+        wl = md.bursty_label()
+        T, S = len(settings), len(bursty_slices)
+        metrics_a = ("performance", "availability", "frac_bursts_missed", "gpu_seconds", "quality_goodput_per_gpu_second",
+                     "mean_replicas", "n_scale_up")
+        table = {}
+        for ki, k in enumerate(ks):
+            vi = [si * len(ks) + ki for si in range(S)]  # this k's workload variants
+            lrep = lambda rl: [r for v in vi for r in rl[v]]
+            l = {"performance": [float(np.mean([r["performance"] for r in lrep(rl)])) for rl in reps_l],
+                 "availability": [float(np.mean([r["availability"] for r in lrep(rl)])) for rl in reps_l],
+                 "frac_bursts_missed": [frac_missed(lrep(rl)) for rl in reps_l],
+                 "gpu_seconds": [_nanmean([P.fixed_gpu_seconds(r, g) for r in lrep(rl)]) for rl in reps_l],
+                 "quality_goodput_per_gpu_second": [float(np.mean([r["quality_goodput_per_gpu"] for r in lrep(rl)]))
+                                                    for rl in reps_l]}
+            by_s = []
+            for si_, (lo, t) in enumerate(settings):
+                rs = [r for v in vi for r in reps_a[v * T + si_]]
+                row = {m: float(np.mean([r[m] for r in rs])) for m in metrics_a if m != "frac_bursts_missed"}
+                row["frac_bursts_missed"] = frac_missed(rs)
+                row.update(autoscale_min=lo, autoscale_target=t)
+                by_s.append(row)
+                for m in metrics_a:
+                    curves.append(md.rec("autoscaler_by_setting", wl, k, "autoscaler", m, row[m], len(eval_seeds) * S,
+                                         autoscale_min=lo, autoscale_target=t, pool_gpus=int(a.pool_gpus)))
+            budget = float(np.mean(l["gpu_seconds"]))
+            pick = P.best_within_budget([r["gpu_seconds"] for r in by_s], [r["performance"] for r in by_s], budget)
+            best = by_s[pick["index"]]
+            for m in metrics_a:
+                curves.append(md.rec("autoscaler", wl, k, "autoscaler", m, best[m], len(eval_seeds) * S,
+                                     autoscale_min=best["autoscale_min"], autoscale_target=best["autoscale_target"],
+                                     within_budget=pick["within_budget"], budget_gpu_seconds=budget,
+                                     pool_gpus=int(a.pool_gpus), spinup_s=float(a.spinup_s)))
+            for m, v in l.items():
+                curves.append(md.rec("autoscaler", wl, k, "learned", m, v, n_gpus=g))
+            table[k] = {"learned": {m: _ms(v) for m, v in l.items()}, "budget_gpu_seconds": budget,
+                        "autoscaler_best_within_budget": {**best, "within_budget": pick["within_budget"]},
+                        "autoscaler_by_setting": by_s}
+        md.info["autoscaler"] = {"pool_gpus": int(a.pool_gpus), "initial": initial, "spinup_s": float(a.spinup_s),
+                                 "cooldown_s": float(a.cooldown_s), "interval_s": float(a.interval_s),
+                                 "metric": str(a.metric), "mins": [int(x) for x in a.mins],
+                                 "targets": [float(t) for t in a.targets], "burst": burst_kw,
+                                 "table": {str(k): v for k, v in table.items()}}
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        for ax, m in zip(axes, ("performance", "availability", "frac_bursts_missed")):
+            ax.errorbar(ks, [table[k]["learned"][m]["mean"] for k in ks], yerr=[table[k]["learned"][m]["std"] for k in ks],
+                        marker="o", lw=2.5, label=f"learned ({g} GPUs)")
+            ax.plot(ks, [table[k]["autoscaler_best_within_budget"][m] for k in ks], marker="s", lw=1.5,
+                    label=f"autoscaler {md.stat} (best within the same GPU-s)")
+            ax.set_xlabel("mean load k (x capacity)"); ax.set_ylabel(m); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+        fig.suptitle(f"autoscaler (spin-up {float(a.spinup_s):g} s, pool {int(a.pool_gpus)} GPUs) vs learned router", fontsize=9)
+        fig.tight_layout(); fig.savefig(fig_dir / f"autoscaler_{md.name}.png", dpi=110); plt.close(fig)
+
+    def run_extras(md):
+        extras_section(md, exp, curves, results, fig_dir, say, seeds=seeds, eval_seeds=eval_seeds, n=n,
+                       window_s=window_s)
+
+    runners = {"poisson": run_poisson, "bursty": run_bursty, "autoscaler": run_autoscaler, "extras": run_extras}
+
+    # ---------------------------------------------------------------- run
+    for mname in dict.fromkeys(m for m, _ in jobs):
+        prog.start(f"{mname}:train")
+        md = Mode(modes[mname])
+        results["modes"][mname] = md.info
+        say(f"{mname}: {md.profile.name}, {md.batching} batching, capacity of {md.stat} {md.cap:.3f} req/s, "
+            f"{len(seeds)} routers trained")
+        prog.done(f"{mname}:train")
+        for _, sec in [j for j in jobs if j[0] == mname]:
+            prog.start(f"{mname}:{sec}")
+            runners[sec](md)
+            prog.done(f"{mname}:{sec}")
+        del md
+
+    # ---------------------------------------------------------------- write
+    P.check_records(curves)
+    wall = time.perf_counter() - prog.t0
+    doc = {"meta": machine_meta(wall, args.scale, results["config"], argv_used), "curves": curves, **results}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    section = report_section(doc)
+    md_path = out_dir / "results.md"
+    replace_section(md_path, "## Paper experiments", section)
+    say(f"wrote {out_dir / 'results.json'} ({len(curves)} curve records), {md_path} and {fig_dir}")
+    return 0
 
 
 if __name__ == "__main__":
