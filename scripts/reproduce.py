@@ -366,6 +366,9 @@ def _why(values, paper, what):
     v = [x for x in values if x is not None and np.isfinite(x)]
     if not v:
         return f"We measured no finite {what}, so the paper's number cannot be placed."
+    if len(v) < 2:
+        return (f"Only one load gives a finite {what} ({v[0]:.2f}); where the static baseline has no such window "
+                "the ratio is unbounded, so the number depends on the load it is read at.")
     lo, hi = min(v), max(v)
     spread = f"it varies {hi / lo:.1f}-fold over the loads we test" if lo > 0 else "it reaches 0 at some load"
     side = ("higher than" if paper > hi else "lower than" if paper < lo else "inside")
@@ -444,7 +447,7 @@ def report_section(doc) -> str:
             lines += ["", f"Where the paper's {PAPER['max_sustainable_rate']:g}x falls: "
                       + P_where(PAPER["max_sustainable_rate"], [float(t) for t in thr_s], ratios, "threshold") + ". "
                       + f"Why ours differs: the ratio is limited by how much more load the fastest model sustains "
-                        f"than {st} (here static {best_static} sustains {caps[best_static]:.2f}x at availability "
+                        f"than {st} (here {best_static} sustains {caps[best_static]:.2f}x at availability "
                         f"{thr_s[0]}, and the learned router {lx0:.2f}x, {lx0 / max(caps[best_static], 1e-9):.0%} of "
                         f"that); this is set by the profile's latency table, the deadlines and the placement "
                         f"`{m['placement']}` more than by the router, and it moves with the threshold.",
@@ -455,7 +458,7 @@ def report_section(doc) -> str:
             b = m["bursty"]
             ks = b["k"]
             tab = b["table"]
-            lines += [f"Bursty workloads ({b['workload']}), mean load k x capacity; windows of {doc['window_s']:g} s.", "",
+            lines += [f"Bursty workloads ({b['workload']}), mean load k x capacity; windows of {m['window_s']:g} s.", "",
                       f"| k | windows >= 96%: learned / {st} | windows >= 98%: learned / {st} | goodput per GPU: learned "
                       f"on {m['n_gpus']} / {st} on {2 * m['n_gpus']} | performance learned | greedy | {st} | "
                       f"GPUs {st} needs to match |",
@@ -672,14 +675,22 @@ def main(argv=None):
             if self.batching != str(node.batching):
                 raise ValueError(f"mode {self.name!r}: batching {node.batching!r} in the YAML, "
                                  f"{self.batching!r} from its train_overrides")
+            self.window_s = float(node.get("window_s", None) or window_s)  # metric windows of this mode
             self.large = self.profile.n_models - 1
             self.stat = f"static:{self.profile.model_names[self.large]}"
             self.baselines = {f"static:{m}": static(i, f"static:{m}") for i, m in enumerate(self.profile.model_names)}
             self.baselines.update({"random": uniform_random(), "greedy": greedy()})
+            keep = node.get("baselines", None)  # a subset to run (greedy and static-largest always)
+            if keep is not None:
+                unknown = [b for b in keep if b not in self.baselines]
+                if unknown:
+                    raise ValueError(f"mode {self.name!r}: baselines {unknown} unknown; choose from {list(self.baselines)}")
+                self.baselines = {b: r for b, r in self.baselines.items() if b in set(keep) | {"greedy", self.stat}}
             self.env = make_serving_env(self.profile, eval_config(self.sim_cfg, n))
             self.info = {"profile": self.profile.name, "batching": self.batching, "train_overrides": self.overrides,
                          "capacity_static_large_req_s": self.cap, "static_large": self.stat,
                          "n_gpus": int(self.sim_cfg.n_gpus), "placement": self.sim_cfg.placement,
+                         "window_s": self.window_s,
                          "train_iterations": int(cfg[s["learner_name"]].iterations)
                          if s["learner_name"] in cfg else None}
             self._bursty = None
@@ -709,9 +720,9 @@ def main(argv=None):
             """``[variant][eval seed]`` reports; for trained routers (a `TrainedRouters` list)
             ``[training seed][variant][eval seed]``, all seeds in one program."""
             if isinstance(router, TrainedRouters):
-                return evaluate_variants_seeds(env or self.env, router, params_list, eval_seeds, n, window_s,
+                return evaluate_variants_seeds(env or self.env, router, params_list, eval_seeds, n, self.window_s,
                                                self.profile.model_names)
-            return evaluate_variants(env or self.env, router, params_list, eval_seeds, n, window_s,
+            return evaluate_variants(env or self.env, router, params_list, eval_seeds, n, self.window_s,
                                      self.profile.model_names)
 
         def bursty_reports(self):
@@ -737,11 +748,11 @@ def main(argv=None):
         pc = md.node.get("poisson", None) or exp.poisson
         grid = P.load_grid(float(pc.lo_x), float(pc.hi_x), int(pc.per_doubling))
         rates = md.cap * grid
-        sw = lambda r: sweep_rates(md.profile, md.sim_cfg, r, rates, n_decisions=n, seeds=eval_seeds, window_s=window_s)
+        sw = lambda r: sweep_rates(md.profile, md.sim_cfg, r, rates, n_decisions=n, seeds=eval_seeds, window_s=md.window_s)
         out = {name: sw(r) for name, r in md.baselines.items()}
-        lp = [sw(r) for r in md.learned]
+        lp = sw(md.learned)  # every training seed in one program: [seed, rate, eval seed]
         curve = {name: {k: o[k].mean(1) for k in ("availability", "performance")} for name, o in out.items()}
-        curve["learned"] = {k: np.stack([o[k].mean(1) for o in lp]) for k in ("availability", "performance")}
+        curve["learned"] = {k: lp[k].mean(2) for k in ("availability", "performance")}
         wl = "poisson, uniform task mix"
         for name, c in curve.items():
             for metric in ("availability", "performance"):

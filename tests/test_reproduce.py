@@ -169,3 +169,10 @@ def test_evaluate_variants_seeds_matches_one_router_at_a_time():
                 assert got[i][v][e]["performance"] == pytest.approx(want[v][e]["performance"], rel=1e-6)
                 assert got[i][v][e]["per_model_share"] == want[v][e]["per_model_share"]
     assert got[0][1][0]["performance"] != got[1][1][0]["performance"]
+    from bes_jax.eval.sweep import sweep_rates
+    cfg = SimConfig(n_gpus=2)
+    sw = sweep_rates(prof, cfg, routers, [2.0, 20.0], n_decisions=n, seeds=(0, 1))
+    assert sw["availability"].shape == (2, 2, 2)
+    for i, m in enumerate((0, 2)):
+        np.testing.assert_allclose(sw["performance"][i], sweep_rates(prof, cfg, static(m), [2.0, 20.0], n_decisions=n,
+                                                                      seeds=(0, 1))["performance"], rtol=1e-6)

@@ -22,8 +22,12 @@ def sweep_rates(profile: Profile, cfg: SimConfig, router: Router, rates, n_decis
     """Metrics for every (rate, seed) in one compiled, vmapped program.
 
     ``workload(rate) -> WorkloadParams`` builds the workload at a rate (default Poisson, uniform
-    task mix); all must share padded shapes.
+    task mix); all must share padded shapes. With trained routers (an
+    `bes_jax.eval.experiments.TrainedRouters` list) every training seed runs in the same program
+    and each metric gets a leading training-seed axis.
     """
+    from bes_jax.eval.experiments import TrainedRouters
+
     rates = np.asarray(rates, np.float64)
     build = workload or (lambda r: W.poisson(float(r), n_tasks=profile.n_tasks))
     env = make_serving_env(profile, eval_config(cfg, n_decisions))
@@ -33,11 +37,22 @@ def sweep_rates(profile: Profile, cfg: SimConfig, router: Router, rates, n_decis
     axes = jax.tree.map(lambda _: None, base).replace(workload=jax.tree.map(lambda _: 0, wps))
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for _ in rates for s in seeds])
     n_windows = metric_windows(n_decisions, window_s, wps)
-    key = (profile.name, id(profile), cfg, router, n_decisions, window_s, n_windows, rates.size, tuple(seeds))
+    stacked = isinstance(router, TrainedRouters)
+    key = (profile.name, id(profile), cfg, ("trained", id(router)) if stacked else router, n_decisions, window_s,
+           n_windows, rates.size, tuple(seeds))
     if key not in _COMPILED:  # the coarse and the fine sweep share one compiled program
-        _COMPILED[key] = jax.jit(make_evaluate(env, router, n_decisions, window_s, n_windows, params_axis=axes))
-    m = _COMPILED[key](keys, params)
-    shape = (rates.size, len(seeds))
+        if stacked:
+            def run_all(keys_, params_):
+                def one(p, st):
+                    r = Router(router[0].name, router.greedy_policy(p, st))
+                    return make_evaluate(env, r, n_decisions, window_s, n_windows, params_axis=axes)(keys_, params_)
+                return jax.vmap(one)(router.params, router.obs_stats)
+            _COMPILED[key] = (jax.jit(run_all), router)  # the router kept alive: its id stays its own
+        else:
+            _COMPILED[key] = (jax.jit(make_evaluate(env, router, n_decisions, window_s, n_windows, params_axis=axes)),
+                              router)
+    m = _COMPILED[key][0](keys, params)
+    shape = (len(router), rates.size, len(seeds)) if stacked else (rates.size, len(seeds))
     out = {k: np.asarray(m[k]).reshape(shape) for k in ("availability", "performance", "pct_of_peak",
                                                          "frac_windows_ge_96", "frac_windows_ge_98",
                                                          "quality_goodput_per_gpu")}
