@@ -25,6 +25,8 @@ from bes_jax import CONF_DIR  # noqa: E402
 from bes_jax.serving.engines.local import build_tiny_models, start_engines  # noqa: E402
 from bes_jax.serving.server import ServerThread  # noqa: E402
 
+pytestmark = pytest.mark.serial  # timing: run alone (README), not beside other tests
+
 NAMES = ["qwen-s", "qwen-m", "qwen-l"]
 TASKS = {"short": (16, 8), "long": (96, 16)}
 

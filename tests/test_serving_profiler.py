@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bes_jax.profile import load_profile, profile_from_dict
 
+pytestmark = pytest.mark.serial  # timing: run alone (README), not beside other tests
+
 
 def test_fill_batch_sizes_is_monotone_interpolation():
     from bes_jax.serving.profiler import fill_batch_sizes, parse_batch_sizes

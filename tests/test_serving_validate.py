@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bes_jax.profile import profile_from_dict
 from bes_jax.sim_config import SimConfig
 
+pytestmark = pytest.mark.serial  # timing: run alone (README), not beside other tests
+
 
 def small_profile(b_max=2):
     lat = np.array([[[0.1, 0.15]], [[0.3, 0.4]]])
