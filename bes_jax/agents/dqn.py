@@ -33,6 +33,7 @@ import optax
 from flax import struct
 
 from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
+from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
 from bes_jax.env.state import DROPPED, REJECTED, SERVED
@@ -66,6 +67,9 @@ class DQNConfig:
     #: replay sampling: "resolved" (exactly batch_size realised transitions, a draw over the
     #: whole ring) or "uniform" (uniform slots, unrealised ones weigh 0; O(batch_size))
     sampling: str = "resolved"
+    #: training reward only: a decision's reward minus this x the delay its request is predicted
+    #: to impose on the requests sharing its engine / GPU (bes_jax.agents.shaping); 0 disables
+    externality_price: float = 0.0
 
     def __post_init__(self):
         for name in ("n_envs", "iterations", "chunk_iterations", "batch_size", "target_period",
@@ -89,7 +93,7 @@ class DQNConfig:
 
 #: DQNConfig fields that are traced numbers (``ts.hp``): vmap-able, one compiled program for all values
 DQN_HPARAMS = ("lr", "gamma", "max_grad_norm", "eps_start", "eps_end", "eps_decay_fraction", "target_tau",
-               "learning_starts", "huber_delta")
+               "learning_starts", "huber_delta", "externality_price")
 
 
 def default_hparams(cfg, names) -> dict:
@@ -124,6 +128,7 @@ class Replay:
     obs: jnp.ndarray       # [N, H, D]
     action: jnp.ndarray    # [N, H]
     next_obs: jnp.ndarray  # [N, H, D]
+    harm: jnp.ndarray      # [N, H] predicted harm of the decision (bes_jax.agents.shaping)
 
 
 @struct.dataclass
@@ -212,6 +217,7 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         return hp["eps_start"] + frac * (hp["eps_end"] - hp["eps_start"])
 
     allowed = action_mask_fn(cfg.mask_wait_x, env, A, "dqn.mask_wait_x")
+    check_price(cfg.externality_price, env, "dqn.externality_price")
     use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
 
     def q_values(params, stats, obs):
@@ -225,7 +231,8 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         index = jax.random.randint(k_idx, (N,), 0, n_bank)
         obs, env_state = v_reset(jax.random.split(k_env, N), env_params(index))
         stats = update_stats(ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f)), obs)
-        replay = Replay(jnp.zeros((N, H, D), f), jnp.zeros((N, H), jnp.int32), jnp.zeros((N, H, D), f))
+        replay = Replay(jnp.zeros((N, H, D), f), jnp.zeros((N, H), jnp.int32), jnp.zeros((N, H, D), f),
+                        jnp.zeros((N, H), f))
         return TrainState(params, params, make_optimizer(hp).init(params), stats, env_state, obs, index, replay,
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), k_run, hp)
 
@@ -259,7 +266,8 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
     def update(ts: TrainState, key):
         hp = ts.hp
         e, h, valid, n_ready = sample(ts, key)
-        reward = jnp.where(valid, ts.env_state.outcomes.reward[e, h], 0.0)
+        reward = ts.env_state.outcomes.reward[e, h] - hp["externality_price"] * ts.replay.harm[e, h]
+        reward = jnp.where(valid, reward, 0.0)
         batch = (ts.replay.obs[e, h], ts.replay.action[e, h], reward, ts.replay.next_obs[e, h], valid)
         (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.target_params, ts.obs_stats,
                                                                          batch, hp)
@@ -295,7 +303,8 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         rows = jnp.arange(N)
         replay = Replay(ts.replay.obs.at[rows, slot].set(ts.obs),
                         ts.replay.action.at[rows, slot].set(action),
-                        ts.replay.next_obs.at[rows, slot].set(next_obs))
+                        ts.replay.next_obs.at[rows, slot].set(next_obs),
+                        ts.replay.harm.at[rows, slot].set(decision_harm(ts.env_state, action)))
         # domain randomisation: a truncated episode continues on a freshly drawn workload,
         # which starts at the current clock (its own times are measured from its start)
         new_index = jax.random.randint(k_idx, (N,), 0, n_bank)

@@ -39,6 +39,7 @@ from flax import struct
 
 from bes_jax.agents.dqn import ObsStats, make_optimizer, resolve_hparams, default_hparams, update_stats
 from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
+from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv
 from bes_jax.env.params import EnvParams
 from bes_jax.env.state import DROPPED, REJECTED, SERVED
@@ -63,6 +64,7 @@ class PQNConfig:
     eps_end: float = 0.02
     eps_decay_fraction: float = 0.4
     mask_wait_x: float = 0.0        # as DQNConfig.mask_wait_x
+    externality_price: float = 0.0  # as DQNConfig.externality_price (training reward only)
     #: data parallel over this many local devices (`jax.shard_map`): each steps n_envs / devices
     #: environments and the gradients are averaged; on a CPU ask XLA for host devices first
     #: (`bes_jax.env.devices.use_host_devices`). 1: one program on the default device
@@ -92,7 +94,8 @@ class PQNConfig:
 
 
 #: PQNConfig fields that are traced numbers (``ts.hp``)
-PQN_HPARAMS = ("lr", "gamma", "lam", "max_grad_norm", "eps_start", "eps_end", "eps_decay_fraction")
+PQN_HPARAMS = ("lr", "gamma", "lam", "max_grad_norm", "eps_start", "eps_end", "eps_decay_fraction",
+               "externality_price")
 
 
 @struct.dataclass
@@ -103,6 +106,7 @@ class Rollouts:
     decision: jnp.ndarray   # [R, K, N] the simulator's decision id (its outcome slot: id % H)
     done: jnp.ndarray       # [R, K, N] the decision ended an episode (time limit)
     last_obs: jnp.ndarray   # [R, N, D] the observation after the rollout's last decision
+    harm: jnp.ndarray       # [R, K, N] predicted harm of each decision (bes_jax.agents.shaping)
 
 
 @struct.dataclass
@@ -181,6 +185,7 @@ class PQN:
             params_axes = params_axes.replace(deadline=0)
         v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
         allowed = action_mask_fn(cfg.mask_wait_x, env, A, "pqn.mask_wait_x")
+        check_price(cfg.externality_price, env, "pqn.externality_price")
         use_mask = cfg.mask_wait_x > 0 and env.cfg.obs_mode == "rich"
         DV = cfg.devices
         NL = N // DV  # environments per device (all of them with one device)
@@ -225,7 +230,8 @@ class PQN:
             obs, env_state = v_reset(jax.random.split(k_env, N), env_params(index))
             stats = update_stats(ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f)), obs)
             ro = Rollouts(jnp.zeros((R, K, N, D), f), jnp.zeros((R, K, N), jnp.int32),
-                          jnp.full((R, K, N), -1, jnp.int32), jnp.zeros((R, K, N), bool), jnp.zeros((R, N, D), f))
+                          jnp.full((R, K, N), -1, jnp.int32), jnp.zeros((R, K, N), bool), jnp.zeros((R, N, D), f),
+                          jnp.zeros((R, K, N), f))
             z = jnp.zeros((), jnp.int32)
             return PQNState(params, make_optimizer(hp).init(params), stats, env_state, obs, index, ro, z, z, z, k_run, hp)
 
@@ -240,7 +246,7 @@ class PQN:
             else:
                 random_a = jax.random.randint(k_rand, (NL,), 0, A)
             action = jnp.where(explore, random_a, jnp.argmax(q, axis=1)).astype(jnp.int32)
-            decision = ts.env_state.decision
+            decision, harm = ts.env_state.decision, decision_harm(ts.env_state, action)
             next_obs, env_state, reward, done, _ = env.step_batch(
                 jax.random.split(k_step, NL), ts.env_state, action, env_params(ts.workload_index), params_axes)
             new_index = jax.random.randint(k_idx, (NL,), 0, n_bank)
@@ -248,17 +254,17 @@ class PQN:
             env_state = env_state.replace(workload=workload_restart(env_state.workload, index != ts.workload_index))
             ts = ts.replace(env_state=env_state, obs=next_obs, workload_index=index, key=key,
                             obs_stats=stats_update(ts.obs_stats, next_obs), iteration=ts.iteration + 1)
-            return ts, (action, decision, done, reward.mean())
+            return ts, (action, decision, done, harm, reward.mean())
 
         def collect(ts: PQNState):
             """K decisions per environment: the observation each was taken on, action, id, episode end."""
             def step(ts, _):
                 obs = ts.obs
-                ts, (action, decision, done, rmean) = env_step(ts, None)
-                return ts, (obs, action, decision, done, rmean)
+                ts, (action, decision, done, harm, rmean) = env_step(ts, None)
+                return ts, (obs, action, decision, done, harm, rmean)
 
-            ts, (obs, action, decision, done, rmean) = jax.lax.scan(step, ts, None, length=K)
-            return ts, (obs, action, decision, done), rmean.mean()
+            ts, (obs, action, decision, done, harm, rmean) = jax.lax.scan(step, ts, None, length=K)
+            return ts, (obs, action, decision, done, harm), rmean.mean()
 
         def loss_fn(params, stats, obs, action, target, w):
             q = q_values(params, stats, obs)
@@ -271,6 +277,7 @@ class PQN:
             hp = ts.hp
             ro = jax.tree.map(lambda x: x[slot], ts.rollouts)
             reward, resolved = outcome_rewards(ts.env_state, ro.decision)
+            reward = jnp.where(resolved, reward - hp["externality_price"] * ro.harm, 0.0)
             next_obs = jnp.concatenate([ro.obs[1:], ro.last_obs[None]], axis=0)  # [K, N, D]
             nq = jnp.where(allowed(next_obs), q_values(ts.params, ts.obs_stats, next_obs), -jnp.inf).max(-1)
             target = jax.lax.stop_gradient(lambda_returns(reward, resolved, ro.done, nq, hp["gamma"], hp["lam"]))
@@ -299,7 +306,7 @@ class PQN:
             return ts.replace(params=params, opt_state=opt_state, n_updates=ts.n_updates + cfg.epochs * cfg.minibatches), logs
 
         def iteration(ts: PQNState, _):
-            ts, (obs, action, decision, done), rmean = collect(ts)
+            ts, (obs, action, decision, done, harm), rmean = collect(ts)
             slot = ts.n_rollouts % R  # the oldest rollout (written R rollouts ago), then overwritten
             key, k_learn = jax.random.split(ts.key)
             ts = ts.replace(key=key)
@@ -311,7 +318,7 @@ class PQN:
             logs = {k: jnp.where(go, v, jnp.nan) for k, v in logs.items()}
             ro = ts.rollouts
             ro = Rollouts(ro.obs.at[slot].set(obs), ro.action.at[slot].set(action), ro.decision.at[slot].set(decision),
-                          ro.done.at[slot].set(done), ro.last_obs.at[slot].set(ts.obs))
+                          ro.done.at[slot].set(done), ro.last_obs.at[slot].set(ts.obs), ro.harm.at[slot].set(harm))
             ts = ts.replace(rollouts=ro, n_rollouts=ts.n_rollouts + 1)
             logs["realised_reward"] = mean_all(rmean)
             logs["epsilon"] = epsilon(ts.iteration, ts.hp)
@@ -337,7 +344,7 @@ class PQN:
                 env_axis = lambda t: jax.tree.map(lambda _: P(AX), t)
                 e2 = P(None, None, AX)
                 return PQNState(rep(ts.params), rep(ts.opt_state), rep(ts.obs_stats), env_axis(ts.env_state), P(AX),
-                                P(AX), Rollouts(e2, e2, e2, e2, P(None, AX)), P(), P(), P(), P(), rep(ts.hp))
+                                P(AX), Rollouts(e2, e2, e2, e2, P(None, AX), e2), P(), P(), P(), P(), rep(ts.hp))
 
             def train_chunk(ts: PQNState):
                 sp = specs(ts)

@@ -94,6 +94,7 @@ def setup_training(cfg: DictConfig) -> dict:
 
     from bes_jax.agents.dqn import DQN, DQNConfig
     from bes_jax.agents.pqn import PQN, PQNConfig
+    from bes_jax.agents.shaping import resolve_price
     from bes_jax.config import sim_config_from
     from bes_jax.env import make_serving_env
     from bes_jax.eval.capacity import measured_capacity
@@ -101,7 +102,7 @@ def setup_training(cfg: DictConfig) -> dict:
 
     profile = load_profile(cfg.profile)
     sim_cfg = sim_config_from(cfg.sim)
-    dqn_dict = OmegaConf.to_container(cfg.dqn, resolve=True)
+    dqn_dict = resolve_price(OmegaConf.to_container(cfg.dqn, resolve=True), sim_cfg.batching)
     dqn_cfg = DQNConfig(**{**dqn_dict, "hidden": tuple(dqn_dict["hidden"])})
     cap_large = measured_capacity(profile, sim_cfg)
     bank = build_training_bank(cfg.train_family, profile, sim_cfg, cap_large, int(cfg.seed))
@@ -119,7 +120,7 @@ def setup_training(cfg: DictConfig) -> dict:
         learner_cfg, learner_dict = dqn_cfg, dqn_dict
         learner = DQN(dqn_cfg, env, base_params, bank, deadlines)
     else:
-        learner_dict = OmegaConf.to_container(cfg.pqn, resolve=True)
+        learner_dict = resolve_price(OmegaConf.to_container(cfg.pqn, resolve=True), sim_cfg.batching)
         learner_cfg = PQNConfig(**{**learner_dict, "hidden": tuple(learner_dict["hidden"])})
         learner = PQN(learner_cfg, env, base_params, bank, deadlines)
     return {"profile": profile, "sim_cfg": sim_cfg, "dqn_cfg": dqn_cfg, "dqn_dict": dqn_dict,

@@ -71,7 +71,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides=()) -> dict:
     out = {"overrides": list(overrides), "profile": profile.name, "train_seeds": seeds, "eval_seeds": list(cfg.eval.seeds),
            "n_decisions": int(cfg.eval.n_decisions), "sim": setup["sim_cfg"].to_dict(), "eval_sim": sim_cfg.to_dict(),
            "train_family": OmegaConf.to_container(cfg.train_family, resolve=True),
-           "dqn": OmegaConf.to_container(cfg.dqn, resolve=True), "learner": setup["learner_name"],
+           "dqn": setup["dqn_dict"], "learner": setup["learner_name"],
            "learner_config": setup["learner_dict"], "train_seconds": t_train,
            "seconds": time.perf_counter() - t0, "results": results}
     out_dir.mkdir(parents=True, exist_ok=True)

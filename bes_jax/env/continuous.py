@@ -109,6 +109,9 @@ class ContinuousState:
     pred_ttft: jnp.ndarray         # [M]
     meets: jnp.ndarray             # [M] bool: predicted to meet every configured deadline
     predicted_finish: jnp.ndarray  # [M] now + pred_e2e
+    harm: jnp.ndarray              # [M] predicted delay this request would impose on the requests
+                                   # sharing its engine / GPU, in deadlines (a training signal:
+                                   # docs/simulator.md "Externality of a decision")
     outcomes: ContinuousOutcomes
     workload: object
 
@@ -287,7 +290,7 @@ class ContinuousServingEnv:
             decision=jnp.zeros((), jnp.int32), ewma_gap=(1.0 / params.ref_rate).astype(f),
             episode_step=jnp.zeros((), jnp.int32), chosen_replica=i32((M,)),
             pred_e2e=jnp.zeros((M,), f), pred_ttft=jnp.zeros((M,), f), meets=jnp.zeros((M,), bool),
-            predicted_finish=jnp.zeros((M,), f), outcomes=outcomes, workload=ws)
+            predicted_finish=jnp.zeros((M,), f), harm=jnp.zeros((M,), f), outcomes=outcomes, workload=ws)
         state = self._predict(state, params)
         return self.observe(state, params), state
 
@@ -717,6 +720,11 @@ class ContinuousServingEnv:
             return cf[..., 0] + cf[..., 1] * n + jnp.maximum(cf[..., 2] + cf[..., 3] * n * cc, cf[..., 4] * n)
 
         rnd = tau(coef, n_b, c_bar)
+        # externality: how much longer every iteration of the requests already sharing the
+        # engine (and, exclusive, the GPU's round) gets while this one stays
+        c_before = (U + Wp) / jnp.maximum(ahead_n, 1).astype(f) + o_bar / 2.0
+        delta = rnd - jnp.where(ahead_n > 0, tau(coef, jnp.minimum(ahead_n, S), c_before), 0.0)
+        affected = ahead_n.astype(f)
         s = server[r]
         if self.exclusive:
             members = jnp.asarray(self.server_members)[s]  # [M, W]
@@ -726,6 +734,7 @@ class ContinuousServingEnv:
             cc = (st.kv_used[mem] + st.wait_prompt[mem]).astype(f) / jnp.maximum(n_o, 1).astype(f)
             t_o = tau(coef[mem // Rm], jnp.minimum(n_o, S), cc)
             rnd = rnd + sum_last(jnp.where(other, t_o, 0.0))
+            affected = affected + sum_last(jnp.where(other, n_o, 0)).astype(f)
         busy = st.busy[s]
         residual = jnp.where(busy, st.busy_until[s] - st.now, 0.0)
         pred = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd
@@ -735,8 +744,10 @@ class ContinuousServingEnv:
         pred = jnp.where(possible, pred, jnp.inf).astype(f)
         pred_ttft = jnp.where(possible, pred_ttft, jnp.inf).astype(f)
         meets = (pred <= params.deadline[t]) & (pred_ttft <= params.ttft_deadline[t])
+        stay = wait_iters + prefill_iters + o_bar  # iterations of its engine this request stays
+        harm = jnp.where(possible, delta * stay * affected / jnp.mean(params.deadline), 0.0).astype(f)
         return st.replace(chosen_replica=r.astype(jnp.int32), pred_e2e=pred, pred_ttft=pred_ttft, meets=meets,
-                          predicted_finish=st.now + pred)
+                          predicted_finish=st.now + pred, harm=harm)
 
     def observe(self, st: ContinuousState, params: ContinuousParams) -> jnp.ndarray:
         f = st.busy_until.dtype
