@@ -111,6 +111,14 @@ def resolve_hparams(cfg, names, hp=None) -> dict:
     return out
 
 
+def evicted_fraction(env_state) -> jnp.ndarray:
+    """Share of all decisions so far whose outcome-ring slot was reused before they resolved: their
+    transitions are never trained on (the simulation itself is exact; docs/simulator.md "Outcome
+    ring"). Non-zero only under overload deep enough that a request outlives `outcome_slots`
+    later decisions."""
+    return env_state.evicted.sum() / jnp.maximum(env_state.decision.sum(), 1).astype(jnp.float32)
+
+
 def make_optimizer(hp):
     """Adam with global-norm clipping; learning rate and clip norm may be traced."""
     return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.adam(hp["lr"]))
@@ -328,6 +336,7 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
         logs = jax.tree.map(lambda x: x[-1], logs)
         logs["realised_reward"] = realised
         logs["epsilon"] = epsilon(ts.iteration, ts.hp)
+        logs["evicted_frac"] = evicted_fraction(ts.env_state)
         return ts, logs
 
     def train_chunk(ts: TrainState):

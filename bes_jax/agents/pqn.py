@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from bes_jax.agents.dqn import ObsStats, make_optimizer, resolve_hparams, default_hparams, update_stats
+from bes_jax.agents.dqn import (ObsStats, default_hparams, evicted_fraction, make_optimizer, resolve_hparams,
+                                update_stats)
 from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
 from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv
@@ -322,6 +323,7 @@ class PQN:
             ts = ts.replace(rollouts=ro, n_rollouts=ts.n_rollouts + 1)
             logs["realised_reward"] = mean_all(rmean)
             logs["epsilon"] = epsilon(ts.iteration, ts.hp)
+            logs["evicted_frac"] = mean_all(evicted_fraction(ts.env_state))
             return ts, logs
 
         def chunk_local(ts: PQNState):

@@ -18,7 +18,13 @@ gather / scatter of ``[replicas of the server, max_num_seqs]`` rows: this, not r
 what a step costs.
 
 Outcome ring (`ContinuousOutcomes`, slot ``decision % outcome_slots``), what a cross-check
-reads per decision:
+and a learner read per decision. It is a record only: what the simulation needs of a request
+in the system (arrival, task, first token) travels with it in the queue and running set, so
+results never depend on the ring's size. Under deep overload a request can outlive
+``outcome_slots`` later decisions (most of them rejected at once); its slot then goes to the
+new decision, its own later writes are skipped (a write checks the slot still holds its id),
+and ``state.evicted`` counts it. Evaluation sizes the ring to hold every decision.
+Per decision:
 - ``decision, arrival, task, model`` (the action), ``replica`` (``m * R_max + k``: the replica
   the routing rule picked, also for a rejected request);
 - ``status``: QUEUED, RUNNING (admitted), SERVED, DROPPED, REJECTED;
@@ -47,7 +53,7 @@ from flax import struct
 from bes_jax.env.core import first_lanes
 from bes_jax.env.layout import server_layout
 from bes_jax.env.params import default_float
-from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, RUNNING, SERVED
+from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, RUNNING, SERVED, own_slots, slot_resolved
 from bes_jax.lengths import LengthArrays, draw_length, length_arrays
 from bes_jax.profile import Profile
 from bes_jax.short_axis import first_true, min_last, sum_last
@@ -76,8 +82,10 @@ class ContinuousOutcomes:
     output: jnp.ndarray       # [H] int32 output tokens
 
 
-# columns of `ContinuousState.run` (one running sequence) and `.rep` (one replica)
-ID, P, O, F, G = range(5)
+# columns of `ContinuousState.run` (one running sequence; `.queue` holds ID, P, O, TK of a waiting
+# one) and `.rep` (one replica); arrival and first-token times in `.run_t` / `.queue_t`
+ID, P, O, F, G, TK = range(6)
+QTK = 3  # the task column of `.queue`
 N_RUN, KV_USED, KV_RES, Q_HEAD, Q_LEN, W_PROMPT, N_TASK = range(7)  # N_TASK: first of T per-task counts
 
 
@@ -86,8 +94,10 @@ class ContinuousState:
     """Packed per-replica arrays (fewer gathers and scatters per event); the properties name
     their columns."""
 
-    queue: jnp.ndarray        # [R, C, 3] int32 FIFO ring of (decision id, served prompt, output)
-    run: jnp.ndarray          # [R, S, 5] int32 running set (ID, P, O, F, G), admission order; first n_run live
+    queue: jnp.ndarray        # [R, C, 4] int32 FIFO ring of (decision id, served prompt, output, task)
+    queue_t: jnp.ndarray      # [R, C] arrival time of each waiting request
+    run: jnp.ndarray          # [R, S, 6] int32 running set (ID, P, O, F, G, TK), admission order; first n_run live
+    run_t: jnp.ndarray        # [R, S, 2] arrival and first-token time (NaN until then) of each running one
     rep: jnp.ndarray          # [R, 6 + T] int32 per replica: N_RUN, KV_USED (sum f + g), KV_RES (sum p + o),
                               # Q_HEAD, Q_LEN, W_PROMPT (sum of waiting served prompts), then waiting +
                               # running requests per task
@@ -112,6 +122,8 @@ class ContinuousState:
     harm: jnp.ndarray              # [M] predicted delay this request would impose on the requests
                                    # sharing its engine / GPU, in deadlines (a training signal:
                                    # docs/simulator.md "Externality of a decision")
+    evicted: jnp.ndarray           # int32 decisions whose ring slot was reused before they resolved
+                                   # (their record is lost, the simulation is not: module doc)
     outcomes: ContinuousOutcomes
     workload: object
 
@@ -283,14 +295,16 @@ class ContinuousServingEnv:
             start=nan, finish=nan, reward=nan, status=jnp.full((H,), EMPTY, jnp.int8), first_token=nan,
             prompt=i32((H,)), prompt_in=i32((H,)), output=i32((H,)))
         state = ContinuousState(
-            queue=i32((R, C, 3)), run=i32((R, S, 5)), rep=i32((R, N_TASK + T)),
+            queue=i32((R, C, 4)), queue_t=jnp.zeros((R, C), f), run=i32((R, S, 6)),
+            run_t=jnp.zeros((R, S, 2), f), rep=i32((R, N_TASK + T)),
             busy=jnp.zeros((Sv,), bool), busy_until=jnp.zeros((Sv,), f),
             iter_replica=jnp.asarray(self.server_members[:, 0], jnp.int32),
             now=jnp.asarray(t0, f), task=jnp.asarray(task0, jnp.int32), prompt_in=p0, output=o0,
             decision=jnp.zeros((), jnp.int32), ewma_gap=(1.0 / params.ref_rate).astype(f),
             episode_step=jnp.zeros((), jnp.int32), chosen_replica=i32((M,)),
             pred_e2e=jnp.zeros((M,), f), pred_ttft=jnp.zeros((M,), f), meets=jnp.zeros((M,), bool),
-            predicted_finish=jnp.zeros((M,), f), harm=jnp.zeros((M,), f), outcomes=outcomes, workload=ws)
+            predicted_finish=jnp.zeros((M,), f), harm=jnp.zeros((M,), f), evicted=jnp.zeros((), jnp.int32),
+            outcomes=outcomes, workload=ws)
         state = self._predict(state, params)
         return self.observe(state, params), state
 
@@ -345,6 +359,7 @@ class ContinuousServingEnv:
         enqueue = ~reject & ~idle
         miss = -params.miss_penalty
         o = state.outcomes
+        evicted = state.evicted + (~slot_resolved(o, slot, now)).astype(jnp.int32)
         status = jnp.where(reject, REJECTED, jnp.where(start_now, RUNNING, QUEUED)).astype(jnp.int8)
         o = o.replace(
             decision=o.decision.at[slot].set(i), arrival=o.arrival.at[slot].set(now),
@@ -361,16 +376,19 @@ class ContinuousServingEnv:
         c1 = jnp.minimum(p, params.max_batched_tokens)
         tau = iteration_time(params.iteration[m], jnp.ones((), jnp.int32), c1, c1)
         put_s = lambda x, new: x.at[s].set(jnp.where(start_now, new, x[s]))
-        entry = jnp.stack([i, p, out])
-        seq = jnp.stack([i, p, out, jnp.zeros_like(i), jnp.zeros_like(i)])
+        entry = jnp.stack([i, p, out, state.task])
+        seq = jnp.stack([i, p, out, jnp.zeros_like(i), jnp.zeros_like(i), state.task])
         rep_add = jnp.zeros((N_TASK + self.n_tasks,), jnp.int32)
         rep_add = rep_add.at[N_RUN].set(one(start_now)).at[KV_RES].set(jnp.where(start_now, p + out, 0))
         rep_add = rep_add.at[Q_LEN].set(one(enqueue)).at[W_PROMPT].set(jnp.where(enqueue, p, 0))
         rep_add = rep_add.at[N_TASK + state.task].set(one(~reject))
         state = state.replace(
-            outcomes=o,
+            outcomes=o, evicted=evicted,
             queue=state.queue.at[r, tail].set(jnp.where(enqueue, entry, state.queue[r, tail])),
+            queue_t=state.queue_t.at[r, tail].set(jnp.where(enqueue, now, state.queue_t[r, tail])),
             run=state.run.at[r, 0].set(jnp.where(start_now, seq, state.run[r, 0])),
+            run_t=state.run_t.at[r, 0].set(jnp.where(start_now, jnp.stack([now, jnp.nan]).astype(f),
+                                                     state.run_t[r, 0])),
             rep=state.rep.at[r].add(rep_add),
             busy=put_s(state.busy, True), busy_until=put_s(state.busy_until, now + tau),
             iter_replica=put_s(state.iter_replica, r))
@@ -524,6 +542,7 @@ class ContinuousServingEnv:
         st = st.replace(
             outcomes=o,
             run=st.run.at[row, mem].set(out["run"], **drop),
+            run_t=st.run_t.at[row, mem].set(out["run_t"], **drop),
             rep=st.rep.at[row, mem].set(out["rep"], **drop),
             busy=st.busy.at[idx, sk].set(out["busy"], **drop),
             busy_until=st.busy_until.at[idx, sk].set(out["busy_until"], **drop),
@@ -540,8 +559,9 @@ class ContinuousServingEnv:
         m = r // Rm
         K = p.max_batched_tokens
         # 1. the iteration ends: prefill chunks advance, first tokens, decodes
-        seq = st.run[e, r]  # [S, 5]
-        ids, pp, oo, ff, gg = (seq[:, j] for j in range(5))
+        seq = st.run[e, r]  # [S, 6]
+        ids, pp, oo, ff, gg, task = (seq[:, j] for j in range(6))
+        arr, ft_old = st.run_t[e, r, :, 0], st.run_t[e, r, :, 1]
         nr = st.rep[e, r, N_RUN]
         c, decode, _ = compose(pp, ff, gg, nr, K, p.iteration[m])
         valid = jnp.arange(S) < nr
@@ -549,16 +569,16 @@ class ContinuousServingEnv:
         newly = (c > 0) & (f2 == pp)
         g2 = jnp.where(newly, 1, jnp.where(decode, gg + 1, gg))
         done = valid & (g2 >= oo)
-        slots = ids % H
-        arr, task = o.arrival[e, slots], o.task[e, slots]
-        ft = jnp.where(newly, T, o.first_token[e, slots])
+        slots = own_slots(o.decision, e, ids, H)
+        ft = jnp.where(newly, T, ft_old)
         value = self._value(p, p.quality[m, task], T - arr, ft - arr, oo, task)
         realised = jnp.sum(jnp.where(done, value, 0.0))
         # 2. completions leave the running set (compacted, admission order kept)
         keep = valid & ~done
         i32 = lambda x: x.astype(jnp.int32)
         dest = jnp.where(keep, i32(jnp.cumsum(keep)) - 1, S)
-        r_row = jnp.zeros_like(seq).at[dest].set(jnp.stack([ids, pp, oo, f2, g2], axis=1), mode="drop")
+        r_row = jnp.zeros_like(seq).at[dest].set(jnp.stack([ids, pp, oo, f2, g2, task], axis=1), mode="drop")
+        r_t = jnp.zeros_like(st.run_t[e, r]).at[dest].set(jnp.stack([arr, ft], axis=1), mode="drop")
         r_rep = st.rep[e, r]
         r_rep = r_rep.at[N_RUN].set(i32(jnp.sum(keep))).at[KV_RES].set(i32(jnp.sum(jnp.where(keep, pp + oo, 0))))
         r_rep = r_rep.at[KV_USED].set(i32(jnp.sum(jnp.where(keep, f2 + g2, 0))))
@@ -569,18 +589,20 @@ class ContinuousServingEnv:
         okm = members >= 0
         rw = jnp.maximum(members, 0)
         is_r = okm & (rw == r)
-        rows = jnp.where(is_r[:, None, None], r_row[None], st.run[e, rw])  # [W, S, 5]
+        rows = jnp.where(is_r[:, None, None], r_row[None], st.run[e, rw])  # [W, S, 6]
+        rows_t = jnp.where(is_r[:, None, None], r_t[None], st.run_t[e, rw])  # [W, S, 2]
         rep = jnp.where(is_r[:, None], r_rep[None], st.rep[e, rw])  # [W, 6 + T]
         n_run, kv_res, head = rep[:, N_RUN], rep[:, KV_RES], rep[:, Q_HEAD]
         qlen = jnp.where(okm, rep[:, Q_LEN], 0)
         pos = jnp.arange(self.window)
-        q = st.queue[e, rw[:, None], (head[:, None] + pos) % C]  # [W, Q, 3]
-        qids, qp, qo = q[..., 0], q[..., 1], q[..., 2]
-        qslots = qids % H
+        qpos = (head[:, None] + pos) % C
+        q = st.queue[e, rw[:, None], qpos]  # [W, Q, 4]
+        qids, qp, qo, qt = q[..., 0], q[..., 1], q[..., 2], q[..., QTK]
+        qa = st.queue_t[e, rw[:, None], qpos]
+        qslots = own_slots(o.decision, e, qids, H)
         inq = pos < qlen[:, None]
         if self.drop_expired:
-            qt = o.task[e, qslots]
-            expired = inq & (T - o.arrival[e, qslots] > p.deadline[qt])
+            expired = inq & (T - qa > p.deadline[qt])
             ok = inq & ~expired
         else:
             expired = jnp.zeros_like(inq)
@@ -596,7 +618,8 @@ class ContinuousServingEnv:
         adest = jnp.where(admitted, n_run[:, None] + cnt - 1, S)
         wi = jnp.arange(rw.shape[0])[:, None]
         zeros = jnp.zeros_like(qids)
-        rows = rows.at[wi, adest].set(jnp.stack([qids, qp, qo, zeros, zeros], axis=-1), mode="drop")
+        rows = rows.at[wi, adest].set(jnp.stack([qids, qp, qo, zeros, zeros, qt], axis=-1), mode="drop")
+        rows_t = rows_t.at[wi, adest].set(jnp.stack([qa, jnp.full_like(qa, jnp.nan)], axis=-1), mode="drop")
         n_run = n_run + jnp.sum(admitted, axis=1).astype(jnp.int32)
         rep = rep.at[:, N_RUN].set(n_run)
         rep = rep.at[:, KV_RES].add(i32(jnp.sum(jnp.where(admitted, qp + qo, 0), axis=1)))
@@ -663,7 +686,7 @@ class ContinuousServingEnv:
         return {
             "newly": newly, "done": done, "slots": slots, "value": value, "first_token": ft,
             "admitted": admitted, "dropped": dropped, "qslots": qslots,
-            "members": jnp.where(okm, members, R), "run": rows, "rep": rep,
+            "members": jnp.where(okm, members, R), "run": rows, "run_t": rows_t, "rep": rep,
             "busy": busy, "busy_until": end,
             "iter_replica": jnp.where(busy, rw[w_next], r).astype(jnp.int32),
             "realised": realised,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from bes_jax.env import autoscaler
 from bes_jax.env.layout import server_layout
 from bes_jax.env.params import EnvParams, default_float, make_env_params
-from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes
+from bes_jax.env.state import DROPPED, EMPTY, QUEUED, REJECTED, SERVED, EnvState, Outcomes, own_slots, slot_resolved
 from bes_jax.profile import Profile
 from bes_jax.short_axis import first_true, min_last, sum_last
 from bes_jax.sim_config import ConfigError, SimConfig
@@ -75,14 +75,16 @@ class ServingEnv:
             model=jnp.full((H,), -1, jnp.int32), replica=jnp.full((H,), -1, jnp.int32),
             start=nan, finish=nan, reward=nan, status=jnp.full((H,), EMPTY, jnp.int8))
         state = EnvState(
-            queue=jnp.zeros((R, C), jnp.int32), queue_head=jnp.zeros((R,), jnp.int32),
+            queue=jnp.zeros((R, C), jnp.int32), queue_arrival=jnp.zeros((R, C), f),
+            queue_task=jnp.zeros((R, C), jnp.int32), queue_head=jnp.zeros((R,), jnp.int32),
             queue_len=jnp.zeros((R,), jnp.int32),
             inflight=jnp.zeros((R,), jnp.int32), busy=jnp.zeros((S,), bool),
             free_at=jnp.zeros((S,), f), batch_replica=jnp.asarray(self.server_members[:, 0], jnp.int32),
             batch_value=jnp.zeros((S,), f), now=jnp.asarray(t0, f), task=jnp.asarray(task0, jnp.int32),
             decision=jnp.zeros((), jnp.int32), ewma_gap=(1.0 / params.ref_rate).astype(f),
             episode_step=jnp.zeros((), jnp.int32), chosen_replica=jnp.zeros((M,), jnp.int32),
-            wait=jnp.zeros((M,), f), predicted_finish=jnp.zeros((M,), f), outcomes=outcomes, workload=ws)
+            wait=jnp.zeros((M,), f), predicted_finish=jnp.zeros((M,), f), evicted=jnp.zeros((), jnp.int32),
+            outcomes=outcomes, workload=ws)
         if self.autoscale:
             state = state.replace(autoscale=autoscaler.init(params.autoscale, self.autoscale_pool, state.now))
         state = self._predict(state, params)
@@ -150,6 +152,7 @@ class ServingEnv:
         latency = params.latency[action, state.task, 0]
         value = self._value(params, params.quality[action, state.task], latency, d)
         o = state.outcomes
+        evicted = state.evicted + (~slot_resolved(o, slot, now)).astype(jnp.int32)
         o = o.replace(
             decision=o.decision.at[slot].set(i), arrival=o.arrival.at[slot].set(now),
             task=o.task.at[slot].set(state.task), model=o.model.at[slot].set(action),
@@ -160,7 +163,8 @@ class ServingEnv:
             status=o.status.at[slot].set(
                 jnp.where(reject, REJECTED, jnp.where(start_now, SERVED, QUEUED)).astype(jnp.int8)))
         tail = (state.queue_head[r] + state.queue_len[r]) % C
-        queue = state.queue.at[r, tail].set(jnp.where(enqueue, i, state.queue[r, tail]))
+        put_q = lambda x, new: x.at[r, tail].set(jnp.where(enqueue, new, x[r, tail]))
+        queue = put_q(state.queue, i)
         queue_len = state.queue_len.at[r].add(enqueue.astype(jnp.int32))
         old = state.batch_replica[s]
         ended = start_now & state.busy[s]  # the server's previous batch (if any) has ended
@@ -168,7 +172,8 @@ class ServingEnv:
         inflight = inflight.at[r].set(jnp.where(start_now, 1, inflight[r]))
         put = lambda x, new: x.at[s].set(jnp.where(start_now, new, x[s]))
         state = state.replace(
-            outcomes=o, queue=queue, queue_len=queue_len, inflight=inflight,
+            outcomes=o, evicted=evicted, queue=queue, queue_len=queue_len, inflight=inflight,
+            queue_arrival=put_q(state.queue_arrival, now), queue_task=put_q(state.queue_task, state.task),
             busy=put(state.busy, True), free_at=put(state.free_at, now + latency),
             batch_replica=put(state.batch_replica, r), batch_value=put(state.batch_value, value))
         ws, t_next, task_next = workload_next(key, state.workload, params.workload)
@@ -292,15 +297,16 @@ class ServingEnv:
         # the first `window` queued requests of replica r, oldest first
         head, qlen = st.queue_head[e, r], st.queue_len[e, r]
         pos = jnp.arange(self.window)
-        ids = st.queue[e[:, None], r[:, None], (head[:, None] + pos) % C]
-        slots = ids % H
-        arrival, task = o.arrival[e[:, None], slots], o.task[e[:, None], slots]
+        where = (e[:, None], r[:, None], (head[:, None] + pos) % C)
+        ids, arrival, task = st.queue[where], st.queue_arrival[where], st.queue_task[where]
+        slots = own_slots(o.decision, e[:, None], ids, H)
         p, p_axis = self._params_for(params, params_axis, e)
         f = jax.vmap(self._formation, in_axes=(p_axis, 0, 0, 0, 0, 0))
         take, dropped, b, n_removed, end, value = f(p, arrival, task, qlen, r // self.r_max, Tk)
         miss = -p.miss_penalty
         miss = miss[:, None] if miss.ndim else miss
         write = jnp.where(take | dropped, slots, H)  # out-of-range index: dropped by the scatter
+                                                     # (also where a newer decision took the slot)
         row = idx[:, None]
         o = o.replace(
             start=o.start.at[row, write].set(jnp.where(take, Tk[:, None], jnp.nan), **drop),
@@ -329,7 +335,7 @@ class ServingEnv:
         m = jnp.maximum(members, 0)
         E = e[:, None]
         has = ok & (st.queue_len[E, m] > 0)
-        head = st.outcomes.arrival[E, st.queue[E, m, st.queue_head[E, m]] % self.slots]
+        head = st.queue_arrival[E, m, st.queue_head[E, m]]
         return jnp.take_along_axis(m, jnp.argmin(jnp.where(has, head, jnp.inf), axis=1)[:, None], axis=1)[:, 0]
 
     def _formation(self, params: EnvParams, arrival, task, qlen, m, T):

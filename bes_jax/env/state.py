@@ -32,6 +32,8 @@ class Outcomes:
 class EnvState:
     # replicas
     queue: jnp.ndarray         # [R, C] int32 decision ids, a FIFO ring per replica
+    queue_arrival: jnp.ndarray # [R, C] their arrival times, and tasks: what batch formation
+    queue_task: jnp.ndarray    # [R, C] int32 reads (never the outcome ring: a record only)
     queue_head: jnp.ndarray    # [R] int32 ring index of the oldest queued request
     queue_len: jnp.ndarray     # [R] int32
     inflight: jnp.ndarray      # [R] int32 requests in the running batch of this replica
@@ -50,6 +52,7 @@ class EnvState:
     chosen_replica: jnp.ndarray  # [M] int32
     wait: jnp.ndarray            # [M] predicted wait before it could start (inf: impossible)
     predicted_finish: jnp.ndarray  # [M] predicted completion time (inf: impossible)
+    evicted: jnp.ndarray       # int32 decisions whose ring slot was reused before they resolved
     outcomes: Outcomes
     workload: object           # bes_jax.workloads.WorkloadState
     autoscale: object = None   # AutoscaleState with cfg.autoscale, else None (no leaves)
@@ -78,3 +81,19 @@ class AutoscaleState:
     gpu_s_routed: jnp.ndarray
     n_up_routed: jnp.ndarray
     n_down_routed: jnp.ndarray
+
+
+def slot_resolved(o, slot, now) -> jnp.ndarray:
+    """Whether ring slot ``slot`` may take a new decision without losing one: never used, or
+    its decision's outcome is final and realised by ``now`` (what a learner needs to read it)."""
+    st = o.status[slot]
+    final = (st == SERVED) | (st == DROPPED) | (st == REJECTED)
+    return (o.decision[slot] < 0) | (final & (o.finish[slot] <= now))
+
+
+def own_slots(decision: jnp.ndarray, e, ids: jnp.ndarray, H: int) -> jnp.ndarray:
+    """Ring slots of requests ``ids`` of environments ``e`` (``decision``: the batched ring's
+    [N, H] ids), or ``H`` (an out-of-range index, so a ``mode="drop"`` scatter skips it) where a
+    newer decision has taken the slot."""
+    slots = ids % H
+    return jnp.where(decision[e, slots] == ids, slots, H)
