@@ -1,0 +1,104 @@
+"""Sweep one traced learner hyperparameter on the tuning set: every (training seed, value) pair
+is trained in one vmapped program (hyperparameters that are numbers are traced, so one
+compilation serves them all), then every policy and every baseline is evaluated on the tuning
+workloads (`tuning.workloads`, never the test set). Prints the table; writes JSON.
+
+    python scripts/tune_learner.py --sweep dqn.externality_price=5,10,20 [--seeds 0,1] [--out FILE]
+        [overrides like sim=continuous dqn.iterations=12000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", required=True, help="LEARNER.NAME=v1,v2,... (a traced hyperparameter)")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0], help="comma-separated")
+    ap.add_argument("--out", default="tune_learner.json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    name, _, values = args.sweep.partition("=")
+    learner, _, hp_name = name.partition(".")
+    try:
+        values = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--sweep {args.sweep!r}: values must be numbers (NAME=v1,v2,...)")
+    if not values or not hp_name:
+        raise SystemExit(f"--sweep {args.sweep!r}: expected LEARNER.NAME=v1,v2,... e.g. dqn.externality_price=5,10")
+
+    import jax
+    import jax.numpy as jnp
+
+    from bes_jax.agents.training import setup_training
+    from bes_jax.config import compose_train_config
+    from bes_jax.env import make_serving_env
+    from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
+    from bes_jax.eval.metrics import to_report
+    from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
+    from bes_jax.routers import Router, baseline_routers
+
+    cfg = compose_train_config(list(args.overrides))
+    s = setup_training(cfg)
+    if s["learner_name"] != learner:
+        raise SystemExit(f"--sweep {args.sweep!r}: the config trains with {s['learner_name']!r}, not {learner!r} "
+                         f"(learner={learner} selects it)")
+    fns = s["fns"]
+    known = getattr(fns, "hparams", None) or {}
+    if hp_name not in known:
+        raise SystemExit(f"--sweep {args.sweep!r}: {hp_name!r} is not a traced hyperparameter of this learner "
+                         f"(traced: {', '.join(sorted(known))})")
+    grid = [(seed, v) for v in values for seed in args.seeds]
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed, _ in grid])
+    hp = {hp_name: jnp.asarray([v for _, v in grid], jnp.float32)}
+    t0 = time.perf_counter()
+    print(f"training {len(grid)} runs ({len(args.seeds)} seeds x {len(values)} values of {name}) in one program",
+          flush=True)
+    ts, logs = jax.block_until_ready(jax.jit(jax.vmap(fns.train))(keys, hp))
+    train_s = time.perf_counter() - t0
+    print(f"trained in {train_s:.0f} s (incl. compilation)", flush=True)
+
+    tuning = cfg.tuning.workloads
+    evals = build_eval_workloads(SimpleNamespace(workloads=tuning), s["profile"], s["cap_large"], section="tuning")
+    n_eval, window_s = int(cfg.eval.n_decisions), float(cfg.eval.window_s)
+    eval_seeds = list(cfg.eval.seeds)[:2]
+    base = evaluate_against_baselines(s["profile"], s["sim_cfg"], baseline_routers(s["profile"]), evals, n_eval,
+                                      eval_seeds, window_s)
+    env = make_serving_env(s["profile"], eval_config(s["sim_cfg"], n_eval))
+    ekeys = jnp.stack([jax.random.PRNGKey(int(k)) for k in eval_seeds])
+    out = {"sweep": name, "values": values, "seeds": args.seeds, "overrides": args.overrides, "train_s": train_s,
+           "eval_seeds": eval_seeds, "n_decisions": n_eval, "workloads": {}}
+    for w, (node, wp) in evals.items():
+        params = env.make_params(wp)
+        n_windows = metric_windows(n_eval, window_s, wp)
+
+        @jax.jit
+        def learned(p, stats):
+            return make_evaluate(env, Router("learned", fns.greedy_policy(p, stats)), n_eval, window_s, n_windows)(ekeys, params)
+
+        perf = {}
+        for i, (seed, v) in enumerate(grid):
+            m = learned(jax.tree.map(lambda x: x[i], ts.params), jax.tree.map(lambda x: x[i], ts.obs_stats))
+            reps = [to_report(jax.tree.map(lambda x: x[j], m), s["profile"].model_names, window_s)
+                    for j in range(ekeys.shape[0])]
+            perf.setdefault(v, []).append(float(np.mean([r["performance"] for r in reps])))
+        routers = {r: v["performance"]["mean"] for r, v in base[w]["routers"].items()}
+        out["workloads"][w] = {"learned": {str(v): p for v, p in perf.items()}, "baselines": routers}
+        best = max((r for r in routers if r.startswith("static")), key=routers.get)
+        print(f"{w}: best static {best} {routers[best]:.3f}, greedy {routers.get('greedy', float('nan')):.3f}; "
+              + "; ".join(f"{name}={v:g}: {np.mean(p):.3f} (seeds {', '.join(f'{x:.3f}' for x in p)})"
+                          for v, p in perf.items()), flush=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
