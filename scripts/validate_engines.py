@@ -9,7 +9,7 @@ and choices (``bes_jax.serving.validate``). Progress and time left are printed p
 Writes ``DIR/summary.json`` (every run's report) and, with ``--write-docs``, the table of
 ``docs/validation.md``. Timings need quiet cores: run nothing else beside it.
 
-    python scripts/validate_engines.py [--rates 2,8,20] [--n-requests 120] [--router greedy]
+    python scripts/validate_engines.py [--rates 2,50,150] [--n-requests 120] [--router greedy]
         [--policy DIR] [--trace pkg:AzureLLMInferenceTrace_code.csv --trace-rates 4,12]
         [--work-dir DIR] [--write-docs]
 """
@@ -51,7 +51,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> d
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", type=_floats, default=[2.0, 8.0, 20.0], help="Poisson rates, req/s (comma-separated)")
+    ap.add_argument("--rates", type=_floats, default=[2.0, 50.0, 150.0], help="Poisson rates, req/s (comma-separated)")
     ap.add_argument("--n-requests", type=int, default=120, help="requests per run")
     ap.add_argument("--trace", default=None, help="a token trace (e.g. pkg:AzureLLMInferenceTrace_code.csv)")
     ap.add_argument("--trace-rates", type=_floats, default=[], help="mean rates of the trace slices")
@@ -85,8 +85,10 @@ def main(argv=None) -> int:
         log("engines up: " + ", ".join(f"{n} {p.url}" for n, p in zip(NAMES, procs)))
         prof = Path(args.profile) if args.profile else work / "engines.json"
         if not args.profile:
-            doc = run_engine_profile([p.url for p in procs], names=NAMES, tasks=TASKS, prompt_lens=(8, 96, 200),
-                                     concurrencies=(1, 4, 8), decode_prompt_lens=(16, 96), decode_tokens=8,
+            # prompts up to near the context limit: trace slices carry prompts of ~1000 tokens, and
+            # an iteration model fitted on short prompts only extrapolates their prefill badly
+            doc = run_engine_profile([p.url for p in procs], names=NAMES, tasks=TASKS, prompt_lens=(8, 128, 512, 900),
+                                     concurrencies=(1, 4, 8), decode_prompt_lens=(16, 256), decode_tokens=8,
                                      repeats=args.profile_repeats, kv_tokens=procs[0].kv_tokens,
                                      max_num_batched_tokens=256, ctx_max=1024, deadline_factor=4.0,
                                      name="tiny-qwen-engines", log=lambda *a: None)
@@ -158,7 +160,14 @@ def main(argv=None) -> int:
     if args.write_docs:
         from bes_jax.eval.report import replace_section
         heading = f"## Router `{args.router}`"
-        section = "\n".join([heading, "", f"`python scripts/validate_engines.py {' '.join(argv or sys.argv[1:])}` "
+        # the command as a reader would type it: no paths of this machine
+        shown = []
+        for a in (argv or sys.argv[1:]):
+            for path, name in ((args.work_dir, "DIR"), (args.policy, "POLICY_DIR"), (args.profile, "PROFILE.json")):
+                if path and a == path:
+                    a = name
+            shown.append(a)
+        section = "\n".join([heading, "", f"`python scripts/validate_engines.py {' '.join(shown)}` "
                              f"({meta['machine']}, load average {meta['load_average'][0]:.1f} at the end, "
                              f"{meta['wall_s'] / 60:.1f} min)", "", *rows, ""])
         replace_section(REPO_ROOT / "docs" / "validation.md", heading, section,
