@@ -25,9 +25,20 @@ def eval_config(cfg: SimConfig, n_decisions: int, b_max: int = 64) -> SimConfig:
     return dataclasses.replace(cfg, outcome_slots=slots, episode_len=max(cfg.episode_len, n_decisions))
 
 
-def make_run(env: ServingEnv, router: Router, n_decisions: int, drain: bool = True, params_axis=None):
-    """``run(keys[N], params) -> final EnvState[N]`` after `n_decisions` routed requests each."""
-    v_act = jax.vmap(router.act, in_axes=(0, 0, 0, params_axis))
+def make_run(env: ServingEnv, router, n_decisions: int, drain: bool = True, params_axis=None):
+    """``run(keys[N], params) -> final EnvState[N]`` after `n_decisions` routed requests each.
+
+    ``router``: one `Router`, or a sequence of R routers: then ``keys`` is ``[R * N]`` and
+    environment ``r * N + n`` is routed by router ``r`` (one compiled program for all of them,
+    each environment taking its router's branch of a `lax.switch`; with the same keys an
+    environment's run is the one a single-router run gives)."""
+    if isinstance(router, Router):
+        v_act = jax.vmap(router.act, in_axes=(0, 0, 0, params_axis))
+    else:
+        acts = [r.act for r in router]
+        switched = jax.vmap(lambda i, k, o, st, p: jax.lax.switch(i, acts, k, o, st, p),
+                            in_axes=(0, 0, 0, 0, params_axis))
+        v_act = lambda k, o, st, p: switched(jnp.repeat(jnp.arange(len(acts)), k.shape[0] // len(acts)), k, o, st, p)
 
     def run(keys, params):
         k_reset = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
@@ -94,16 +105,24 @@ def metric_windows(n_decisions: int, window_s: float, workload=None) -> int:
     return 1 << (int(need) - 1).bit_length()
 
 
-def make_evaluate(env: ServingEnv, router: Router, n_decisions: int, window_s: float, n_windows: int,
+def make_evaluate(env: ServingEnv, router, n_decisions: int, window_s: float, n_windows: int,
                   params_axis=None):
     """``evaluate(keys[N], params) -> metrics[N]`` (jittable); ``n_windows``: see :func:`metric_windows`.
+    A sequence of R routers (shared params only) evaluates them all in one program:
+    ``evaluate(keys[N], params) -> metrics[R * N]``, router ``r``'s runs at ``r * N ...``.
 
     With the autoscaler on (``env.autoscale``) the metrics also hold `AUTOSCALE_METRICS`
     (GPU-seconds and the rest, :func:`bes_jax.eval.metrics.autoscale_metrics`)."""
     run = make_run(env, router, n_decisions, params_axis=params_axis)
     autoscaled = bool(getattr(env, "autoscale", False))
 
+    many = not isinstance(router, Router)
+    if many and params_axis is not None:
+        raise ValueError("make_evaluate: several routers share one params (params_axis=None)")
+
     def evaluate(keys, params):
+        if many:
+            keys = jnp.tile(keys, (len(router),) + (1,) * (keys.ndim - 1))
         state = run(keys, params)
         metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows,
                                           **metrics_kwargs(p))
