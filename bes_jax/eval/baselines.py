@@ -65,8 +65,8 @@ def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: i
         # every router in one compiled program (the event loop is compiled once, not once per router)
         m_all = jax.jit(make_evaluate(eval_env, list(routers), n_eval, window_s, n_windows))(keys, params)
         S = len(seeds)
-        for r, router in enumerate(routers):
-            reps = [to_report(jax.tree.map(lambda x: x[r * S + i], m_all), profile.model_names, window_s)
+        for j, router in enumerate(routers):
+            reps = [to_report(jax.tree.map(lambda x: x[j * S + i], m_all), profile.model_names, window_s)
                     for i in range(S)]
             # SCALAR_METRICS, plus the continuous-batching ones when the mode reports them
             names = SCALAR_METRICS + tuple(k for k in CONTINUOUS_METRICS if k in reps[0])
