@@ -64,12 +64,16 @@ class Model:
     ctx_max: int | None = None        # most tokens (prompt + output) of one sequence
     kv_tokens: int | None = None      # KV-cache budget of one replica, in tokens
     iteration: dict | None = None     # {ITERATION_FIELDS: seconds}: one iteration's time
+    request_overhead_s: float = 0.0   # continuous batching: seconds the serving stack adds to each
+                                      # request's first token and completion as its client sees them
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "params": self.params}
         for k in ("ctx_max", "kv_tokens", "iteration"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
+        if self.request_overhead_s:
+            d["request_overhead_s"] = self.request_overhead_s
         return d
 
 
@@ -140,6 +144,12 @@ class Profile:
         """[M, 5] float64, columns in `ITERATION_FIELDS` order (requires `supports_continuous`)."""
         self.require_continuous()
         return np.array([[m.iteration[k] for k in ITERATION_FIELDS] for m in self.models], np.float64)
+
+    @property
+    def request_overhead(self) -> np.ndarray:
+        """[M] float64 seconds per request (0 where the profile gives none; docs/simulator.md
+        "Per-request overhead")."""
+        return np.array([m.request_overhead_s for m in self.models], np.float64)
 
     @property
     def mean_prompt_len(self) -> np.ndarray:
@@ -243,7 +253,8 @@ def _length(x, src, path) -> LengthDist:
 
 
 def _continuous_fields(m: dict, src: str, p: str):
-    """``(ctx_max, kv_tokens, iteration)`` of a model entry (each None when absent)."""
+    """``(ctx_max, kv_tokens, iteration, request_overhead_s)`` of a model entry (None when
+    absent; the overhead 0)."""
     ctx = m.get("ctx_max")
     kv = m.get("kv_tokens")
     it = m.get("iteration")
@@ -262,7 +273,9 @@ def _continuous_fields(m: dict, src: str, p: str):
               for k in ITERATION_FIELDS}
         if it["fixed_s"] + it["per_seq_s"] + it["weights_s"] + it["per_kv_token_s"] + it["per_token_s"] <= 0:
             raise ProfileError(src, f"{p}.iteration", it, "all coefficients are 0: an iteration would take no time")
-    return ctx, kv, it
+    ov = m.get("request_overhead_s", 0.0)
+    ov = 0.0 if ov is None else _finite_number(ov, src, f"{p}.request_overhead_s", lo=0.0)
+    return ctx, kv, it, ov
 
 
 def profile_from_dict(d: dict, source: str = "<memory>") -> Profile:

@@ -73,13 +73,22 @@ def arrivals(rng, azure, rate):
     return times, rng.integers(0, 2, N), prompt, output
 
 
+times_seen: list = []  # cases drawn so far (seeds the overhead draws, apart from the cases' own stream)
+
+
 def case(rng, base: SimConfig, azure):
     """One random (profile, config, arrivals, actions) within the layout of ``base``."""
     S = base.max_num_seqs
     kv_bind = rng.random() < 0.5
     kv = (3000, 2000, 1200) if kv_bind else (200_000, 200_000, 200_000)
     ctx = tuple(int(x) for x in rng.choice([[512, 768, 1024], [256, 4096, 384], [8192, 8192, 8192]]))
-    prof = profile_from_dict(continuous_profile_dict(seed=int(rng.integers(0, 3)), kv_tokens=kv, ctx_max=ctx), "c.json")
+    d = continuous_profile_dict(seed=int(rng.integers(0, 3)), kv_tokens=kv, ctx_max=ctx)
+    ov = np.random.default_rng(int(d["models"][0]["kv_tokens"]) + len(times_seen))  # apart from `rng`'s stream
+    times_seen.append(1)
+    if ov.random() < 0.5:  # a per-request overhead per model (dyadic, so clocks stay exact)
+        for m in d["models"]:
+            m["request_overhead_s"] = float(ov.integers(0, 40)) * 2.0 ** -12
+    prof = profile_from_dict(d, "c.json")
     soft = not base.drop_expired and rng.random() < 0.3
     cfg = dataclasses.replace(
         base, max_num_batched_tokens=int(rng.choice([S, 32, 96, 4096])),

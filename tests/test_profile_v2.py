@@ -132,6 +132,10 @@ CASES = [
      "tasks[1].prompt_len", "10", "min"),
     ("zero fixed length", _mutate(lambda d: d["tasks"][0].__setitem__("output_len", 0)), "tasks[0].output_len", "0",
      "integer >= 1"),
+    ("negative request overhead", _mutate(_set_model(1, "request_overhead_s", -0.002)), "models[1].request_overhead_s",
+     "-0.002", ">= 0"),
+    ("string request overhead", _mutate(_set_model(0, "request_overhead_s", "5ms")), "models[0].request_overhead_s",
+     "'5ms'", "number"),
 ]
 
 

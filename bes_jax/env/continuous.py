@@ -154,6 +154,8 @@ class ContinuousParams:
     ref_rate: jnp.ndarray
     episode_len: jnp.ndarray     # int32
     iteration: jnp.ndarray       # [M, 5] ITERATION_FIELDS order
+    overhead: jnp.ndarray        # [M] per-request overhead (s): client-visible first token and
+                                 # completion are this much after the engine's
     ctx_max: jnp.ndarray         # [M] int32
     kv_tokens: jnp.ndarray       # [M] int32 per replica
     max_batched_tokens: jnp.ndarray  # int32 K
@@ -191,7 +193,7 @@ def make_continuous_params(profile: Profile, cfg: SimConfig, workload, r_max: in
         miss_penalty=jnp.asarray(cfg.miss_penalty, f), latency_weight=jnp.asarray(cfg.latency_weight, f),
         ewma_alpha=jnp.asarray(cfg.ewma_alpha, f), ref_rate=jnp.asarray(cfg.ref_rate, f),
         episode_len=jnp.asarray(cfg.episode_len, jnp.int32),
-        iteration=jnp.asarray(profile.iteration, f),
+        iteration=jnp.asarray(profile.iteration, f), overhead=jnp.asarray(profile.request_overhead, f),
         ctx_max=jnp.asarray(profile.ctx_max, jnp.int32), kv_tokens=jnp.asarray(profile.kv_tokens, jnp.int32),
         max_batched_tokens=jnp.asarray(cfg.max_num_batched_tokens, jnp.int32),
         truncate=jnp.asarray(cfg.context_overflow == "truncate"),
@@ -485,13 +487,14 @@ class ContinuousServingEnv:
             """The ring writes at (possibly compacted) entries; every write is at a distinct slot,
             H (dropped) where nothing is written."""
             Tq = jnp.broadcast_to(Tk[:, None], q_slots.shape)
+            Td = jnp.broadcast_to((Tk + out["overhead"])[:, None], d_slots.shape)  # completions, as the client sees them
             cat = lambda a, b: jnp.concatenate([a, b], axis=1)
             if self.drop_expired:
                 end_slots = cat(d_slots, jnp.where(dropped, q_slots, H))
-                finish = cat(jnp.broadcast_to(Tk[:, None], d_slots.shape), Tq)
+                finish = cat(Td, Tq)
                 reward = cat(value, jnp.broadcast_to(miss, q_slots.shape).astype(o.reward.dtype))
             else:  # nothing is dropped
-                end_slots, finish, reward = d_slots, jnp.broadcast_to(Tk[:, None], d_slots.shape), value
+                end_slots, finish, reward = d_slots, Td, value
             return o.replace(
                 # the values written are the ones the lane read (T where newly): reading before writing
                 # in place then needs no copy of the whole ring
@@ -570,8 +573,9 @@ class ContinuousServingEnv:
         g2 = jnp.where(newly, 1, jnp.where(decode, gg + 1, gg))
         done = valid & (g2 >= oo)
         slots = own_slots(o.decision, e, ids, H)
-        ft = jnp.where(newly, T, ft_old)
-        value = self._value(p, p.quality[m, task], T - arr, ft - arr, oo, task)
+        ft = jnp.where(newly, T, ft_old)  # the engine's first-token time
+        ov = p.overhead[m]  # what the client sees is this much later (docs: "Per-request overhead")
+        value = self._value(p, p.quality[m, task], T + ov - arr, ft + ov - arr, oo, task)
         realised = jnp.sum(jnp.where(done, value, 0.0))
         # 2. completions leave the running set (compacted, admission order kept)
         keep = valid & ~done
@@ -684,7 +688,7 @@ class ContinuousServingEnv:
         rep = rep.at[:, KV_USED].add(k * n_run)
         w_next = w_end
         return {
-            "newly": newly, "done": done, "slots": slots, "value": value, "first_token": ft,
+            "newly": newly, "done": done, "slots": slots, "value": value, "first_token": ft + ov, "overhead": ov,
             "admitted": admitted, "dropped": dropped, "qslots": qslots,
             "members": jnp.where(okm, members, R), "run": rows, "run_t": rows_t, "rep": rep,
             "busy": busy, "busy_until": end,
@@ -760,8 +764,8 @@ class ContinuousServingEnv:
             affected = affected + sum_last(jnp.where(other, n_o, 0)).astype(f)
         busy = st.busy[s]
         residual = jnp.where(busy, st.busy_until[s] - st.now, 0.0)
-        pred = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd
-        pred_ttft = residual + (wait_iters + prefill_iters) * rnd
+        pred = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd + params.overhead
+        pred_ttft = residual + (wait_iters + prefill_iters) * rnd + params.overhead
         possible = (params.replica_valid[r] & (n_wait < C) & (p_hat + o_bar <= params.kv_tokens.astype(f))
                     & (params.truncate | (p_in + o_bar <= ctx)))
         pred = jnp.where(possible, pred, jnp.inf).astype(f)

@@ -196,6 +196,7 @@ class ContinuousReferenceSimulator:
         cfg, eng = self.cfg, self.eng
         S, K = cfg.max_num_seqs, cfg.max_num_batched_tokens
         exclusive = cfg.placement == "exclusive"
+        overhead = eng.request_overhead  # [M] docs/simulator.md "Per-request overhead"
 
         reps: list[_Replica] = []
         for m in range(self.M):
@@ -271,6 +272,7 @@ class ContinuousReferenceSimulator:
         def end(s: int, E: float) -> None:
             sv = servers[s]
             r, rep = sv.replica, reps[sv.replica]
+            seen = E + overhead[rep.model]  # when the client sees what the engine emitted at E
             for q, c in sv.batch:
                 if c < 0:
                     q.g += 1
@@ -278,15 +280,15 @@ class ContinuousReferenceSimulator:
                     q.f += c
                     if q.f == q.p:
                         q.g = 1
-                        first[q.i] = E
+                        first[q.i] = seen
                 generated[q.i] = q.g
             keep = []
             for q in rep.running:
                 if q.g == q.o:
                     i, t = q.i, int(tasks[q.i])
-                    e2e, ttft = E - times[i], first[i] - times[i]
+                    e2e, ttft = seen - times[i], first[i] - times[i]
                     ok = self.meets(t, q.o, e2e, ttft)
-                    status[i], finish[i], met[i] = SERVED, E, ok
+                    status[i], finish[i], met[i] = SERVED, seen, ok
                     reward[i] = self.value(rep.model, t, e2e, ok)
                     rep.reserved -= q.p + q.o
                     rep.per_task[t] -= 1

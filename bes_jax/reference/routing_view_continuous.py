@@ -29,7 +29,9 @@ class Engines:
     per_kv_token_s, per_token_s``); ``ctx_max`` / ``kv_tokens`` [M] per model (KV budget per
     replica); ``mean_output`` [T] the task's stated mean output length ``ō_t``; ``quality``
     [M, T]; ``deadline`` [T] end-to-end deadlines (scaled); ``ttft_deadline`` [T] or None;
-    ``replica_count`` [M] configured replicas per model (the observation's denominators).
+    ``replica_count`` [M] configured replicas per model (the observation's denominators);
+    ``request_overhead`` [M] seconds the serving stack adds to each request's first token and
+    completion (docs/simulator.md "Per-request overhead"; None: 0).
     """
 
     iteration: np.ndarray
@@ -44,6 +46,7 @@ class Engines:
     max_num_batched_tokens: int
     queue_capacity: int
     context_overflow: str  # "truncate" | "reject"
+    request_overhead: np.ndarray | None = None
 
     @property
     def n_models(self) -> int:
@@ -67,7 +70,8 @@ class Engines:
                    ttft_deadline=None if ttft is None else np.asarray(ttft, np.float64),
                    replica_count=np.asarray(cfg.replica_counts(profile.n_models), np.int64),
                    max_num_seqs=int(cfg.max_num_seqs), max_num_batched_tokens=int(cfg.max_num_batched_tokens),
-                   queue_capacity=int(cfg.queue_capacity), context_overflow=cfg.context_overflow)
+                   queue_capacity=int(cfg.queue_capacity), context_overflow=cfg.context_overflow,
+                   request_overhead=np.asarray(profile.request_overhead, np.float64))
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,9 @@ def predict(snap: Snapshot, eng: Engines, task: int, p_in: float):
             if o != r and n_o > 0:
                 rnd += tau(eng, int(models[o]), min(n_o, S), (float(kv[o]) + float(W[o])) / n_o)
         residual = float(snap.server_busy_until[s]) - snap.now if bool(snap.server_busy[s]) else 0.0
-        pred[m] = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd
-        pred_ttft[m] = residual + (wait_iters + prefill_iters) * rnd
+        ov = 0.0 if eng.request_overhead is None else float(eng.request_overhead[m])
+        pred[m] = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd + ov
+        pred_ttft[m] = residual + (wait_iters + prefill_iters) * rnd + ov
     return pred, pred_ttft, rep
 
 

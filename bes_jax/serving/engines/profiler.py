@@ -44,24 +44,29 @@ def iteration_time(it, n, C, P, D) -> np.ndarray:
     return fixed + per_seq * n + np.maximum(weights + per_kv * C, per_tok * (P + D))
 
 
-def fit_iteration(n, C, P, D, y, iters: int = 20) -> tuple[np.ndarray, dict]:
-    """Non-negative coefficients ``(fixed_s, per_seq_s, weights_s, per_kv_token_s, per_token_s)``
-    minimising squared relative error of ``tau`` against the measured ``y``. Each point is put in
-    the branch of the ``max`` that the current fit says is active, and the linear problem is
-    solved again (from both all-memory-bound and all-compute-bound starts; the better fit wins)."""
+def fit_iteration(n, C, P, D, y, iters: int = 20, whole=None) -> tuple[np.ndarray, dict]:
+    """Non-negative coefficients ``(fixed_s, per_seq_s, weights_s, per_kv_token_s, per_token_s,
+    request_overhead_s)`` minimising squared relative error of ``tau`` (plus the per-request
+    overhead on the points that are ``whole`` requests, not one iteration) against the measured
+    ``y``. Each point is put in the branch of the ``max`` that the current fit says is active,
+    and the linear problem is solved again (from both all-memory-bound and all-compute-bound
+    starts; the better fit wins)."""
     from scipy.optimize import nnls
     n, C, P, D, y = (np.asarray(x, np.float64) for x in (n, C, P, D, y))
+    whole = np.zeros(len(y)) if whole is None else np.asarray(whole, np.float64)
+    model = lambda coef: iteration_time(coef[:5], n, C, P, D) + coef[5] * whole
     # relative error (short iterations count as much as long ones), with no point weighing more
     # than ten times the median one
     w = 1.0 / np.maximum(y, 0.1 * float(np.median(y)))
 
     def solve(mem):
-        A = np.stack([np.ones_like(n), n, mem.astype(float), np.where(mem, C, 0.0), np.where(mem, 0.0, P + D)], 1)
+        A = np.stack([np.ones_like(n), n, mem.astype(float), np.where(mem, C, 0.0), np.where(mem, 0.0, P + D),
+                      whole], 1)
         coef, _ = nnls(A * w[:, None], y * w)
         return coef
 
     def score(coef):
-        pred = iteration_time(coef, n, C, P, D)
+        pred = model(coef)
         return float(np.sqrt(np.mean(((pred - y) * w) ** 2))), pred
 
     best = None
@@ -81,10 +86,9 @@ def fit_iteration(n, C, P, D, y, iters: int = 20) -> tuple[np.ndarray, dict]:
     # polish the piecewise-linear fit on the max itself (bounded: every coefficient >= 0)
     from scipy.optimize import least_squares
     my = float(np.median(y))
-    typical = np.array([my, my / max(n.max(), 1), my, my / max(C.max(), 1), my / max((P + D).max(), 1)])
+    typical = np.array([my, my / max(n.max(), 1), my, my / max(C.max(), 1), my / max((P + D).max(), 1), my])
     scale = np.maximum(best[0], 0.01 * typical)  # a coefficient at 0 can still move
-    sol = least_squares(lambda z: (iteration_time(z * scale, n, C, P, D) - y) * w, best[0] / scale,
-                        bounds=(0.0, np.inf), x_scale=1.0)
+    sol = least_squares(lambda z: (model(z * scale) - y) * w, best[0] / scale, bounds=(0.0, np.inf), x_scale=1.0)
     err, pred = score(sol.x * scale)
     if err < best[1]:
         best = (sol.x * scale, err, pred)
@@ -224,13 +228,17 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
 
 
 def fit_points(raw: dict) -> tuple[np.ndarray, dict]:
-    n, C, P, D, y = [], [], [], [], []
+    """The six coefficients of :func:`fit_iteration`: a one-token completion is a whole request
+    (the per-request overhead plus one prefill iteration); a decode gap is one iteration."""
+    n, C, P, D, y, whole = [], [], [], [], [], []
     for pt in raw["prefill"]:
         n.append(1), C.append(pt["prompt_tokens"]), P.append(pt["prompt_tokens"]), D.append(0), y.append(pt["ttft_s"])
+        whole.append(1.0)
     for pt in raw["decode"]:
         c = pt["concurrency"]
         n.append(c), C.append(c * pt["mean_context"]), P.append(0), D.append(c), y.append(pt["gap_s"])
-    return fit_iteration(n, C, P, D, y)
+        whole.append(0.0)
+    return fit_iteration(n, C, P, D, y, whole=whole)
 
 
 def _local_ctx_max(model_id: str) -> Optional[int]:
@@ -291,9 +299,10 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
         kv = int(kv_tokens or raw["kv_tokens_reported"] or ctx * 32)
         params = _param_count(raw["model_id"]) or 1
         models.append({"name": nm, "params": params, "ctx_max": ctx, "kv_tokens": kv,
-                       "iteration": {k: float(f"{v:.6g}") for k, v in zip(ITERATION_KEYS, coef)}})
+                       "iteration": {k: float(f"{v:.6g}") for k, v in zip(ITERATION_KEYS, coef[:5])},
+                       "request_overhead_s": float(f"{coef[5]:.6g}")})
         for ti, (p, o) in enumerate(tasks.values()):
-            lat[mi, ti] = [batch_latency(coef, p, o, b, max_num_batched_tokens) for b in range(1, b_max + 1)]
+            lat[mi, ti] = [batch_latency(coef[:5], p, o, b, max_num_batched_tokens) + coef[5] for b in range(1, b_max + 1)]
         log(f"{nm}: iteration {models[-1]['iteration']} (fit rms relative error {err['rms_rel_error']:.1%})")
     lat = np.maximum.accumulate(lat, axis=2)
     T, M = len(tasks), len(urls)
