@@ -73,9 +73,6 @@ def arrivals(rng, azure, rate):
     return times, rng.integers(0, 2, N), prompt, output
 
 
-times_seen: list = []  # cases drawn so far (seeds the overhead draws, apart from the cases' own stream)
-
-
 def case(rng, base: SimConfig, azure):
     """One random (profile, config, arrivals, actions) within the layout of ``base``."""
     S = base.max_num_seqs
@@ -83,8 +80,7 @@ def case(rng, base: SimConfig, azure):
     kv = (3000, 2000, 1200) if kv_bind else (200_000, 200_000, 200_000)
     ctx = tuple(int(x) for x in rng.choice([[512, 768, 1024], [256, 4096, 384], [8192, 8192, 8192]]))
     d = continuous_profile_dict(seed=int(rng.integers(0, 3)), kv_tokens=kv, ctx_max=ctx)
-    ov = np.random.default_rng(int(d["models"][0]["kv_tokens"]) + len(times_seen))  # apart from `rng`'s stream
-    times_seen.append(1)
+    ov = rng.spawn(1)[0]  # a child stream: the cases' own draws from `rng` stay as they were
     if ov.random() < 0.5:  # a per-request overhead per model (dyadic, so clocks stay exact)
         for m in d["models"]:
             m["request_overhead_s"] = float(ov.integers(0, 40)) * 2.0 ** -12

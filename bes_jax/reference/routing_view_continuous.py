@@ -31,7 +31,7 @@ class Engines:
     [M, T]; ``deadline`` [T] end-to-end deadlines (scaled); ``ttft_deadline`` [T] or None;
     ``replica_count`` [M] configured replicas per model (the observation's denominators);
     ``request_overhead`` [M] seconds the serving stack adds to each request's first token and
-    completion (docs/simulator.md "Per-request overhead"; None: 0).
+    completion (docs/simulator.md "Per-request overhead"; 0 unless the profile gives it).
     """
 
     iteration: np.ndarray
@@ -46,7 +46,7 @@ class Engines:
     max_num_batched_tokens: int
     queue_capacity: int
     context_overflow: str  # "truncate" | "reject"
-    request_overhead: np.ndarray | None = None
+    request_overhead: np.ndarray
 
     @property
     def n_models(self) -> int:
@@ -170,7 +170,7 @@ def predict(snap: Snapshot, eng: Engines, task: int, p_in: float):
             if o != r and n_o > 0:
                 rnd += tau(eng, int(models[o]), min(n_o, S), (float(kv[o]) + float(W[o])) / n_o)
         residual = float(snap.server_busy_until[s]) - snap.now if bool(snap.server_busy[s]) else 0.0
-        ov = 0.0 if eng.request_overhead is None else float(eng.request_overhead[m])
+        ov = float(eng.request_overhead[m])
         pred[m] = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd + ov
         pred_ttft[m] = residual + (wait_iters + prefill_iters) * rnd + ov
     return pred, pred_ttft, rep
