@@ -5,7 +5,9 @@ Under continuous batching a request slows every request already sharing its engi
 A request's own reward never shows that cost, and with one decision every few milliseconds no
 per-decision discount reaches the requests it slows, so a learner trained on its own rewards
 learns to send load to the large model until the GPUs collapse. The simulator predicts the
-delay a choice would impose (``state.harm``, in deadlines); the learners subtract
+delay a choice would impose on each request it slows, in that request's deadlines, weighted by
+the share of its deadline the request is predicted to use (``state.harm``: near 0 under light
+load, the whole delay once requests are predicted late); the learners subtract
 ``externality_price x harm`` of the chosen model from the decision's reward in training only.
 Evaluation always uses the simulator's reward.
 """
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 
 #: the price a config's ``externality_price: null`` resolves to, per serving model (chosen on the
 #: tuning set: docs/results.md, continuous section); request-level batches predict no harm
-DEFAULT_PRICE = {"continuous": 5.0, "request": 0.0}
+DEFAULT_PRICE = {"continuous": 10.0, "request": 0.0}
 
 
 def resolve_price(learner_dict: dict, batching: str) -> dict:

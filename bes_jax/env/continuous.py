@@ -119,9 +119,9 @@ class ContinuousState:
     pred_ttft: jnp.ndarray         # [M]
     meets: jnp.ndarray             # [M] bool: predicted to meet every configured deadline
     predicted_finish: jnp.ndarray  # [M] now + pred_e2e
-    harm: jnp.ndarray              # [M] predicted delay this request would impose on the requests
-                                   # sharing its engine / GPU, in deadlines (a training signal:
-                                   # docs/simulator.md "Externality of a decision")
+    harm: jnp.ndarray              # [M] delay this request would impose on those sharing its engine / GPU,
+                                   # in their deadlines, weighted by how close each is predicted to come
+                                   # to its deadline (a training signal: docs/simulator.md "Externality")
     evicted: jnp.ndarray           # int32 decisions whose ring slot was reused before they resolved
                                    # (their record is lost, the simulation is not: module doc)
     outcomes: ContinuousOutcomes
@@ -207,6 +207,13 @@ def iteration_time(coef, n, C, tokens):
     f = coef.dtype
     n, C, tokens = n.astype(f), C.astype(f), tokens.astype(f)
     return coef[..., 0] + coef[..., 1] * n + jnp.maximum(coef[..., 2] + coef[..., 3] * C, coef[..., 4] * tokens)
+
+
+def mean_iteration_time(coef, n, c_mean):
+    """`iteration_time` of ``n`` sequences of mean context ``c_mean``, each one token (decode):
+    the prediction's per-iteration cost."""
+    n = n.astype(coef.dtype)
+    return coef[..., 0] + coef[..., 1] * n + jnp.maximum(coef[..., 2] + coef[..., 3] * n * c_mean, coef[..., 4] * n)
 
 
 def compose(p, f, g, n_run, K, coef):
@@ -742,16 +749,12 @@ class ContinuousServingEnv:
         prefill_iters = jnp.ceil(p_hat / jnp.maximum(K - (n_b - 1), 1).astype(f))
         coef = params.iteration
 
-        def tau(cf, n, cc):
-            n = n.astype(f)
-            return cf[..., 0] + cf[..., 1] * n + jnp.maximum(cf[..., 2] + cf[..., 3] * n * cc, cf[..., 4] * n)
-
+        tau = mean_iteration_time
         rnd = tau(coef, n_b, c_bar)
         # externality: how much longer every iteration of the requests already sharing the
         # engine (and, exclusive, the GPU's round) gets while this one stays
         c_before = (U + Wp) / jnp.maximum(ahead_n, 1).astype(f) + o_bar / 2.0
         delta = rnd - jnp.where(ahead_n > 0, tau(coef, jnp.minimum(ahead_n, S), c_before), 0.0)
-        affected = ahead_n.astype(f)
         s = server[r]
         if self.exclusive:
             members = jnp.asarray(self.server_members)[s]  # [M, W]
@@ -761,7 +764,6 @@ class ContinuousServingEnv:
             cc = (st.kv_used[mem] + st.wait_prompt[mem]).astype(f) / jnp.maximum(n_o, 1).astype(f)
             t_o = tau(coef[mem // Rm], jnp.minimum(n_o, S), cc)
             rnd = rnd + sum_last(jnp.where(other, t_o, 0.0))
-            affected = affected + sum_last(jnp.where(other, n_o, 0)).astype(f)
         busy = st.busy[s]
         residual = jnp.where(busy, st.busy_until[s] - st.now, 0.0)
         pred = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd + params.overhead
@@ -772,9 +774,51 @@ class ContinuousServingEnv:
         pred_ttft = jnp.where(possible, pred_ttft, jnp.inf).astype(f)
         meets = (pred <= params.deadline[t]) & (pred_ttft <= params.ttft_deadline[t])
         stay = wait_iters + prefill_iters + o_bar  # iterations of its engine this request stays
-        harm = jnp.where(possible, delta * stay * affected / jnp.mean(params.deadline), 0.0).astype(f)
+        harm = jnp.where(possible, self._harm(st, params, r, delta, stay), 0.0).astype(f)
         return st.replace(chosen_replica=r.astype(jnp.int32), pred_e2e=pred, pred_ttft=pred_ttft, meets=meets,
                           predicted_finish=st.now + pred, harm=harm)
+
+    def _harm(self, st: ContinuousState, params: ContinuousParams, r, delta, stay):
+        """[M] the delay choosing each model imposes on the requests already on the server of its
+        chosen replica ``r`` (its GPU under `exclusive`): every iteration they still need is
+        ``delta`` longer, for up to ``stay`` iterations; each request's delay in its deadlines,
+        weighted by the share of its deadline its predicted latency takes (1 once predicted
+        late), summed (docs/simulator.md "Externality of a decision"). Delay that leaves a
+        request far inside its deadline costs next to nothing."""
+        f = st.busy_until.dtype
+        Rm, S, C, R = self.r_max, self.max_seqs, self.capacity, self.n_replicas
+        K = jnp.maximum(params.max_batched_tokens, 1).astype(f)
+        members = jnp.asarray(self.server_members)  # [Sv, W]
+        server = jnp.asarray(self.server_of)
+        # each engine's iteration with what it holds now, and each server's round of them
+        n_o = st.n_run + st.queue_len
+        per = (st.kv_used + st.wait_prompt).astype(f) / jnp.maximum(n_o, 1).astype(f)
+        t_r = jnp.where(n_o > 0, mean_iteration_time(params.iteration[jnp.arange(R) // Rm], jnp.minimum(n_o, S), per),
+                        0.0)
+        round_s = sum_last(jnp.where(members >= 0, t_r[jnp.maximum(members, 0)], 0.0))
+        start = st.now + jnp.where(st.busy, st.busy_until - st.now, 0.0)[server]  # [R] its next iteration
+        # running sequences: the rest of their prefill, then their output tokens
+        run = st.run
+        live = jnp.arange(S) < st.n_run[:, None]
+        rem_run = (jnp.ceil(jnp.maximum(run[..., P] - run[..., F], 0).astype(f) / K)
+                   + jnp.maximum(run[..., O] - run[..., G], 1).astype(f))
+        # waiting requests: the completions ahead of them (mean output lengths), then the whole request
+        pos = (jnp.arange(C) - st.queue_head[:, None]) % C
+        waiting = pos < st.queue_len[:, None]
+        o_ahead = (jnp.sum(st.n_task.astype(f) * params.output_len.mean, axis=-1)
+                   / jnp.maximum(n_o, 1).astype(f))[:, None]
+        ahead = jnp.maximum(st.n_run[:, None] + pos + 1 - S, 0).astype(f)
+        q = st.queue
+        rem_wait = ahead * o_ahead / S + jnp.ceil(q[..., P].astype(f) / K) + q[..., O].astype(f)
+        cat = lambda a, b: jnp.concatenate([a, b], axis=1)  # [R, S + C]: running, then waiting
+        rem = cat(rem_run, rem_wait)
+        d = params.deadline[cat(run[..., TK], q[..., QTK])]
+        latency = start[:, None] + rem * round_s[server][:, None] - cat(st.run_t[..., 0], st.queue_t)
+        weight = jnp.where(cat(live, waiting), jnp.clip(latency / d, 0.0, 1.0) / d, 0.0)
+        mem = members[server[r]]  # [M, W] replicas sharing each candidate's server
+        pick = lambda x: jnp.where((mem >= 0)[..., None], x[jnp.maximum(mem, 0)], 0.0)  # [M, W, S + C]
+        delay = delta[:, None, None] * jnp.minimum(stay[:, None, None], pick(rem))
+        return jnp.sum(delay * pick(weight), axis=(1, 2)).astype(f)
 
     def observe(self, st: ContinuousState, params: ContinuousParams) -> jnp.ndarray:
         f = st.busy_until.dtype
