@@ -390,6 +390,14 @@ def _wl(node) -> str:
     return ", ".join(parts)
 
 
+def _kept_note(doc) -> str:
+    """The modes whose records come from an earlier run (`--merge`), with its commit and command."""
+    here = (doc["meta"].get("git_commit") or "?")[:10]
+    kept = {m: p for m, p in (doc.get("provenance") or {}).items() if (p.get("git_commit") or "?")[:10] != here}
+    return "".join(f" Mode `{m}` is kept from an earlier run (`--merge`): commit `{(p.get('git_commit') or '?')[:10]}`, "
+                   f"`{p.get('command')}`." for m, p in kept.items())
+
+
 def report_section(doc) -> str:
     """The "Paper experiments" section of results.md, written from `doc` (results.json)."""
     meta, modes = doc["meta"], doc["modes"]
@@ -402,7 +410,7 @@ def report_section(doc) -> str:
              f"them in every table and in `curves`); baselines: mean over {len(doc['eval_seeds'])} evaluation seeds "
              f"x {doc['n_decisions']} requests (std 0 in `curves`). Every record of every figure is in "
              "`docs/results.json` under `curves` (`{experiment, batching, workload, profile, load_x, router, metric, "
-             "mean, std, seeds}`).", "",
+             "mean, std, seeds}`)." + _kept_note(doc), "",
              "### Protocol", "",
              "- Tuning set (chose the learner's defaults; never a test workload): "
              + "; ".join(f"{k} ({_wl(v)})" for k, v in next(iter(modes.values()))["tuning_set"].items()) + ".",
@@ -585,6 +593,32 @@ def extras_report(doc) -> list:
     return lines
 
 
+def merge_kept_modes(path: Path, curves: list, results: dict):
+    """``(curves, results)`` with what ``path`` (an earlier results.json) holds for the modes this
+    run did not rerun: their curve records, mode info, sections and provenance, and the top-level
+    results (the extras' tables) this run did not produce."""
+    if not path.exists():
+        raise SystemExit(f"--merge: {path} does not exist (nothing to keep; run without --merge)")
+    try:
+        old = json.loads(path.read_text())
+        old_modes, old_curves = dict(old["modes"]), list(old["curves"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SystemExit(f"--merge: {path}: not a results.json written by this script ({e})") from None
+    rerun = set(results["modes"])
+    kept = [m for m in old_modes if m not in rerun]
+    old_prov = old.get("provenance") or {}
+    fallback = {"git_commit": old.get("meta", {}).get("git_commit"), "git_dirty": old.get("meta", {}).get("git_dirty"),
+                "command": old.get("command")}
+    merged = dict(results)
+    merged["modes"] = {**{m: old_modes[m] for m in kept}, **results["modes"]}
+    merged["provenance"] = {**{m: old_prov.get(m, fallback) for m in kept}, **results["provenance"]}
+    merged["sections_run"] = [x for x in old.get("sections_run", []) if x.split(":")[0] in kept] + results["sections_run"]
+    for k, v in old.items():
+        if k not in merged and k not in ("meta", "curves"):
+            merged[k] = v
+    return [r for r in old_curves if r.get("mode") in kept] + curves, merged
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=["small", "full"], default="small")
@@ -592,7 +626,12 @@ def main(argv=None):
     ap.add_argument("--only", help="comma-separated sections (poisson, bursty, autoscaler, extras), mode names "
                                    "or mode:section; default: everything")
     ap.add_argument("--out-dir", help="where results.md, results.json and figures/ go (default docs/)")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --only: keep the records of every mode not rerun from the existing results.json "
+                         "(each mode's commit and command are recorded under `provenance`)")
     args = ap.parse_args(argv)
+    if args.merge and not args.only:
+        ap.error("--merge needs --only (without it every mode is rerun and nothing is kept)")
     argv_used = sys.argv[1:] if argv is None else list(argv)
 
     import jax.numpy as jnp
@@ -966,7 +1005,12 @@ def main(argv=None):
     # ---------------------------------------------------------------- write
     P.check_records(curves)
     wall = time.perf_counter() - prog.t0
-    doc = {"meta": machine_meta(wall, args.scale, results["config"], argv_used), "curves": curves, **results}
+    meta = machine_meta(wall, args.scale, results["config"], argv_used)
+    here = {"git_commit": meta["git_commit"], "git_dirty": meta["git_dirty"], "command": results["command"]}
+    results["provenance"] = {m: here for m in results["modes"]}
+    if args.merge:
+        curves, results = merge_kept_modes(out_dir / "results.json", curves, results)
+    doc = {"meta": meta, "curves": curves, **results}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     section = report_section(doc)
     md_path = out_dir / "results.md"

@@ -176,3 +176,27 @@ def test_evaluate_variants_seeds_matches_one_router_at_a_time():
     for i, m in enumerate((0, 2)):
         np.testing.assert_allclose(sw["performance"][i], sweep_rates(prof, cfg, static(m), [2.0, 20.0], n_decisions=n,
                                                                       seeds=(0, 1))["performance"], rtol=1e-6)
+
+
+def test_merge_keeps_the_modes_not_rerun(tmp_path):
+    """`--merge`: a rerun of one mode keeps the other modes' records, info, sections and
+    provenance from the earlier results.json, and replaces the rerun mode's."""
+    rec = lambda mode, v: {"experiment": "bursty", "mode": mode, "router": "learned", "mean": v}
+    old = {"meta": {"git_commit": "a" * 40, "git_dirty": False}, "command": "python scripts/reproduce.py --scale small",
+           "curves": [rec("request", 1.0), rec("continuous", 2.0)], "modes": {"request": {"x": 1}, "continuous": {"x": 2}},
+           "sections_run": ["request:bursty", "continuous:bursty"], "extras": {"kept": True}}
+    path = tmp_path / "results.json"
+    path.write_text(reproduce.json.dumps(old))
+    here = {"git_commit": "b" * 40, "git_dirty": False, "command": "python scripts/reproduce.py --only continuous"}
+    new = {"modes": {"continuous": {"x": 3}}, "provenance": {"continuous": here}, "sections_run": ["continuous:bursty"],
+           "command": here["command"]}
+    curves, merged = reproduce.merge_kept_modes(path, [rec("continuous", 3.0)], new)
+    assert sorted((r["mode"], r["mean"]) for r in curves) == [("continuous", 3.0), ("request", 1.0)]
+    assert merged["modes"] == {"request": {"x": 1}, "continuous": {"x": 3}}
+    assert merged["sections_run"] == ["request:bursty", "continuous:bursty"]
+    assert merged["provenance"]["request"]["git_commit"] == "a" * 40 and merged["provenance"]["continuous"] == here
+    assert merged["extras"] == {"kept": True} and merged["command"] == here["command"]
+    note = reproduce._kept_note({"meta": {"git_commit": "b" * 40}, "provenance": merged["provenance"]})
+    assert "Mode `request` is kept" in note and "aaaaaaaaaa" in note and "continuous" not in note
+    with pytest.raises(SystemExit, match="does not exist"):
+        reproduce.merge_kept_modes(tmp_path / "none.json", [], new)
