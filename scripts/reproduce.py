@@ -132,7 +132,9 @@ def machine_meta(t_wall, scale, config, argv):
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    # local changes to the code that ran; docs/ (this script's outputs and the prose around them) not counted
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"))
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": dirty,
             "versions": versions,
             "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu,
                         "cpu_count": os.cpu_count(), "cpu_usable": affinity,
@@ -681,7 +683,7 @@ def main(argv=None):
                "seeds": seeds, "eval_seeds": list(eval_seeds), "n_decisions": n, "window_s": window_s,
                "sections_run": [f"{m}:{s}" for m, s in jobs], "modes": {},
                "command": "python scripts/reproduce.py --scale " + args.scale
-               + (f" --config {args.config}" if args.config else "") + (f" --only {args.only}" if args.only else "")}
+               + (f" --config {args.config}" if args.config else "") + (f" --only {args.only}" if args.only else "") + (" --merge" if args.merge else "")}
     bursty_cfg = exp.bursty
     bursty_slices = [dict(minutes=[int(x) for x in sl.minutes],
                           time_scale="auto" if str(sl.time_scale) == "auto" else float(sl.time_scale))
