@@ -392,6 +392,15 @@ def _wl(node) -> str:
     return ", ".join(parts)
 
 
+def _tuning_sets(modes: dict) -> str:
+    """The modes' tuning sets: once when every mode has the same, else per mode (a kept mode's
+    may be older than the rerun ones')."""
+    sets = {name: "; ".join(f"{k} ({_wl(v)})" for k, v in m["tuning_set"].items()) for name, m in modes.items()}
+    if len(set(sets.values())) == 1:
+        return next(iter(sets.values()))
+    return "; ".join(f"mode `{name}`: {text}" for name, text in sets.items())
+
+
 def _kept_note(doc) -> str:
     """The modes whose records come from an earlier run (`--merge`), with its commit and command."""
     here = (doc["meta"].get("git_commit") or "?")[:10]
@@ -414,8 +423,7 @@ def report_section(doc) -> str:
              "`docs/results.json` under `curves` (`{experiment, batching, workload, profile, load_x, router, metric, "
              "mean, std, seeds}`)." + _kept_note(doc), "",
              "### Protocol", "",
-             "- Tuning set (chose the learner's defaults; never a test workload): "
-             + "; ".join(f"{k} ({_wl(v)})" for k, v in next(iter(modes.values()))["tuning_set"].items()) + ".",
+             "- Tuning set (chose the learner's defaults; never a test workload): " + _tuning_sets(modes) + ".",
              "- Training family: " + "; ".join(
                  f"{name}: {', '.join(m['training_family']['kinds'])} at {m['training_family']['rate_range_x'][0]:g}-"
                  f"{m['training_family']['rate_range_x'][1]:g}x capacity, MAF minutes "

@@ -200,3 +200,12 @@ def test_merge_keeps_the_modes_not_rerun(tmp_path):
     assert "Mode `request` is kept" in note and "aaaaaaaaaa" in note and "continuous" not in note
     with pytest.raises(SystemExit, match="does not exist"):
         reproduce.merge_kept_modes(tmp_path / "none.json", [], new)
+
+
+def test_tuning_sets_are_listed_per_mode_when_they_differ():
+    a = {"tuning_set": {"t1": {"kind": "gamma", "cv": 2.0, "rate_x": 1.0}}}
+    b = {"tuning_set": {"t1": {"kind": "gamma", "cv": 2.0, "rate_x": 1.0}, "t2": {"kind": "gamma", "cv": 3.0, "rate_x": 2.0}}}
+    same = reproduce._tuning_sets({"request": a, "continuous": a})
+    assert same.startswith("t1 (") and "mode" not in same
+    both = reproduce._tuning_sets({"request": a, "continuous": b})
+    assert both.startswith("mode `request`: t1 (") and "mode `continuous`: t1 (" in both and "t2 (" in both
