@@ -756,14 +756,11 @@ class ContinuousServingEnv:
         c_before = (U + Wp) / jnp.maximum(ahead_n, 1).astype(f) + o_bar / 2.0
         delta = rnd - jnp.where(ahead_n > 0, tau(coef, jnp.minimum(ahead_n, S), c_before), 0.0)
         s = server[r]
+        t_r = self._engine_iterations(st, params)
         if self.exclusive:
             members = jnp.asarray(self.server_members)[s]  # [M, W]
-            mem = jnp.maximum(members, 0)
-            n_o = st.n_run[mem] + st.queue_len[mem]
-            other = (members >= 0) & (members != r[:, None]) & (n_o > 0)
-            cc = (st.kv_used[mem] + st.wait_prompt[mem]).astype(f) / jnp.maximum(n_o, 1).astype(f)
-            t_o = tau(coef[mem // Rm], jnp.minimum(n_o, S), cc)
-            rnd = rnd + sum_last(jnp.where(other, t_o, 0.0))
+            other = (members >= 0) & (members != r[:, None])
+            rnd = rnd + sum_last(jnp.where(other, t_r[jnp.maximum(members, 0)], 0.0))
         busy = st.busy[s]
         residual = jnp.where(busy, st.busy_until[s] - st.now, 0.0)
         pred = residual + (wait_iters + prefill_iters + o_bar - 1.0) * rnd + params.overhead
@@ -774,11 +771,20 @@ class ContinuousServingEnv:
         pred_ttft = jnp.where(possible, pred_ttft, jnp.inf).astype(f)
         meets = (pred <= params.deadline[t]) & (pred_ttft <= params.ttft_deadline[t])
         stay = wait_iters + prefill_iters + o_bar  # iterations of its engine this request stays
-        harm = jnp.where(possible, self._harm(st, params, r, delta, stay), 0.0).astype(f)
+        harm = jnp.where(possible, self._harm(st, params, r, delta, stay, t_r), 0.0).astype(f)
         return st.replace(chosen_replica=r.astype(jnp.int32), pred_e2e=pred, pred_ttft=pred_ttft, meets=meets,
                           predicted_finish=st.now + pred, harm=harm)
 
-    def _harm(self, st: ContinuousState, params: ContinuousParams, r, delta, stay):
+    def _engine_iterations(self, st: ContinuousState, params: ContinuousParams):
+        """[R] each engine's next iteration as the prediction sees it (its requests, mean
+        context), 0 for an engine with no work."""
+        f = st.busy_until.dtype
+        n_o = st.n_run + st.queue_len
+        per = (st.kv_used + st.wait_prompt).astype(f) / jnp.maximum(n_o, 1).astype(f)
+        coef = params.iteration[jnp.arange(self.n_replicas) // self.r_max]
+        return jnp.where(n_o > 0, mean_iteration_time(coef, jnp.minimum(n_o, self.max_seqs), per), 0.0)
+
+    def _harm(self, st: ContinuousState, params: ContinuousParams, r, delta, stay, t_r):
         """[M] the delay choosing each model imposes on the requests already on the server of its
         chosen replica ``r`` (its GPU under `exclusive`): every iteration they still need is
         ``delta`` longer, for up to ``stay`` iterations; each request's delay in its deadlines,
@@ -786,16 +792,12 @@ class ContinuousServingEnv:
         late), summed (docs/simulator.md "Externality of a decision"). Delay that leaves a
         request far inside its deadline costs next to nothing."""
         f = st.busy_until.dtype
-        Rm, S, C, R = self.r_max, self.max_seqs, self.capacity, self.n_replicas
+        S, C = self.max_seqs, self.capacity
         K = jnp.maximum(params.max_batched_tokens, 1).astype(f)
         members = jnp.asarray(self.server_members)  # [Sv, W]
         server = jnp.asarray(self.server_of)
-        # each engine's iteration with what it holds now, and each server's round of them
         n_o = st.n_run + st.queue_len
-        per = (st.kv_used + st.wait_prompt).astype(f) / jnp.maximum(n_o, 1).astype(f)
-        t_r = jnp.where(n_o > 0, mean_iteration_time(params.iteration[jnp.arange(R) // Rm], jnp.minimum(n_o, S), per),
-                        0.0)
-        round_s = sum_last(jnp.where(members >= 0, t_r[jnp.maximum(members, 0)], 0.0))
+        round_s = sum_last(jnp.where(members >= 0, t_r[jnp.maximum(members, 0)], 0.0))  # each server's round
         start = st.now + jnp.where(st.busy, st.busy_until - st.now, 0.0)[server]  # [R] its next iteration
         # running sequences: the rest of their prefill, then their output tokens
         run = st.run
