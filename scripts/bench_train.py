@@ -44,6 +44,9 @@ def main(argv=None):
                     help="the sim config group (default: request-level batching, the paper's; e.g. continuous)")
     ap.add_argument("--devices", type=int, default=1,
                     help="PQN data parallel over this many devices (on a CPU: host devices, one per core)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also time the simulator alone (random actions, the learner's environments, devices and "
+                         "training bank): the most env steps/s any learner could train at here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     learners = args.learners.split(",")
@@ -169,6 +172,11 @@ def main(argv=None):
                 row["test_perf"] = test
                 row["test_perf_mean"] = float(np.mean(list(test.values())))
                 row["test_greedy_mean"] = float(np.mean([greedy_ref[(w, n_ev)] for w in evals]))
+            if args.ceiling and n_seeds == 1:
+                row["sim_alone_steps_per_s"] = sim_alone_rate(s, L.cfg.n_envs, getattr(L.cfg, "devices", 1))
+                print(f"{name}: the simulator alone, random actions, {L.cfg.n_envs} environments of the training "
+                      f"bank on {row['devices']} device(s): {row['sim_alone_steps_per_s']:,.0f} decisions/s (training at "
+                      f"{row['env_steps_per_s'] / row['sim_alone_steps_per_s']:.2f}x that)", flush=True)
             rows.append(row)
             print(f"{name} x{n_seeds} seeds: {row['env_steps_per_s']:,.0f} env steps/s, {row['grad_steps_per_s']:,.0f} "
                   f"grad steps/s ({row['transitions_per_grad_step']:.0f} transitions per grad step), compile+first chunk "
@@ -191,6 +199,44 @@ def main(argv=None):
                       "quick": bool(args.quick), "rows": rows}))
 
 
+def sim_alone_rate(s, n_envs, devices=1, steps=256, repeats=3):
+    """Decisions/s of the simulator alone on the training bank (random actions, ``n_envs``
+    environments, each on a workload drawn from the bank as the learners do; split over
+    ``devices`` local devices as the learner's are): the ceiling on env steps/s of training on
+    this machine. Best of ``repeats``."""
+    import jax
+
+    env, base, bank = s["env"], s["base_params"], s["bank"]
+    n = n_envs // devices
+    axes = jax.tree.map(lambda _: None, base).replace(workload=jax.tree.map(lambda _: 0, bank))
+    index = jax.random.randint(jax.random.PRNGKey(1), (devices, n), 0, jax.tree.leaves(bank)[0].shape[0])
+    workloads = jax.tree.map(lambda x: x[index], bank)  # [devices, n, ...]
+
+    def reset(workload, key):
+        return jax.vmap(env.reset, in_axes=(0, axes))(jax.random.split(key, n), base.replace(workload=workload))[1]
+
+    def run(workload, st, key):
+        params = base.replace(workload=workload)
+
+        def body(st, k):
+            k_a, k_s = jax.random.split(k)
+            action = jax.random.randint(k_a, (n,), 0, env.n_models)
+            _, st, reward, _, _ = env.step_batch(jax.random.split(k_s, n), st, action, params, axes)
+            return st, reward.mean()
+        return jax.lax.scan(body, st, jax.random.split(key, steps))[0]
+
+    step = jax.pmap(run)  # one program per device, as the learner's shard_map
+    keys = jax.random.split(jax.random.PRNGKey(0), devices)
+    st = jax.block_until_ready(step(workloads, jax.pmap(reset)(workloads, keys), keys))  # compile and warm up
+    best = 0.0
+    for r in range(repeats):
+        keys = jax.random.split(jax.random.PRNGKey(r + 1), devices)
+        t0 = time.perf_counter()
+        st = jax.block_until_ready(step(workloads, st, keys))
+        best = max(best, steps * n_envs / (time.perf_counter() - t0))
+    return best
+
+
 def fmt_s(x):
     return "never" if x is None else f"{x:.1f}"
 
@@ -210,6 +256,11 @@ def write_docs(doc, rows, machine, args):
                      f"{r['grad_steps_per_s']:,.0f} | {r['transitions_per_grad_step']:.0f} | "
                      f"{r['compile_and_first_chunk_s']:.1f} | {fmt_s(r['time_to_beat_greedy_s'])} | "
                      f"{r['tuning_perf_final']:.4f} / {r['tuning_greedy']:.4f} | {test} |")
+    for r in rows:
+        if "sim_alone_steps_per_s" in r:
+            lines.append(f"\n{r['learner']}: the simulator alone (random actions, {r['n_envs']} environments of the "
+                         f"training bank, {r['devices']} device(s)) runs {r['sim_alone_steps_per_s']:,.0f} decisions/s; training "
+                         f"ran at {r['env_steps_per_s'] / r['sim_alone_steps_per_s']:.2f}x that.")
     with doc.open("a") as fh:
         fh.write("\n".join(lines) + "\n")
 
