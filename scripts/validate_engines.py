@@ -62,6 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--profile-repeats", type=int, default=3)
     ap.add_argument("--profile", default=None, help="reuse this engine profile instead of measuring one")
+    ap.add_argument("--profile-through", choices=["router", "engines"], default="router",
+                    help="measure the profile through bes-serve (URL#MODEL: what its clients see, its own "
+                         "routing and relaying included; the default) or at the engines directly")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--write-docs", action="store_true")
@@ -84,30 +87,48 @@ def main(argv=None) -> int:
     try:
         log("engines up: " + ", ".join(f"{n} {p.url}" for n, p in zip(NAMES, procs)))
         prof = Path(args.profile) if args.profile else work / "engines.json"
-        if not args.profile:
+
+        def profile(urls, out: Path, what: str):
             # prompts up to near the context limit: trace slices carry prompts of ~1000 tokens, and
             # an iteration model fitted on short prompts only extrapolates their prefill badly
-            doc = run_engine_profile([p.url for p in procs], names=NAMES, tasks=TASKS, prompt_lens=(8, 128, 512, 900),
+            doc = run_engine_profile(urls, names=NAMES, tasks=TASKS, prompt_lens=(8, 128, 512, 900),
                                      concurrencies=(1, 4, 8), decode_prompt_lens=(16, 256), decode_tokens=8,
                                      repeats=args.profile_repeats, kv_tokens=procs[0].kv_tokens,
                                      max_num_batched_tokens=256, ctx_max=1024, deadline_factor=4.0,
                                      name="tiny-qwen-engines", log=lambda *a: None)
-            prof.write_text(json.dumps(doc, indent=1))
-            fit = doc["provenance"].get("fit_error")
-            log(f"profiled the engines: {prof} (fit error {fit})")
+            out.write_text(json.dumps(doc, indent=1))
+            log(f"profiled {what}: {out} (fit error {doc['provenance'].get('fit_error')})")
+
+        if not args.profile:
+            profile([p.url for p in procs], prof, "the engines directly")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         urls = "[" + ",".join(p.url for p in procs) + "]"
         router = [f"router={args.router}"] + list(args.router_args)
         if args.policy:
             router.append(f"router.path={args.policy}")
-        cmd = ["bes-serve", "pool=engines", f"pool.urls={urls}", f"pool.profile={prof}",
-               f"pool.tokenizer={dirs['qwen-s']}", f"pool.max_num_seqs={args.max_num_seqs}",
-               "pool.max_num_batched_tokens=256", f"pool.placement={args.placement}", "pool.n_gpus=1",
-               f"server.port={port}", *router]
-        serve = subprocess.Popen(cmd, stdout=open(work / "serve.log", "w"), stderr=subprocess.STDOUT)
-        _wait_healthy(url, serve)
-        log(f"bes-serve up at {url} ({' '.join(router)})")
+
+        def start_serve(profile_path: Path):
+            cmd = ["bes-serve", "pool=engines", f"pool.urls={urls}", f"pool.profile={profile_path}",
+                   f"pool.tokenizer={dirs['qwen-s']}", f"pool.max_num_seqs={args.max_num_seqs}",
+                   "pool.max_num_batched_tokens=256", f"pool.placement={args.placement}", "pool.n_gpus=1",
+                   f"server.port={port}", *router]
+            proc = subprocess.Popen(cmd, stdout=open(work / "serve.log", "a"), stderr=subprocess.STDOUT)
+            _wait_healthy(url, proc)
+            log(f"bes-serve up at {url} ({' '.join(router)}; profile {profile_path.name})")
+            return proc
+
+        serve = start_serve(prof)
+        if not args.profile and args.profile_through == "router":
+            # what the router's clients see: each model addressed by name through bes-serve
+            # (explicit requests: no routing choice), then the router restarted on that profile
+            via = work / "engines_via_router.json"
+            profile([f"{url}#{n}" for n in NAMES], via, "through bes-serve")
+            serve.terminate()
+            serve.wait(30)
+            serve = None
+            prof = via
+            serve = start_serve(prof)
 
         from omegaconf import OmegaConf
 
@@ -146,7 +167,8 @@ def main(argv=None) -> int:
             "load_average": os.getloadavg(), "wall_s": time.monotonic() - t_all, "args": vars(args)}
     (work / "summary.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1, default=str) + "\n")
     rows = ["| workload | offered rate | requests | availability live / sim | p50 TTFT live / sim | "
-            "p50 e2e live / sim | share s / m / l | verdict |", "|---|---:|---:|---|---|---|---|---|"]
+            "p50 e2e live / sim | per request live / sim, e2e / TTFT (median) | share s / m / l | verdict |",
+            "|---|---:|---:|---|---|---|---|---|---|"]
     for r in runs:
         rep = r["report"]
         L, S, C = rep["live"], rep["sim"], rep["comparison"]
@@ -155,6 +177,7 @@ def main(argv=None) -> int:
                     f"{L['availability']:.1%} / {S['availability']:.1%} ({C['availability_gap_points']:+.1f} pt) | "
                     f"{1e3 * L['ttft_p50']:.0f} / {1e3 * S['ttft_p50']:.0f} ms ({100 * C['ttft_p50_rel']:+.0f}%) | "
                     f"{1e3 * L['e2e_p50']:.0f} / {1e3 * S['e2e_p50']:.0f} ms ({100 * C['e2e_p50_rel']:+.0f}%) | "
+                    f"{rep['live_over_sim_p50']['e2e']:.2f} / {rep['live_over_sim_p50']['ttft']:.2f} | "
                     f"{share} | {'passed' if C['passed'] else 'failed'} |")
     print("\n".join(rows))
     if args.write_docs:

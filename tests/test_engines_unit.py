@@ -190,7 +190,7 @@ class Fake:
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
         self.name, self.mode, self.tokens, self.gap, self.gauges = name, "ok", tokens, gap, gauges
-        self.headers, self.bodies, self.cancelled = [], [], 0
+        self.headers, self.bodies, self.arrivals, self.cancelled = [], [], [], 0
         app = FastAPI()
         self.app = app
 
@@ -212,6 +212,7 @@ class Fake:
             self.headers.append(dict(request.headers))
             body = await request.json()
             self.bodies.append(body)
+            self.arrivals.append(time.monotonic())
             if self.mode == "500":
                 return JSONResponse({"error": {"message": "boom"}}, status_code=500)
             if self.mode == "400":
@@ -540,6 +541,30 @@ def test_every_router_over_engines(profile, fakes, tmp_path):
     write_continuous_policy(tmp_path / "req", prefer=1, obs_size=2 + 2 * 3 + 2, batching="request")
     with pytest.raises(ValueError, match="trained with batching='request'"):
         gateway(profile, srvs, router={"name": "policy", "path": str(tmp_path / "req")})
+
+
+def test_engine_profiler_probes_as_traffic_is_served(fakes):
+    """bes-profile --engine times streamed answers by default (as bes-serve forwards a streamed
+    request), sends every probe a prompt no earlier probe began with (no prefix cache can serve
+    a prefill), pauses before each prefill probe so it finds the engine idle, and addresses one
+    model of a multi-model server with URL#MODEL."""
+    from bes_jax.serving.engines.profiler import measure_engine
+    fs, srvs = fakes
+    kw = dict(prompt_lens=(8, 64), concurrencies=(1, 3), decode_prompt_lens=(16, 40), decode_tokens=2, repeats=2,
+              chars_per_token=1.0, log=lambda *a: None)
+    raw = asyncio.run(measure_engine(srvs[0].url, stream=True, idle_s=0.05, **kw))
+    probes = [(b, t) for b, t in zip(fs[0].bodies, fs[0].arrivals) if b.get("prompt") != "probe"]  # not discover()'s
+    assert raw["streamed"] and all(b.get("stream") for b, _ in probes)
+    assert len(raw["prefill"]) == 2 and all(pt["prompt_tokens"] == 5 for pt in raw["prefill"])  # the usage chunk's count
+    heads = [b["prompt"][:8] for b, _ in probes]
+    assert len(heads) == 1 + 2 * 2 + 2 * 2 * 2 * (1 + 3) and len(set(heads)) == len(heads), heads
+    prefill = [t for b, t in probes if b["max_tokens"] == 1]
+    assert len(prefill) == 4 and min(np.diff(prefill)) >= 0.05
+    fs[1].bodies.clear()
+    raw = asyncio.run(measure_engine(srvs[1].url + "#served/b", stream=False, idle_s=0.0, **kw))
+    assert raw["model_id"] == "served/b" and not raw["streamed"] and not any(b.get("stream") for b in fs[1].bodies)
+    with pytest.raises(RuntimeError, match=r"lists \['served/c'\], not 'served/x'"):
+        asyncio.run(measure_engine(srvs[2].url + "#served/x", **kw))
 
 
 def test_serve_without_a_profile_profiles_the_engines_at_start(fakes):

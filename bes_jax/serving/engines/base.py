@@ -29,6 +29,22 @@ class EngineError(Exception):
         return self.kind in ENGINE_FAULTS
 
 
+def chunk_tokens(d: dict, kind: str) -> int:
+    """Tokens a streamed chunk carries: one per chunk that has text, or that has an empty text and
+    no finish reason (a token that decodes to nothing, e.g. a special token of a random model);
+    vLLM and ``transformers serve`` send one chunk per token."""
+    n = 0
+    for ch in d.get("choices") or []:
+        if kind == "chat":
+            delta = ch.get("delta") or {}
+            if (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
+                    or ("content" in delta and delta.get("content") is not None and not ch.get("finish_reason"))):
+                n += 1
+        elif ch.get("text") or ("text" in ch and not ch.get("finish_reason")):
+            n += 1
+    return n
+
+
 @dataclass
 class UpstreamReply:
     """A whole (non-streamed) answer."""

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from bes_jax.serving.engines.base import Engine, EngineError
+from bes_jax.serving.engines.base import Engine, EngineError, chunk_tokens
 from bes_jax.serving.engines.view import LiveSnapshot, choose_replica, engines_for
 
 log = logging.getLogger("bes_jax.serving.engines")
@@ -233,22 +233,6 @@ def _content_text(c) -> str:
     if isinstance(c, list):  # content parts
         return " ".join(p.get("text", "") for p in c if isinstance(p, dict))
     return ""
-
-
-def _chunk_tokens(d: dict, kind: str) -> int:
-    """Tokens a streamed chunk carries: one per chunk that has text, or that has an empty text and
-    no finish reason (a token that decodes to nothing, e.g. a special token of a random model);
-    vLLM and ``transformers serve`` send one chunk per token."""
-    n = 0
-    for ch in d.get("choices") or []:
-        if kind == "chat":
-            delta = ch.get("delta") or {}
-            if (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
-                    or ("content" in delta and delta.get("content") is not None and not ch.get("finish_reason"))):
-                n += 1
-        elif ch.get("text") or ("text" in ch and not ch.get("finish_reason")):
-            n += 1
-    return n
 
 
 class EngineService:
@@ -730,7 +714,7 @@ class EngineService:
                     except ValueError:
                         d = None
                     if isinstance(d, dict):
-                        n = _chunk_tokens(d, kind)
+                        n = chunk_tokens(d, kind)
                         if n and f.first_token is None:
                             f.first_token = f.first_event_at if f.generated == 0 and f.first_event_at else self.now()
                         f.first_event_at = None

@@ -1,15 +1,26 @@
 """``bes-profile --engine URL [URL ...] --out FILE``: fit live engines' iteration model and write
 a continuous-batching profile.
 
-For each engine (one per model, in pool order), with streamed completions:
+For each engine (one per model, in pool order), with streamed completions (``stream: true``, as
+``bes-serve`` forwards a streamed request; ``--plain`` measures whole answers instead: an engine
+that streams spends time per token on it, about 0.5 ms on a CPU ``transformers serve``, so a
+profile must be measured the way the traffic it predicts is served):
 
 1. **prefill**: the end-to-end time of a one-token completion against prompt length at
-   concurrency 1 (one prefill iteration of ``n = 1``, ``P = C = p``, plus HTTP);
+   concurrency 1 (one prefill iteration of ``n = 1``, ``P = C = p``, plus HTTP), each sent
+   ``--idle-s`` after the previous answer: a request at light load finds its engine idle, and
+   waking an idle engine costs time (measured: a CPU ``transformers serve`` answers the first
+   token about 7 ms later after 50 ms idle than back to back); that time lands in the
+   per-request overhead;
 2. **decode**: the extra end-to-end time of ``c`` concurrent completions of ``2 + k`` tokens over
    ``c`` of 2 tokens, per extra token (the engine's own output counts), against concurrency ``c``
    and prompt length ``p`` (a decode iteration of ``n = D = c`` sequences attending to
    ``C = c (p + g)`` tokens). End-to-end differences, not gaps between streamed chunks: an engine
    may flush several tokens at once (``transformers serve`` does under load).
+
+``URL#MODEL`` addresses one model of a server that lists several: pointed at ``bes-serve``
+itself (``http://router:8000#qwen-l``), the profile predicts what the router's clients see,
+its own routing and relaying included.
 
 The SPEC's iteration time ``tau = fixed_s + per_seq_s n + max(weights_s + per_kv_token_s C,
 per_token_s (P + D))`` is fitted to these points by non-negative least squares, alternating
@@ -26,6 +37,7 @@ import asyncio
 import datetime as _dt
 import json
 import math
+import secrets
 import time
 from pathlib import Path
 from typing import Optional
@@ -114,27 +126,57 @@ def batch_latency(it, p: int, o: int, b: int, K: int) -> float:
 
 # ----------------------------------------------------------------------------- measuring
 
-def _prompt(n_tokens: int, i: int, chars_per_token: float) -> str:
-    base = f"[{i}] profile the engine with a prompt of known length. "
+def _prompt(n_tokens: int, tag: str, chars_per_token: float) -> str:
+    """About ``n_tokens`` tokens, opening with ``tag``: a tag used once makes every prompt differ
+    from its first token, so no engine's prefix cache (vLLM's is on by default) serves part of a
+    prefill from an earlier probe's."""
+    base = f"[{tag}] profile the engine with a prompt of known length. "
     n_chars = max(1, int(round(n_tokens * chars_per_token)))
     return (base * (n_chars // len(base) + 1))[:n_chars]
 
 
-async def _complete_one(client, model_id: str, prompt: str, max_tokens: int, extra: dict) -> dict:
-    """End-to-end seconds of one (non-streamed) completion and the engine's token counts."""
-    t0 = time.perf_counter()
+async def _complete_one(client, model_id: str, prompt: str, max_tokens: int, extra: dict,
+                        stream: bool = False) -> dict:
+    """End-to-end seconds of one completion (streamed: until the stream ends) and the engine's
+    token counts (streamed: the output tokens counted from the chunks, the usage chunk's counts
+    when the engine sends one)."""
+    from bes_jax.serving.engines.base import chunk_tokens
     body = {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, **extra}
-    r = await client.post("/v1/completions", json=body)
+    t0 = time.perf_counter()
+    if not stream:
+        r = await client.post("/v1/completions", json=body)
+        dt = time.perf_counter() - t0
+        if r.status_code != 200:
+            raise RuntimeError(f"engine answered HTTP {r.status_code}: {r.text[:300]!r}")
+        return {"e2e_s": dt, "usage": r.json().get("usage") or {}}
+    n, usage = 0, {}
+    async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"engine answered HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            data = line[5:].strip() if line.startswith("data:") else None
+            if not data or data == "[DONE]":
+                continue
+            try:
+                d = json.loads(data)
+            except ValueError:
+                raise RuntimeError(f"engine streamed an event that is not JSON: {data[:200]!r}") from None
+            if isinstance(d, dict):
+                if d.get("error"):
+                    raise RuntimeError(f"engine failed mid-stream: {str(d['error'])[:300]}")
+                n += chunk_tokens(d, "completion")
+                usage = d.get("usage") or usage
     dt = time.perf_counter() - t0
-    if r.status_code != 200:
-        raise RuntimeError(f"engine answered HTTP {r.status_code}: {r.text[:300]!r}")
-    return {"e2e_s": dt, "usage": r.json().get("usage") or {}}
+    return {"e2e_s": dt, "usage": {**usage, "completion_tokens": usage.get("completion_tokens") or n}}
 
 
 class EngineProbe:
-    def __init__(self, url: str, api_key: Optional[str] = None, timeout: float = 120.0):
+    def __init__(self, url: str, api_key: Optional[str] = None, timeout: float = 120.0, stream: bool = True):
         import httpx
+        url, _, self.wanted = url.partition("#")  # URL#MODEL: that model of a server that lists several
         self.url = url.rstrip("/")
+        self.stream = stream
+        self._salt, self._sent = secrets.token_hex(3), 0
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout,
                                         limits=httpx.Limits(max_connections=None))
@@ -148,6 +190,12 @@ class EngineProbe:
         data = r.json().get("data") or []
         if not data:
             raise RuntimeError(f"engine {self.url}: /v1/models lists no model")
+        if self.wanted:
+            match = [d for d in data if str(d.get("id")) == self.wanted]
+            if not match:
+                raise RuntimeError(f"engine {self.url}: /v1/models lists {[d.get('id') for d in data]}, "
+                                   f"not {self.wanted!r} (the model after '#' in the URL)")
+            data = match
         self.info = data[0]
         self.model_id = str(data[0]["id"])
         # vLLM honours ignore_eos (every request then generates exactly max_tokens); others refuse it
@@ -173,29 +221,46 @@ class EngineProbe:
             return None
         return None
 
-    async def run(self, prompt: str, max_tokens: int, concurrency: int) -> list[dict]:
-        """``concurrency`` completions sent together (their prompts differ by a suffix)."""
-        return await asyncio.gather(*(_complete_one(self.client, self.model_id, prompt + f" {i}", max_tokens,
-                                                    self.extra) for i in range(concurrency)))
+    def prompt(self, n_tokens: int, chars_per_token: float) -> str:
+        """A prompt of about ``n_tokens`` no earlier probe sent (a fixed-width tag, counter first
+        so that even short prompts differ, then this probe's random salt; the length does not drift)."""
+        self._sent += 1
+        return _prompt(n_tokens, f"{self._sent:06d}-{self._salt}", chars_per_token)
+
+    async def run(self, n_tokens: int, max_tokens: int, concurrency: int, chars_per_token: float) -> list[dict]:
+        """``concurrency`` completions of fresh prompts of about ``n_tokens`` tokens, sent together."""
+        return await asyncio.gather(*(_complete_one(self.client, self.model_id, self.prompt(n_tokens, chars_per_token),
+                                                    max_tokens, self.extra, self.stream) for _ in range(concurrency)))
+
+    async def prompt_tokens(self, n_tokens: int, chars_per_token: float) -> Optional[int]:
+        """The engine's count of the tokens of such a prompt (a whole one-token answer's usage)."""
+        res = await _complete_one(self.client, self.model_id, self.prompt(n_tokens, chars_per_token), 1,
+                                  self.extra, False)
+        return res["usage"].get("prompt_tokens")
 
     async def close(self):
         await self.client.aclose()
 
 
 async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_lens, decode_tokens: int,
-                         repeats: int, chars_per_token: float, api_key=None, log=print) -> dict:
+                         repeats: int, chars_per_token: float, api_key=None, stream: bool = True,
+                         idle_s: float = 0.05, log=print) -> dict:
     """Raw points of one engine: prefill ``(p, ttft)`` and decode ``(c, p, mean ctx, gap)``."""
-    pr = EngineProbe(url, api_key)
+    pr = EngineProbe(url, api_key, stream=stream)
     try:
         await pr.discover()
-        await pr.run(_prompt(8, 0, chars_per_token), 4, 1)  # warm-up
+        await pr.run(8, 4, 1, chars_per_token)  # warm-up
         prefill = []
         for p in prompt_lens:
             ttfts, p_used = [], p
             for k in range(repeats):
-                res = (await pr.run(_prompt(p, k, chars_per_token), 1, 1))[0]
+                await asyncio.sleep(idle_s)  # a request that finds the engine idle, as one at light load does
+                res = (await pr.run(p, 1, 1, chars_per_token))[0]
                 ttfts.append(res["e2e_s"])  # one output token: the prefill iteration (and HTTP)
-                p_used = int(res["usage"].get("prompt_tokens") or p)
+                counted = res["usage"].get("prompt_tokens")
+                if counted is None and k == 0:  # a stream without usage: ask for the count apart
+                    counted = await pr.prompt_tokens(p, chars_per_token)
+                p_used = int(counted or p_used)
             prefill.append({"prompt_tokens": p_used, "ttft_s": float(np.median(ttfts))})
             log(f"  {url} prefill p={p_used}: ttft {1000 * prefill[-1]['ttft_s']:.1f} ms")
         decode, dropped = [], []
@@ -204,10 +269,13 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
                 short, long_, n_s, n_l, p_used = [], [], [], [], p
                 for k in range(repeats):
                     for n_out, times, counts in ((2, short, n_s), (2 + decode_tokens, long_, n_l)):
-                        res = await pr.run(_prompt(p, k, chars_per_token), n_out, c)
+                        res = await pr.run(p, n_out, c, chars_per_token)
                         times.append(float(np.median([r["e2e_s"] for r in res])))
                         counts.append(float(np.mean([r["usage"].get("completion_tokens") or n_out for r in res])))
-                        p_used = int(res[0]["usage"].get("prompt_tokens") or p)
+                        counted = res[0]["usage"].get("prompt_tokens")
+                        if counted is None and k == 0 and p_used == p:  # a stream without usage
+                            counted = await pr.prompt_tokens(p, chars_per_token)
+                        p_used = int(counted or p_used)
                 extra_tokens = float(np.median(n_l)) - float(np.median(n_s))
                 # the decode iterations the longer answers took, per token: robust to engines that
                 # flush streamed tokens in bursts
@@ -222,6 +290,7 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
                     log(f"  {url} decode c={c} p={p_used}: dropped (longer answers were not slower)")
         kv = await pr.kv_tokens()
         return {"url": url, "model_id": pr.model_id, "models_entry": pr.info, "ignore_eos": bool(pr.extra),
+                "streamed": stream,
                 "prefill": prefill, "decode": decode, "decode_dropped": dropped, "kv_tokens_reported": kv}
     finally:
         await pr.close()
@@ -272,7 +341,8 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
                        prompt_lens=(8, 64, 256), concurrencies=(1, 4, 16), decode_prompt_lens=(16, 256),
                        decode_tokens: int = 16, repeats: int = 3, chars_per_token: float = 1.0,
                        deadline_factor: float = 2.5, quality=None, hardware: str = "live engines",
-                       name: str = "engines", api_key=None, api_keys=None, log=print) -> dict:
+                       name: str = "engines", api_key=None, api_keys=None, stream: bool = True,
+                       idle_s: float = 0.05, log=print) -> dict:
     """Measure every engine, fit, and return a validated continuous-batching profile dict."""
     from bes_jax.profile import profile_from_dict
     tasks = dict(tasks or DEFAULT_TASKS)
@@ -284,7 +354,8 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
         raws.append(asyncio.run(measure_engine(u, prompt_lens=prompt_lens, concurrencies=concurrencies,
                                                decode_prompt_lens=decode_prompt_lens,
                                                decode_tokens=decode_tokens, repeats=repeats,
-                                               chars_per_token=chars_per_token, api_key=key, log=log)))
+                                               chars_per_token=chars_per_token, api_key=key, stream=stream,
+                                               idle_s=idle_s, log=log)))
     if not names:
         names = [Path(r["model_id"]).name or r["model_id"] for r in raws]
         names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
@@ -338,8 +409,10 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
                         "prompt/output lengths prefilled together in chunks of max_num_batched_tokens = "
                         f"{max_num_batched_tokens}, then decoded together)"),
             "iteration": ("fitted by bes-profile --engine (bes_jax.serving.engines.profiler): non-negative least "
-                          "squares on relative error of the SPEC's tau, to the end-to-end time of one-token completions "
-                          f"at concurrency 1 for prompts of {list(prompt_lens)} tokens and the extra end-to-end time "
+                          "squares on relative error of the SPEC's tau, to the end-to-end time of "
+                          f"{'streamed' if stream else 'whole (non-streamed)'} one-token completions "
+                          f"at concurrency 1, each sent {idle_s:g} s after the engine went idle, for prompts of "
+                          f"{list(prompt_lens)} tokens and the extra end-to-end time "
                           f"per extra output token of {decode_tokens}-token-longer completions "
                           f"at concurrency {list(concurrencies)} with prompts of {list(decode_prompt_lens)} tokens, "
                           f"{repeats} repeats; HTTP and tokenisation overheads are inside fixed_s"),
@@ -373,7 +446,9 @@ def _pairs(text: str) -> dict:
 def add_arguments(ap) -> None:
     g = ap.add_argument_group("live engines (--engine)")
     g.add_argument("--engine", nargs="+", default=None, metavar="URL",
-                   help="profile these OpenAI-compatible engines, one per model in pool order")
+                   help="profile these OpenAI-compatible engines, one per model in pool order; URL#MODEL "
+                        "addresses one model of a server that lists several (e.g. bes-serve itself, to "
+                        "measure what its clients see)")
     g.add_argument("--names", default=None, help="comma list of model names (default: the engines' model ids)")
     g.add_argument("--engine-tasks", default=None, help="task=prompt:output,... (default short=32:16,long=256:32)")
     g.add_argument("--prompt-lens", default="8,64,256", help="prefill points (prompt tokens)")
@@ -390,6 +465,13 @@ def add_arguments(ap) -> None:
                         "list of per-model per-task qualities; default: a placeholder marked as such")
     g.add_argument("--hardware", default="live engines")
     g.add_argument("--engine-api-key-env", default=None, help="environment variable holding the engines' API key")
+    g.add_argument("--idle-s", type=float, default=0.05,
+                   help="pause before each prefill probe, so it finds the engine idle as a request at light "
+                        "load does (an idle engine can take longer to start: about 7 ms more on a CPU "
+                        "transformers serve); 0: back to back")
+    g.add_argument("--plain", action="store_true",
+                   help="time whole (non-streamed) answers; default: streamed ones, as bes-serve forwards a "
+                        "streamed request (profile the way the traffic to predict is served)")
 
 
 def main_engine(a) -> int:
@@ -411,7 +493,7 @@ def main_engine(a) -> int:
             chars_per_token=a.chars_per_token, deadline_factor=a.deadline_factor,
             quality=(a.quality if a.quality == "opt" else json.loads(a.quality)) if a.quality else None,
             hardware=a.hardware,
-            name=a.name or "engines", api_key=key)
+            name=a.name or "engines", api_key=key, stream=not a.plain, idle_s=a.idle_s)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"bes-profile: error: {e}", file=sys.stderr)
         return 2
