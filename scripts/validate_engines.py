@@ -182,7 +182,11 @@ def main(argv=None) -> int:
     print("\n".join(rows))
     if args.write_docs:
         from bes_jax.eval.report import replace_section
-        heading = f"## Router `{args.router}`"
+        # one section per setting (a rerun replaces its own, never another's: the heading is
+        # matched as a line prefix, so it names everything that changes the figures)
+        how = ("given (`--profile`)" if args.profile else
+               "through bes-serve" if args.profile_through == "router" else "at the engines")
+        heading = f"## Router `{args.router}`, placement `{args.placement}`, profile {how}"
         # the command as a reader would type it: no paths of this machine
         shown = []
         for a in (argv or sys.argv[1:]):
