@@ -310,21 +310,37 @@ def busy():
         return s1, s2, out, env.drain_batch(s2, params, axes)
 
     s1, s2, (r1, r2, done), drained = both(states, jax.random.PRNGKey(1))
-    return env, params, s1, s2, r1, r2, done, drained
+    # the same run through `step_batch` alone with 2 lanes per loop trip (12 environment-server
+    # pairs): the loop takes several trips per step, as it does by default from 1024 environments
+    narrow = ContinuousServingEnv(prof, cfg)
+    narrow.loop_lanes = lambda n: 2
+
+    @jax.jit
+    def few_lanes(states, key):
+        def body(s, k):
+            ks = pair(jax.random.split(k, N_ENVS // 2))
+            a = pair(jax.random.randint(k, (N_ENVS // 2,), 0, env.n_models))
+            _, s, r, _, _ = narrow.step_batch(ks, s, a, params, axes)
+            return s, r
+        return jax.lax.scan(body, states, jax.random.split(key, N_STEPS))
+
+    s3, r3 = few_lanes(states, jax.random.PRNGKey(1))
+    return env, params, s1, s2, r1, r2, done, drained, s3, r3
 
 
 def test_step_batch_equals_vmapped_step(busy):
-    env, params, s1, s2, r1, r2, _, _ = busy
-    for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    np.testing.assert_array_equal(np.asarray(r1), np.asarray(r2))
+    env, params, s1, s2, r1, r2, _, _, s3, r3 = busy
+    for other, r in ((s2, r2), (s3, r3)):  # default lanes, then 2 lanes per loop trip
+        for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(other)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        np.testing.assert_array_equal(np.asarray(r1), np.asarray(r))
     assert (np.asarray(s1.outcomes.status) == SERVED).sum() > 100
 
 
 def test_accounting_rewards_and_episodes(busy):
     """Every decision is in the ring once (episodes do not reset the system), the step rewards
     sum to the realised outcome rewards, and a drain empties everything."""
-    env, params, st, _, rewards, _, done, drained = busy
+    env, params, st, _, rewards, _, done, drained, _, _ = busy
     done = np.asarray(done)
     assert (done.sum(0) == N_STEPS // EPISODE).all() and done[EPISODE - 1].all() and not done[EPISODE - 2].any()
     o = jax.tree.map(np.asarray, st.outcomes)
@@ -353,7 +369,7 @@ def test_accounting_rewards_and_episodes(busy):
 
 def test_vmap_over_params_two_deadlines_in_one_program(busy):
     """Pairs see the same arrivals and actions; the looser deadline drops less and meets more."""
-    env, params, st, _, _, _, _, _ = busy
+    env, params, st, _, _, _, _, _, _, _ = busy
     o = jax.tree.map(np.asarray, st.outcomes)
     d = np.asarray(params.deadline)
     met = ((o.status == SERVED) & (o.finish - o.arrival <= np.take_along_axis(d, o.task, axis=1))).sum(1)
