@@ -71,6 +71,9 @@ def test_profiler_rejects_bad_arguments(tmp_path, capsys):
     from bes_jax.serving.profiler import main
     assert main(["--tasks", "mmlu", "--out", str(tmp_path / "x.json")]) == 2
     assert "mmlu" in capsys.readouterr().err
+    # live engines: a bad pause is refused before any engine is contacted
+    assert main(["--engine", "http://127.0.0.1:9", "--idle-s", "-1", "--out", str(tmp_path / "y.json")]) == 2
+    assert "--idle-s -1.0: must be a finite number of seconds >= 0" in capsys.readouterr().err
 
 
 def test_measured_latency_grows_with_batch_size_and_model_size():

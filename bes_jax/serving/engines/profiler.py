@@ -345,6 +345,8 @@ def run_engine_profile(urls, *, names=None, tasks=None, b_max: int = 8, max_num_
                        idle_s: float = 0.05, log=print) -> dict:
     """Measure every engine, fit, and return a validated continuous-batching profile dict."""
     from bes_jax.profile import profile_from_dict
+    if not (idle_s >= 0 and math.isfinite(idle_s)):
+        raise ValueError(f"--idle-s {idle_s!r}: must be a finite number of seconds >= 0")
     tasks = dict(tasks or DEFAULT_TASKS)
     t_start = time.time()
     raws = []
