@@ -74,6 +74,10 @@ def test_profiler_rejects_bad_arguments(tmp_path, capsys):
     # live engines: a bad pause is refused before any engine is contacted
     assert main(["--engine", "http://127.0.0.1:9", "--idle-s", "-1", "--out", str(tmp_path / "y.json")]) == 2
     assert "--idle-s -1.0: must be a finite number of seconds >= 0" in capsys.readouterr().err
+    # an engine that is not there: a clear error naming it, not a traceback
+    assert main(["--engine", "http://127.0.0.1:9", "--out", str(tmp_path / "z.json")]) == 2
+    err = capsys.readouterr().err
+    assert "bes-profile: error: engine http://127.0.0.1:9" in err and "ConnectError" in err
 
 
 def test_measured_latency_grows_with_batch_size_and_model_size():

@@ -499,6 +499,16 @@ def main_engine(a) -> int:
     except (ValueError, RuntimeError, OSError) as e:
         print(f"bes-profile: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the HTTP client's errors (unreachable engine, timeout): name the engine
+        import httpx
+        if not isinstance(e, httpx.HTTPError):
+            raise
+        try:
+            where = str(e.request.url)
+        except RuntimeError:  # an error raised before a request was made
+            where = " ".join(a.engine)
+        print(f"bes-profile: error: engine {where}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
