@@ -45,6 +45,7 @@ from typing import Optional
 import numpy as np
 
 from bes_jax.profile import ITERATION_FIELDS as ITERATION_KEYS
+from bes_jax.serving.engines.base import chunk_tokens
 
 DEFAULT_TASKS = {"short": (32, 16), "long": (256, 32)}
 
@@ -140,7 +141,6 @@ async def _complete_one(client, model_id: str, prompt: str, max_tokens: int, ext
     """End-to-end seconds of one completion (streamed: until the stream ends) and the engine's
     token counts (streamed: the output tokens counted from the chunks, the usage chunk's counts
     when the engine sends one)."""
-    from bes_jax.serving.engines.base import chunk_tokens
     body = {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, **extra}
     t0 = time.perf_counter()
     if not stream:
@@ -232,11 +232,18 @@ class EngineProbe:
         return await asyncio.gather(*(_complete_one(self.client, self.model_id, self.prompt(n_tokens, chars_per_token),
                                                     max_tokens, self.extra, self.stream) for _ in range(concurrency)))
 
-    async def prompt_tokens(self, n_tokens: int, chars_per_token: float) -> Optional[int]:
-        """The engine's count of the tokens of such a prompt (a whole one-token answer's usage)."""
-        res = await _complete_one(self.client, self.model_id, self.prompt(n_tokens, chars_per_token), 1,
-                                  self.extra, False)
-        return res["usage"].get("prompt_tokens")
+    async def prompt_tokens(self, res: dict, n_tokens: int, chars_per_token: float, known: Optional[int]) -> int:
+        """The engine's count of the prompt tokens of a probe ``res`` of about ``n_tokens``: its
+        usage's; for a stream without usage, ``known`` (counted before for this length) or the
+        usage of one whole one-token answer to such a prompt; ``n_tokens`` if the engine gives none."""
+        counted = res["usage"].get("prompt_tokens")
+        if counted is None:
+            if known is not None:
+                return known
+            whole = await _complete_one(self.client, self.model_id, self.prompt(n_tokens, chars_per_token), 1,
+                                        self.extra, False)
+            counted = whole["usage"].get("prompt_tokens")
+        return int(counted or n_tokens)
 
     async def close(self):
         await self.client.aclose()
@@ -252,30 +259,24 @@ async def measure_engine(url: str, *, prompt_lens, concurrencies, decode_prompt_
         await pr.run(8, 4, 1, chars_per_token)  # warm-up
         prefill = []
         for p in prompt_lens:
-            ttfts, p_used = [], p
+            ttfts, p_used = [], None
             for k in range(repeats):
                 await asyncio.sleep(idle_s)  # a request that finds the engine idle, as one at light load does
                 res = (await pr.run(p, 1, 1, chars_per_token))[0]
                 ttfts.append(res["e2e_s"])  # one output token: the prefill iteration (and HTTP)
-                counted = res["usage"].get("prompt_tokens")
-                if counted is None and k == 0:  # a stream without usage: ask for the count apart
-                    counted = await pr.prompt_tokens(p, chars_per_token)
-                p_used = int(counted or p_used)
+                p_used = await pr.prompt_tokens(res, p, chars_per_token, p_used)
             prefill.append({"prompt_tokens": p_used, "ttft_s": float(np.median(ttfts))})
             log(f"  {url} prefill p={p_used}: ttft {1000 * prefill[-1]['ttft_s']:.1f} ms")
         decode, dropped = [], []
         for c in concurrencies:
             for p in decode_prompt_lens:
-                short, long_, n_s, n_l, p_used = [], [], [], [], p
+                short, long_, n_s, n_l, p_used = [], [], [], [], None
                 for k in range(repeats):
                     for n_out, times, counts in ((2, short, n_s), (2 + decode_tokens, long_, n_l)):
                         res = await pr.run(p, n_out, c, chars_per_token)
                         times.append(float(np.median([r["e2e_s"] for r in res])))
                         counts.append(float(np.mean([r["usage"].get("completion_tokens") or n_out for r in res])))
-                        counted = res[0]["usage"].get("prompt_tokens")
-                        if counted is None and k == 0 and p_used == p:  # a stream without usage
-                            counted = await pr.prompt_tokens(p, chars_per_token)
-                        p_used = int(counted or p_used)
+                        p_used = await pr.prompt_tokens(res[0], p, chars_per_token, p_used)
                 extra_tokens = float(np.median(n_l)) - float(np.median(n_s))
                 # the decode iterations the longer answers took, per token: robust to engines that
                 # flush streamed tokens in bursts
@@ -479,6 +480,8 @@ def add_arguments(ap) -> None:
 def main_engine(a) -> int:
     import os
     import sys
+
+    import httpx
     try:
         ints = (lambda s: [int(x) for x in s.split(",") if x.strip()])
         key = None
@@ -499,10 +502,7 @@ def main_engine(a) -> int:
     except (ValueError, RuntimeError, OSError) as e:
         print(f"bes-profile: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the HTTP client's errors (unreachable engine, timeout): name the engine
-        import httpx
-        if not isinstance(e, httpx.HTTPError):
-            raise
+    except httpx.HTTPError as e:  # unreachable engine, timeout: name the engine
         try:
             where = str(e.request.url)
         except RuntimeError:  # an error raised before a request was made
