@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from bes_jax.agents.training import setup_training
+    from bes_jax.agents.training import request_learner_devices, setup_training
     from bes_jax.config import compose_train_config
     from bes_jax.env import make_serving_env
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from bes_jax.routers import Router, baseline_routers
 
     cfg = compose_train_config(list(args.overrides))
+    request_learner_devices(cfg)  # pqn.devices / es.devices: before the first computation
     s = setup_training(cfg)
     if s["learner_name"] != learner:
         raise SystemExit(f"--sweep {args.sweep!r}: the config trains with {s['learner_name']!r}, not {learner!r} "

@@ -85,9 +85,10 @@ def setup_training(cfg: DictConfig) -> dict:
     """Profile, simulator, learner functions and workload bank for a train config.
 
     Keys: profile, sim_cfg, dqn_cfg, dqn_dict, cap_large (the rate the static largest model
-    sustains), bank, deadline_bank, env, base_params, learner_name (``cfg.learner.name``: dqn or
-    pqn), learner_cfg, learner_dict (its config and plain dict) and fns = learner (the learner
-    object, :class:`bes_jax.agents.dqn.DQN` or :class:`bes_jax.agents.pqn.PQN`: ``init``,
+    sustains), bank, deadline_bank, env, base_params, learner_name (``cfg.learner.name``: dqn,
+    pqn or es), learner_cfg, learner_dict (its config and plain dict) and fns = learner (the learner
+    object, :class:`bes_jax.agents.dqn.DQN`, :class:`bes_jax.agents.pqn.PQN` or
+    :class:`bes_jax.agents.es.ES`: ``init``,
     ``train_chunk``, ``train``, ``greedy_policy``, ``network``)."""
     import jax
     import jax.numpy as jnp
@@ -119,6 +120,11 @@ def setup_training(cfg: DictConfig) -> dict:
     if name == "dqn":
         learner_cfg, learner_dict = dqn_cfg, dqn_dict
         learner = DQN(dqn_cfg, env, base_params, bank, deadlines)
+    elif name == "es":
+        from bes_jax.agents.es import ES, es_config_from
+        learner_dict = OmegaConf.to_container(cfg.es, resolve=True)
+        learner_cfg = es_config_from(learner_dict)
+        learner = ES(learner_cfg, env, base_params, bank, deadlines)
     else:
         learner_dict = resolve_price(OmegaConf.to_container(cfg.pqn, resolve=True), sim_cfg.batching)
         learner_cfg = PQNConfig(**{**learner_dict, "hidden": tuple(learner_dict["hidden"])})
@@ -129,7 +135,17 @@ def setup_training(cfg: DictConfig) -> dict:
             "learner_dict": learner_dict, "learner": learner, "fns": learner}
 
 
-LEARNERS = ("dqn", "pqn")
+LEARNERS = ("dqn", "pqn", "es")
+
+
+def request_learner_devices(cfg) -> None:
+    """Ask XLA for the host devices the configured learner splits over (``pqn.devices`` or
+    ``es.devices`` > 1); call before JAX starts its backends (no effect after)."""
+    name = learner_name(cfg)
+    node = cfg.get(name) if name in ("pqn", "es") else None
+    if node is not None and int(node.get("devices", 1)) > 1:
+        from bes_jax.env.devices import use_host_devices
+        use_host_devices(int(node.devices))
 
 
 def learner_name(cfg) -> str:

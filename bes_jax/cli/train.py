@@ -31,11 +31,19 @@ def _out(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _learner_progress(logs: dict, model_names) -> str:
+    """The chunk's learner figures: loss and exploration (DQN, PQN) or the population's episode
+    score and model shares (ES)."""
+    if "fitness" in logs:
+        share = np.asarray(logs["share"])[-1]
+        return (f"episode score {float(np.asarray(logs['fitness'])[-1]):.4f} | shares "
+                + " / ".join(f"{n.split('-')[-1]} {x:.2f}" for n, x in zip(model_names, share)))
+    return f"loss {float(np.nanmean(np.asarray(logs['loss']))):.4f} | eps {float(logs['epsilon'][-1]):.3f}"
+
+
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
-    from bes_jax.agents.training import learner_name
-    if learner_name(cfg) == "pqn" and int(cfg.pqn.get("devices", 1)) > 1:
-        from bes_jax.env.devices import use_host_devices
-        use_host_devices(int(cfg.pqn.devices))  # CPU: one device per core (before JAX starts; no effect after)
+    from bes_jax.agents.training import request_learner_devices
+    request_learner_devices(cfg)  # CPU: one device per core (before JAX starts; no effect after)
     import jax
     import jax.numpy as jnp
 
@@ -81,8 +89,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
         _out(f"[chunk {c + 1:>3}/{n_chunks}] decisions {int(ts.iteration) * lcfg.n_envs:>9,d} | "
              f"{decisions_per_chunk / seconds:>9,.0f} env steps/s | "
              f"{learner.grad_steps_per_chunk / seconds:>7,.0f} grad steps/s | "
-             f"loss {float(np.nanmean(np.asarray(logs['loss']))):.4f} | eps {float(logs['epsilon'][-1]):.3f} | "
-             f"eval performance ({cfg.progress.workload}) {perf:.4f}")
+             f"{_learner_progress(logs, profile.model_names)} | eval performance ({cfg.progress.workload}) {perf:.4f}")
         return {"eval_performance": perf, "decisions": int(ts.iteration) * lcfg.n_envs}
 
     fingerprint = {"profile": profile.identity(), "sim": sim_cfg.to_dict(), "dqn": dqn_dict, "seed": int(cfg.seed),
@@ -98,7 +105,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
                                obs_mode=sim_cfg.obs_mode, hidden=lcfg.hidden, profile=profile,
                                sim_config=sim_cfg.to_dict(), train_config=fingerprint,
                                mask_wait_x=lcfg.mask_wait_x, layer_norm=learner.layer_norm,
-                               kind="double-dqn q-network" if lname == "dqn" else "pqn q-network (layernorm)")
+                               kind={"dqn": "double-dqn q-network", "pqn": "pqn q-network (layernorm)",
+                                     "es": "es policy network (argmax)"}[lname])
     _out(f"policy exported to {policy_dir}")
 
     # ---------------------------------------------------------------- held-out evaluation

@@ -1,0 +1,275 @@
+"""Evolution strategies on the episode's own score (OpenAI-ES, antithetic, rank-shaped).
+
+Why a third learner: under continuous batching a decision's cost lands on the requests that
+share its engine and GPU, milliseconds to seconds later, thousands of decisions away; per-decision
+credit assignment (DQN, PQN) needs a shaped reward for it (`bes_jax.agents.shaping`) and no
+shaping tried matched the best static router at every load (docs/results.md). ES needs no credit
+assignment: it scores whole policies by what evaluation measures, the mean realised reward of an
+episode, and moves the policy's weights toward the perturbations that scored higher.
+
+One generation: ``population / 2`` Gaussian perturbations ``eps`` of the weights, each tried as
+``theta + sigma eps`` and ``theta - sigma eps`` (antithetic pairs); every member routes the same
+``workloads`` bank entries with the same keys (common random numbers, so members differ only by
+their weights); an episode is ``episode_decisions`` requests, drained so every request has its
+outcome, from an empty system or (``warmup_decisions``) from the load the current policy leaves
+after routing that many requests first. Scores become centred ranks and the gradient estimate
+``sum_i (r+_i - r-_i) eps_i / (population sigma)`` goes to Adam. The policy is the same
+Q-network shape as DQN's with argmax routing, so export, `bes-eval router=policy` and `bes-serve`
+take it unchanged. Observation statistics (normalisation) are fixed at the start from a
+rollout of randomly perturbed initial networks.
+
+``ES(cfg, env, base_params, bank).train(key, hp=None)`` is the whole run in one program; ``hp``
+(:data:`ES_HPARAMS`: sigma, lr) may be traced, so one program vmaps over seeds and values.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from bes_jax.agents.dqn import ObsStats, default_hparams, resolve_hparams
+from bes_jax.agents.network import QNetwork, normalize
+from bes_jax.env import make_serving_env
+
+
+@dataclass(frozen=True)
+class ESConfig:
+    population: int = 32            # members per generation (population / 2 antithetic pairs)
+    workloads: int = 8              # bank entries every member routes each generation
+    episode_decisions: int = 1000   # requests per member per episode, then drained
+    #: requests the current policy routes first (one run per workload, shared by every member):
+    #: members start from the load it leaves, not from an empty system; 0: from empty
+    warmup_decisions: int = 0
+    generations: int = 100
+    chunk_generations: int = 10     # generations per compiled chunk (host logs/checkpoints between)
+    sigma: float = 0.05             # perturbation scale in weight space
+    lr: float = 0.03                # Adam step on the estimated gradient
+    hidden: Sequence[int] = (16,)
+    init_spread: float = 0.5        # perturbation of the initial network for the observation statistics
+    #: members split over this many local devices (`jax.shard_map`; on a CPU ask XLA for host
+    #: devices first: `bes_jax.env.devices.use_host_devices`); 1: one program on the default device
+    devices: int = 1
+    #: kept for the common learner interface (export, numpy router); ES uses no action mask
+    mask_wait_x: float = 0.0
+    #: kept for the common learner interface; ES scores the simulator's own reward, no shaping
+    externality_price: float = 0.0
+
+    def __post_init__(self):
+        for name in ("population", "workloads", "episode_decisions", "generations", "chunk_generations", "devices"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"es config: field '{name}' = {v!r}: must be a positive integer")
+        if not isinstance(self.warmup_decisions, int) or self.warmup_decisions < 0:
+            raise ValueError(f"es config: field 'warmup_decisions' = {self.warmup_decisions!r}: must be an integer >= 0")
+        if self.population % 2 or self.population < 4:
+            raise ValueError(f"es config: field 'population' = {self.population}: must be even and >= 4 "
+                             "(antithetic pairs)")
+        if self.population % self.devices:
+            raise ValueError(f"es config: field 'population' = {self.population}: must be a multiple of devices "
+                             f"({self.devices})")
+        if self.generations % self.chunk_generations:
+            raise ValueError(f"es config: field 'generations' = {self.generations}: must be a multiple of "
+                             f"chunk_generations ({self.chunk_generations})")
+        for name in ("sigma", "lr", "init_spread"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"es config: field '{name}' = {v!r}: must be a number > 0")
+        if self.mask_wait_x != 0:
+            raise ValueError(f"es config: field 'mask_wait_x' = {self.mask_wait_x}: ES routes without an action mask; use 0")
+        if self.externality_price not in (0, 0.0, None):
+            raise ValueError(f"es config: field 'externality_price' = {self.externality_price}: ES scores the "
+                             "simulator's own reward (no shaping); use 0")
+
+    @property
+    def n_envs(self) -> int:
+        """Environments stepped together: every member on every workload."""
+        return self.population * self.workloads
+
+
+#: ESConfig fields that are traced numbers (``ts.hp``)
+ES_HPARAMS = ("sigma", "lr")
+
+
+@struct.dataclass
+class ESState:
+    params: dict              # the current policy (the mean of the search distribution)
+    opt_state: optax.OptState
+    obs_stats: ObsStats       # fixed after init
+    generation: jnp.ndarray
+    iteration: jnp.ndarray    # decision rounds so far (generation x episode_decisions; decisions = x n_envs)
+    key: jax.Array
+    hp: dict
+
+
+def centred_ranks(x):
+    """Ranks of ``x`` scaled to [-0.5, 0.5] (ties broken by position): the score shaping that
+    makes the update invariant to the reward's scale and to outliers."""
+    r = jnp.argsort(jnp.argsort(x)).astype(jnp.float32)
+    return r / jnp.maximum(x.size - 1, 1) - 0.5
+
+
+class ES:
+    """``ES(cfg, env, base_params, workload_bank, deadline_bank=None)``: the learner's pure
+    functions ``init(key, hp=None)``, ``train_chunk(ts)``, ``train(key, hp=None)``,
+    ``greedy_policy(params, obs_stats)`` (as :class:`bes_jax.agents.dqn.DQN`), plus
+    ``episodes(thetas, index, key, stats, warm_theta)`` (scores of a batch of flat weight vectors)
+    and ``flat(params)`` / ``unflat(theta)``."""
+
+    name = "es"
+    layer_norm = False
+
+    def __init__(self, cfg: ESConfig, env, base_params, workload_bank, deadline_bank=None):
+        from bes_jax.eval.rollout import eval_config
+
+        self.cfg = cfg
+        L, Pn, B, Wu = cfg.episode_decisions, cfg.population, cfg.workloads, cfg.warmup_decisions
+        # an outcome record holding every decision of an episode: the score is exact after the drain
+        self.env = env = make_serving_env(env.profile, eval_config(env.cfg, Wu + L))
+        base_params = env.make_params(jax.tree.map(lambda x: x[0], workload_bank)).replace(
+            miss_penalty=base_params.miss_penalty)
+        D, A = env.obs_size, env.n_models
+        n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
+        self.network = net = QNetwork(A, tuple(cfg.hidden))
+        self.hparams = default_hparams(cfg, ES_HPARAMS)
+        self.n_chunks = cfg.generations // cfg.chunk_generations
+        self.env_steps_per_chunk = cfg.chunk_generations * L * cfg.n_envs
+        self.grad_steps_per_chunk = cfg.chunk_generations
+        f = base_params.latency.dtype
+        _, unravel = ravel_pytree(net.init(jax.random.PRNGKey(0), jnp.zeros((1, D), f)))
+        axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
+        if deadline_bank is not None:
+            deadline_bank = jnp.asarray(deadline_bank, base_params.deadline.dtype)
+            if deadline_bank.shape != (n_bank,) + base_params.deadline.shape:
+                raise ValueError(f"deadline_bank: shape {deadline_bank.shape}, need "
+                                 f"{(n_bank,) + base_params.deadline.shape} (one deadline per task for every workload)")
+            axes = axes.replace(deadline=0)
+
+        def env_params(index):
+            p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
+            return p if deadline_bank is None else p.replace(deadline=deadline_bank[index])
+
+        def route(nets, K, obs, st, params, k_steps, steps, stats):
+            """``steps`` decisions of K networks x their environments (``nets`` batched over K)."""
+            def body(c, t):
+                obs, st, s1, s2 = c
+                q = jax.vmap(net.apply)(nets, normalize(obs, stats.mean, stats.var).reshape(K, -1, D))
+                a = jnp.argmax(q, -1).reshape(-1).astype(jnp.int32)
+                k = jax.vmap(lambda kk: jax.random.fold_in(jax.random.fold_in(kk, t), 1))(k_steps)
+                nxt, st, _, _, _ = env.step_batch(k, st, a, params, axes)
+                return (nxt, st, s1 + obs.sum(0), s2 + (obs * obs).sum(0)), None
+
+            zero = jnp.zeros((D,), f)
+            (obs, st, s1, s2), _ = jax.lax.scan(body, (obs, st, zero, zero), steps)
+            return obs, st, s1, s2
+
+        def episodes_one(thetas, index, key, stats, warm_theta):
+            """Every network of ``thetas`` [K, n] (flat weights) on bank entries ``index`` [B] with
+            the same keys, after ``warmup_decisions`` routed by ``warm_theta`` [n]:
+            ``(score [K, B], share [K, B, A], obs mean [D], obs mean square [D])``; score = mean
+            realised reward of every request of the episode, warm-up included (a member's
+            decisions delay them too). Keys as `bes_jax.eval.rollout.make_run` derives them, so a
+            network's score with no warm-up is its evaluation `performance`."""
+            K, nB = thetas.shape[0], index.shape[0]
+            params_b = env_params(index)
+            keys_b = jax.random.split(key, nB)
+            obs, st = jax.vmap(env.reset, in_axes=(0, axes))(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys_b),
+                                                             params_b)
+            k_steps_b = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys_b)
+            if Wu:
+                warm = jax.tree.map(lambda x: x[None], unravel(warm_theta))
+                obs, st, _, _ = route(warm, 1, obs, st, params_b, k_steps_b, jnp.arange(Wu), stats)
+            tile = lambda x: jnp.tile(x, (K,) + (1,) * (x.ndim - 1))
+            params = env_params(jnp.tile(index, K))
+            obs, st = tile(obs), jax.tree.map(tile, st)
+            _, st, s1, s2 = route(jax.vmap(unravel)(thetas), K, obs, st, params, tile(k_steps_b),
+                                  jnp.arange(Wu, Wu + L), stats)
+            o = env.drain_batch(st, params, axes).outcomes
+            used = o.decision >= 0
+            n = jnp.maximum(used.sum(-1), 1)
+            score = jnp.where(used, o.reward, 0.0).sum(-1) / n
+            share = jnp.stack([(used & (o.model == m)).sum(-1) for m in range(A)], -1) / n[:, None]
+            E = K * nB
+            return score.reshape(K, -1), share.reshape(K, -1, A), s1 / (E * L), s2 / (E * L)
+
+        if cfg.devices > 1:  # members are independent: each device runs its share of them
+            import numpy as np
+            from jax.sharding import Mesh, PartitionSpec as PS
+
+            devs = jax.local_devices()[:cfg.devices]
+            if len(devs) < cfg.devices:
+                raise ValueError(f"es config: field 'devices' = {cfg.devices}: only {len(devs)} local device(s) "
+                                 "(on a CPU: bes_jax.env.devices.use_host_devices before JAX starts)")
+            mesh, AX = Mesh(np.asarray(devs), ("members",)), "members"
+
+            def local(thetas, index, key, stats, warm_theta):
+                score, share, m1, m2 = episodes_one(thetas, index, key, stats, warm_theta)
+                return score, share, jax.lax.pmean(m1, AX), jax.lax.pmean(m2, AX)
+
+            rep = PS()
+            stats_spec = ObsStats(rep, rep, rep)
+            episodes = jax.shard_map(local, mesh=mesh, in_specs=(PS(AX), rep, rep, stats_spec, rep),
+                                     out_specs=(PS(AX), PS(AX), rep, rep), check_vma=False)
+        else:
+            episodes = episodes_one
+
+        def init(key, hp=None) -> ESState:
+            hp = resolve_hparams(cfg, ES_HPARAMS, hp)
+            k_net, k_pop, k_idx, k_run, key = jax.random.split(key, 5)
+            params = net.init(k_net, jnp.zeros((1, D), f))
+            theta, _ = ravel_pytree(params)
+            pop = theta + cfg.init_spread * jax.random.normal(k_pop, (Pn, theta.size), theta.dtype)
+            unit = ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f))
+            _, _, m1, m2 = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, unit, theta)
+            stats = ObsStats(jnp.asarray(float(Pn * B * L), f), m1, jnp.maximum(m2 - m1 * m1, 1e-6))
+            opt = optax.adam(hp["lr"])
+            return ESState(params, opt.init(params), stats, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), key, hp)
+
+        def generation(ts: ESState, _):
+            key, k_eps, k_idx, k_run = jax.random.split(ts.key, 4)
+            theta, _ = ravel_pytree(ts.params)
+            eps = jax.random.normal(k_eps, (Pn // 2, theta.size), theta.dtype)
+            sigma = ts.hp["sigma"]
+            pop = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
+            score, share, _, _ = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, ts.obs_stats, theta)
+            fit = score.mean(1)
+            r = centred_ranks(fit)
+            grad = unravel(-((r[:Pn // 2] - r[Pn // 2:]) @ eps) / (Pn * sigma))
+            upd, opt_state = optax.adam(ts.hp["lr"]).update(grad, ts.opt_state, ts.params)
+            ts = ts.replace(params=optax.apply_updates(ts.params, upd), opt_state=opt_state,
+                            generation=ts.generation + 1, iteration=ts.iteration + L, key=key)
+            logs = {"fitness": fit.mean(), "fitness_best": fit.max(), "share": share.mean((0, 1))}
+            return ts, logs
+
+        def train_chunk(ts: ESState):
+            return jax.lax.scan(generation, ts, None, length=cfg.chunk_generations)
+
+        def train(key, hp=None):
+            ts = init(key, hp)
+            return jax.lax.scan(lambda t, _: train_chunk(t), ts, None, length=self.n_chunks)
+
+        def greedy_policy(params, stats):
+            def act(key, obs, state, env_params):
+                return jnp.argmax(net.apply(params, normalize(obs, stats.mean, stats.var))).astype(jnp.int32)
+            return act
+
+        self.init, self.train_chunk, self.train, self.greedy_policy = init, train_chunk, train, greedy_policy
+        self.episodes, self.unflat = episodes, unravel
+        self.flat = lambda params: ravel_pytree(params)[0]
+
+
+def es_config_from(d: dict) -> ESConfig:
+    """ESConfig from a config dict (``hidden`` as a tuple; ``externality_price: null`` accepted)."""
+    d = dict(d)
+    if d.get("externality_price") is None:
+        d["externality_price"] = 0.0
+    known = {f.name for f in dataclasses.fields(ESConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"es config: unknown field(s) {unknown}; known: {sorted(known)}")
+    return ESConfig(**{**d, "hidden": tuple(d.get("hidden", ESConfig.hidden))})
