@@ -142,3 +142,22 @@ def test_population_split_over_two_cpu_devices_gives_the_same_run():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("same")
+
+
+def test_init_from_an_exported_policy_starts_from_its_weights(setting, tmp_path):
+    from bes_jax.agents.dqn import DQN, DQNConfig
+    from bes_jax.agents.export import export_policy
+    from bes_jax.agents.numpy_router import PolicyFormatError
+
+    prof, env, bank, base = setting
+    dqn = DQN(DQNConfig(n_envs=4, iterations=20, chunk_iterations=20, batch_size=8, learning_starts=4, hidden=(8,)),
+              env, base, bank)
+    ts, _ = jax.jit(dqn.train)(jax.random.PRNGKey(3))
+    out = export_policy(tmp_path / "dqn", ts.params, ts.obs_stats.mean, ts.obs_stats.var, obs_mode=env.cfg.obs_mode,
+                        hidden=(8,), profile=prof, sim_config={}, train_config={})
+    es = ES(ESConfig(population=4, workloads=2, episode_decisions=30, hidden=(8,), init_from=str(out)), env, base, bank)
+    start = es.init(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(es.flat(start.params)), np.asarray(es.flat(ts.params)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(start.obs_stats.var), np.asarray(ts.obs_stats.var), rtol=1e-6)
+    with pytest.raises(PolicyFormatError, match=r"field 'hidden' = \[8\].*es.hidden=\[8\]"):
+        ES(ESConfig(population=4, workloads=2, episode_decisions=30, hidden=(16,), init_from=str(out)), env, base, bank)

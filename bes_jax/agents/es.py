@@ -52,6 +52,9 @@ class ESConfig:
     lr: float = 0.03                # Adam step on the estimated gradient
     hidden: Sequence[int] = (16,)
     init_spread: float = 0.5        # perturbation of the initial network for the observation statistics
+    #: start from an exported policy directory (its weights and observation statistics; same
+    #: ``hidden``, profile and observation) instead of a random network: ES fine-tunes it
+    init_from: str | None = None
     #: members split over this many local devices (`jax.shard_map`; on a CPU ask XLA for host
     #: devices first: `bes_jax.env.devices.use_host_devices`); 1: one program on the default device
     devices: int = 1
@@ -126,6 +129,8 @@ class ES:
 
     def __init__(self, cfg: ESConfig, env, base_params, workload_bank, deadline_bank=None):
         from bes_jax.eval.rollout import eval_config
+
+        start = None if cfg.init_from is None else load_start(cfg.init_from, env, tuple(cfg.hidden))
 
         self.cfg = cfg
         L, Pn, B, Wu = cfg.episode_decisions, cfg.population, cfg.workloads, cfg.warmup_decisions
@@ -221,12 +226,16 @@ class ES:
         def init(key, hp=None) -> ESState:
             hp = resolve_hparams(cfg, ES_HPARAMS, hp)
             k_net, k_pop, k_idx, k_run, key = jax.random.split(key, 5)
-            params = net.init(k_net, jnp.zeros((1, D), f))
-            theta, _ = ravel_pytree(params)
-            pop = theta + cfg.init_spread * jax.random.normal(k_pop, (Pn, theta.size), theta.dtype)
-            unit = ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f))
-            _, _, m1, m2 = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, unit, theta)
-            stats = ObsStats(jnp.asarray(float(Pn * B * L), f), m1, jnp.maximum(m2 - m1 * m1, 1e-6))
+            if start is not None:  # fine-tune an exported policy: its weights and normalisation
+                params = jax.tree.map(lambda x: jnp.asarray(x, f), start["params"])
+                stats = ObsStats(jnp.ones((), f), jnp.asarray(start["mean"], f), jnp.asarray(start["var"], f))
+            else:
+                params = net.init(k_net, jnp.zeros((1, D), f))
+                theta, _ = ravel_pytree(params)
+                pop = theta + cfg.init_spread * jax.random.normal(k_pop, (Pn, theta.size), theta.dtype)
+                unit = ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f))
+                _, _, m1, m2 = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, unit, theta)
+                stats = ObsStats(jnp.asarray(float(Pn * B * L), f), m1, jnp.maximum(m2 - m1 * m1, 1e-6))
             opt = optax.adam(hp["lr"])
             return ESState(params, opt.init(params), stats, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), key, hp)
 
@@ -261,6 +270,32 @@ class ES:
         self.init, self.train_chunk, self.train, self.greedy_policy = init, train_chunk, train, greedy_policy
         self.episodes, self.unflat = episodes, unravel
         self.flat = lambda params: ravel_pytree(params)[0]
+
+
+def load_start(path: str, env, hidden: tuple) -> dict:
+    """``{params, mean, var}`` of the exported policy at ``path``, checked against this learner:
+    same models and tasks, observation size, network shape (``hidden``, no LayerNorm)."""
+    import numpy as np
+
+    from bes_jax.agents.export import unflatten_params
+    from bes_jax.agents.numpy_router import PolicyFormatError, Router as NumpyRouter
+
+    npr = NumpyRouter.load(path)
+    meta, f = npr.meta, f"{path}/metadata.json"
+    if npr.model_names != env.profile.model_names or npr.task_names != env.profile.task_names:
+        raise PolicyFormatError(f"es.init_from: {f}: field 'model_names'/'task_names' = {npr.model_names}/"
+                                f"{npr.task_names} do not match profile {env.profile.name!r}")
+    if int(meta["obs_size"]) != env.obs_size or meta["obs_mode"] != env.cfg.obs_mode:
+        raise PolicyFormatError(f"es.init_from: {f}: field 'obs_size'/'obs_mode' = {meta['obs_size']}/"
+                                f"{meta['obs_mode']!r}, this simulator's observation is {env.obs_size}/"
+                                f"{env.cfg.obs_mode!r}")
+    if [int(h) for h in meta["hidden"]] != list(hidden) or bool(meta.get("layer_norm", False)):
+        raise PolicyFormatError(f"es.init_from: {f}: field 'hidden' = {meta['hidden']} (layer_norm "
+                                f"{bool(meta.get('layer_norm', False))}): set es.hidden={list(meta['hidden'])} "
+                                "(ES trains networks without LayerNorm)")
+    with np.load(f"{path}/weights.npz") as z:
+        params = unflatten_params({k: z[k] for k in z.files})
+    return {"params": params, "mean": np.asarray(meta["obs_norm"]["mean"]), "var": np.asarray(meta["obs_norm"]["var"])}
 
 
 def es_config_from(d: dict) -> ESConfig:
