@@ -40,13 +40,15 @@ from bes_jax.env import make_serving_env
 
 @dataclass(frozen=True)
 class ESConfig:
-    population: int = 32            # members per generation (population / 2 antithetic pairs)
+    population: int = 16            # members per generation (population / 2 antithetic pairs)
     workloads: int = 8              # bank entries every member routes each generation
-    episode_decisions: int = 1000   # requests per member per episode, then drained
+    #: requests per member per episode, then drained; as long as the evaluation's horizon (shorter
+    #: episodes overrate larger models under overload: docs/results.md)
+    episode_decisions: int = 3000
     #: requests the current policy routes first (one run per workload, shared by every member):
     #: members start from the load it leaves, not from an empty system; 0: from empty
     warmup_decisions: int = 0
-    generations: int = 100
+    generations: int = 60
     chunk_generations: int = 10     # generations per compiled chunk (host logs/checkpoints between)
     sigma: float = 0.05             # perturbation scale in weight space
     lr: float = 0.03                # Adam step on the estimated gradient
