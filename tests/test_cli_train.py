@@ -62,9 +62,9 @@ def test_main_job_trains_and_compares_in_continuous_mode_by_default(tmp_path):
     assert meta["sim_config"]["batching"] == "continuous"
 
 
-def test_es_learner_trains_exports_and_resumes(tmp_path):
-    """`learner=es`: progress shows the population's episode score, the export is the network it
-    trained, and a rerun resumes from the checkpoint with the same policy."""
+def test_es_learner_trains_and_exports(tmp_path):
+    """`learner=es`: progress shows the population's episode score and the export is the network
+    it trained (checkpoint resume is the shared trainer's, tested with DQN above and PQN)."""
     run = tmp_path / "es"
     es = ["learner=es", "es.population=4", "es.workloads=2", "es.episode_decisions=60", "es.warmup_decisions=20",
           "es.generations=2", "es.chunk_generations=1", "es.hidden=[8]"]
@@ -76,8 +76,5 @@ def test_es_learner_trains_exports_and_resumes(tmp_path):
     assert meta["train_config"]["learner"] == "es" and meta["train_config"]["es"]["warmup_decisions"] == 20
     res = json.loads((run / "results.json").read_text())
     assert res["learner"] == "es" and "learned" in res["results"]["maf_test_x5"]["routers"]
-    w1 = dict(np.load(run / "policy" / "weights.npz"))
-    r2 = bes_train(run, *es)
-    assert r2.returncode == 0 and "resuming from checkpoint" in r2.stdout, r2.stderr[-3000:]
-    w2 = dict(np.load(run / "policy" / "weights.npz"))
-    assert w1.keys() == w2.keys() and all(np.array_equal(w1[k], w2[k]) for k in w1)
+    w = dict(np.load(run / "policy" / "weights.npz"))
+    assert sorted(w) == ["hidden_0/bias", "hidden_0/kernel", "out/bias", "out/kernel"]
