@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bes_jax import workloads as W
-from bes_jax.agents.es import ES, ESConfig, centred_ranks, es_config_from
+from bes_jax.agents.es import ES, ESConfig, centred_ranks, es_config_from, member_utility
 from bes_jax.env import ServingEnv
 from bes_jax.eval.rollout import make_evaluate, metric_windows
 from bes_jax.profile import profile_from_dict
@@ -105,12 +105,26 @@ def test_centred_ranks_and_bad_configs():
     for bad, field in (({"population": 5}, "population"), ({"population": 2}, "population"),
                        ({"sigma": 0.0}, "sigma"), ({"generations": 15}, "generations"),
                        ({"warmup_decisions": -1}, "warmup_decisions"), ({"devices": 3}, "population"),
-                       ({"mask_wait_x": 1.0}, "mask_wait_x"), ({"externality_price": 5.0}, "externality_price")):
+                       ({"mask_wait_x": 1.0}, "mask_wait_x"), ({"externality_price": 5.0}, "externality_price"),
+                       ({"fitness": "median"}, "fitness")):
         with pytest.raises(ValueError, match=f"es config: field '{field}'"):
             ESConfig(**bad)
     with pytest.raises(ValueError, match="unknown field"):
         es_config_from({"popsize": 8})
     assert es_config_from({"hidden": [4, 4], "externality_price": None}).hidden == (4, 4)
+
+
+def test_per_workload_fitness_gives_every_workload_an_equal_say():
+    # member 0 is best on the light load (small spread), member 1 on the overload (large spread)
+    score = jnp.array([[0.68, 0.10], [0.59, 0.50], [0.62, 0.11], [0.60, 0.12]])
+    mean = np.asarray(member_utility(score, "mean"))
+    assert mean.argmax() == 1 and mean[0] < mean[1]  # the overload's spread decides alone
+    pw = np.asarray(member_utility(score, "per_workload"))
+    # ranks per workload: light [3, 0, 2, 1], overload [0, 3, 1, 2] -> mean centred ranks
+    np.testing.assert_allclose(pw, (np.array([3, 0, 2, 1]) + np.array([0, 3, 1, 2])) / 6 - 0.5, atol=1e-6)
+    assert pw[0] == pw[1]  # best on one workload each, last / first on the other: tied
+    with pytest.raises(ValueError, match="fitness"):
+        member_utility(score, "median")
 
 
 SCRIPT = textwrap.dedent("""

@@ -52,6 +52,11 @@ class ESConfig:
     chunk_generations: int = 10     # generations per compiled chunk (host logs/checkpoints between)
     sigma: float = 0.05             # perturbation scale in weight space
     lr: float = 0.03                # Adam step on the estimated gradient
+    #: how members' scores over the bank's workloads become one fitness: ``mean`` ranks the mean
+    #: score (workloads whose scores spread widely, overloads, dominate); ``per_workload`` ranks
+    #: the members on each workload and averages those ranks (each workload has an equal say, so a
+    #: light load where the right model gains 0.07 counts as much as an overload where it gains 0.4)
+    fitness: str = "mean"
     hidden: Sequence[int] = (16,)
     init_spread: float = 0.5        # perturbation of the initial network for the observation statistics
     #: start from an exported policy directory (its weights and observation statistics; same
@@ -85,6 +90,8 @@ class ESConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"es config: field '{name}' = {v!r}: must be a number > 0")
+        if self.fitness not in FITNESS:
+            raise ValueError(f"es config: field 'fitness' = {self.fitness!r}: must be one of {list(FITNESS)}")
         if self.mask_wait_x != 0:
             raise ValueError(f"es config: field 'mask_wait_x' = {self.mask_wait_x}: ES routes without an action mask; use 0")
         if self.externality_price not in (0, 0.0, None):
@@ -96,6 +103,9 @@ class ESConfig:
         """Environments stepped together: every member on every workload."""
         return self.population * self.workloads
 
+
+#: ways ``ESConfig.fitness`` combines a member's scores [workloads] into one number
+FITNESS = ("mean", "per_workload")
 
 #: ESConfig fields that are traced numbers (``ts.hp``)
 ES_HPARAMS = ("sigma", "lr")
@@ -117,6 +127,17 @@ def centred_ranks(x):
     makes the update invariant to the reward's scale and to outliers."""
     r = jnp.argsort(jnp.argsort(x)).astype(jnp.float32)
     return r / jnp.maximum(x.size - 1, 1) - 0.5
+
+
+def member_utility(score, fitness: str = "mean"):
+    """Members' scores ``[members, workloads]`` -> the utility ``[members]`` the update weights
+    their perturbations by (``ESConfig.fitness``): centred ranks of the mean score, or the mean
+    over workloads of each workload's centred ranks."""
+    if fitness == "mean":
+        return centred_ranks(score.mean(1))
+    if fitness == "per_workload":
+        return jax.vmap(centred_ranks, 1, 1)(score).mean(1)
+    raise ValueError(f"es config: field 'fitness' = {fitness!r}: must be one of {list(FITNESS)}")
 
 
 class ES:
@@ -249,7 +270,7 @@ class ES:
             pop = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
             score, share, _, _ = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, ts.obs_stats, theta)
             fit = score.mean(1)
-            r = centred_ranks(fit)
+            r = member_utility(score, cfg.fitness)
             grad = unravel(-((r[:Pn // 2] - r[Pn // 2:]) @ eps) / (Pn * sigma))
             upd, opt_state = optax.adam(ts.hp["lr"]).update(grad, ts.opt_state, ts.params)
             ts = ts.replace(params=optax.apply_updates(ts.params, upd), opt_state=opt_state,
