@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from bes_jax.agents.bank import make_bank
 from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
 from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv, resolved_mask
@@ -203,21 +204,11 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
     range of deadlines; the rich observation carries the current task's deadline).
     """
     N, H, D, A = cfg.n_envs, env.slots, env.obs_size, env.n_models
-    n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
+    bk = make_bank(base_params, workload_bank, deadline_bank)
+    n_bank, env_params, params_axes = bk.n, bk.params, bk.axes
     net = QNetwork(A, tuple(cfg.hidden))
-    params_axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
-    if deadline_bank is not None:
-        deadline_bank = jnp.asarray(deadline_bank, base_params.deadline.dtype)
-        if deadline_bank.shape != (n_bank,) + base_params.deadline.shape:
-            raise ValueError(f"deadline_bank: shape {deadline_bank.shape}, need {(n_bank,) + base_params.deadline.shape} "
-                             "(one deadline per task for every workload of the bank)")
-        params_axes = params_axes.replace(deadline=0)
     v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
     v_resolved = jax.vmap(resolved_mask)
-
-    def env_params(index):
-        p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
-        return p if deadline_bank is None else p.replace(deadline=deadline_bank[index])
 
     def epsilon(it, hp):
         decay_iters = jnp.maximum(1.0, jnp.floor(hp["eps_decay_fraction"] * cfg.iterations))

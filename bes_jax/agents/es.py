@@ -34,6 +34,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from bes_jax.agents.dqn import ObsStats, default_hparams, resolve_hparams
+from bes_jax.agents.bank import make_bank
 from bes_jax.agents.network import QNetwork, normalize
 from bes_jax.env import make_serving_env
 
@@ -162,7 +163,8 @@ class ES:
         base_params = env.make_params(jax.tree.map(lambda x: x[0], workload_bank)).replace(
             miss_penalty=base_params.miss_penalty)
         D, A = env.obs_size, env.n_models
-        n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
+        bk = make_bank(base_params, workload_bank, deadline_bank)
+        n_bank, env_params, axes = bk.n, bk.params, bk.axes
         self.network = net = QNetwork(A, tuple(cfg.hidden))
         self.hparams = default_hparams(cfg, ES_HPARAMS)
         self.n_chunks = cfg.generations // cfg.chunk_generations
@@ -170,18 +172,6 @@ class ES:
         self.grad_steps_per_chunk = cfg.chunk_generations
         f = base_params.latency.dtype
         _, unravel = ravel_pytree(net.init(jax.random.PRNGKey(0), jnp.zeros((1, D), f)))
-        axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
-        if deadline_bank is not None:
-            deadline_bank = jnp.asarray(deadline_bank, base_params.deadline.dtype)
-            if deadline_bank.shape != (n_bank,) + base_params.deadline.shape:
-                raise ValueError(f"deadline_bank: shape {deadline_bank.shape}, need "
-                                 f"{(n_bank,) + base_params.deadline.shape} (one deadline per task for every workload)")
-            axes = axes.replace(deadline=0)
-
-        def env_params(index):
-            p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
-            return p if deadline_bank is None else p.replace(deadline=deadline_bank[index])
-
         def route(nets, K, obs, st, params, k_steps, steps, stats):
             """``steps`` decisions of K networks x their environments (``nets`` batched over K)."""
             def body(c, t):

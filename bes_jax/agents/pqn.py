@@ -39,6 +39,7 @@ from flax import struct
 
 from bes_jax.agents.dqn import (ObsStats, default_hparams, evicted_fraction, make_optimizer, resolve_hparams,
                                 update_stats)
+from bes_jax.agents.bank import make_bank
 from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
 from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv
@@ -171,19 +172,13 @@ class PQN:
         if R * K >= H:
             raise ValueError(f"pqn config: delay_rollouts * rollout_len = {R * K}: must be below the simulator's "
                              f"outcome_slots ({H}), or a decision's outcome is overwritten before it is read")
-        n_bank = jax.tree.leaves(workload_bank)[0].shape[0]
+        bk = make_bank(base_params, workload_bank, deadline_bank)
+        n_bank, env_params, params_axes = bk.n, bk.params, bk.axes
         self.network = net = QNetwork(A, tuple(cfg.hidden), layer_norm=True)
         self.hparams = default_hparams(cfg, PQN_HPARAMS)
         self.n_chunks = cfg.iterations // cfg.chunk_iterations
         self.env_steps_per_chunk = cfg.chunk_iterations * N
         self.grad_steps_per_chunk = cfg.chunk_iterations // K * cfg.epochs * cfg.minibatches
-        params_axes = jax.tree.map(lambda _: None, base_params).replace(workload=jax.tree.map(lambda _: 0, workload_bank))
-        if deadline_bank is not None:
-            deadline_bank = jnp.asarray(deadline_bank, base_params.deadline.dtype)
-            if deadline_bank.shape != (n_bank,) + base_params.deadline.shape:
-                raise ValueError(f"deadline_bank: shape {deadline_bank.shape}, need "
-                                 f"{(n_bank,) + base_params.deadline.shape} (one deadline per task for every workload)")
-            params_axes = params_axes.replace(deadline=0)
         v_reset = jax.vmap(env.reset, in_axes=(0, params_axes))
         allowed = action_mask_fn(cfg.mask_wait_x, env, A, "pqn.mask_wait_x")
         check_price(cfg.externality_price, env, "pqn.externality_price")
@@ -210,10 +205,6 @@ class PQN:
             delta = m - stats.mean
             m2 = stats.var * stats.count + var * n + delta ** 2 * stats.count * n / tot
             return ObsStats(tot, stats.mean + delta * n / tot, m2 / tot)
-
-        def env_params(index):
-            p = base_params.replace(workload=jax.tree.map(lambda x: x[index], workload_bank))
-            return p if deadline_bank is None else p.replace(deadline=deadline_bank[index])
 
         def epsilon(it, hp):
             decay = jnp.maximum(1.0, jnp.floor(hp["eps_decay_fraction"] * cfg.iterations))
