@@ -1,7 +1,8 @@
 """Train the default router on several seeds (one vmapped program) and compare every seed's
 policy with the baselines on the test set; writes docs/results.md (the learner section of the
 serving model) and docs/results_learner.json (request-level, the default here) or
-docs/results_learner_continuous.json (`sim=continuous`, the main job's mode).
+docs/results_learner_continuous.json (`sim=continuous`, the main job's mode). A learner other than
+the default (`learner=es`, `learner=pqn`) gets its own section and file (suffix `_es`, `_pqn`).
 
     python scripts/learner_results.py [--seeds 0,1,2] [overrides like sim=continuous dqn.iterations=12000]
 """
@@ -26,7 +27,7 @@ def main(argv=None):
 
     from bes_jax import REPO_ROOT
     from bes_jax.eval.report import replace_section
-    from bes_jax.agents.training import setup_training
+    from bes_jax.agents.training import request_learner_devices, setup_training
     from bes_jax.config import compose_train_config
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
     from bes_jax.env import make_serving_env
@@ -37,12 +38,15 @@ def main(argv=None):
     if not any(o.split("=", 1)[0].lstrip("+~") == "sim" for o in args.overrides):
         args.overrides = ["sim=default"] + list(args.overrides)  # the learner table is in request mode
     cfg = compose_train_config(args.overrides)
+    request_learner_devices(cfg)  # pqn.devices / es.devices: before the first computation
     s = setup_training(cfg)
+    default_learner = s["learner_name"] == compose_train_config([]).learner.name
     train, greedy_policy = s["fns"].train, s["fns"].greedy_policy
     t0 = time.perf_counter()
     ts, logs = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in args.seeds])))
     train_s = time.perf_counter() - t0
-    evicted = float(np.max(np.asarray(logs["evicted_frac"])))
+    # ES trains on drained episodes with a ring that holds them whole: nothing to evict
+    evicted = float(np.max(np.asarray(logs["evicted_frac"]))) if "evicted_frac" in logs else 0.0
     print(f"trained {len(args.seeds)} seeds in one program: {train_s:.1f} s (incl. compilation); "
           f"decisions evicted from the outcome ring unresolved (not trained on): at most {evicted:.2%} of a seed's")
     continuous = s["sim_cfg"].batching == "continuous"
@@ -81,16 +85,19 @@ def main(argv=None):
     out = {"seeds": args.seeds, "overrides": args.overrides, "train_seconds": train_s, "evicted_frac_max": evicted,
            "eval_seeds": list(cfg.eval.seeds), "n_decisions": int(cfg.eval.n_decisions),
            "workloads": {w: per_seed[0][w]["workload"] for w in evals}, "results": table}
-    json_name = "results_learner_continuous.json" if continuous else "results_learner.json"
+    suffix = "" if default_learner else f"_{s['learner_name']}"
+    json_name = f"results_learner{'_continuous' if continuous else ''}{suffix}.json"
     (REPO_ROOT / "docs" / json_name).write_text(json.dumps(out, indent=1) + "\n")
     heading = ("## Continuous batching: learned router vs baselines over training seeds" if continuous
                else "## Learned router vs baselines (held-out unpredictable workloads)")
+    if not default_learner:
+        heading += f" (`learner={s['learner_name']}`)"
     mode = (f"continuous batching (`max_num_seqs` {s['sim_cfg'].max_num_seqs}, `max_num_batched_tokens` "
             f"{s['sim_cfg'].max_num_batched_tokens}), " if continuous else "request-level batching, ")
     lines = [heading, "",
              f"`python scripts/learner_results.py --seeds {','.join(map(str, args.seeds))}"
              f"{' ' + ' '.join(args.overrides) if args.overrides else ''}` — default profile "
-             f"(`{s['profile'].name}`), {mode}hard deadlines, default `bes-train` config, {len(args.seeds)} training seeds "
+             f"(`{s['profile'].name}`), {mode}hard deadlines, default `bes-train` config (learner `{s['learner_name']}`), {len(args.seeds)} training seeds "
              f"(trained in one vmapped program, {train_s:.0f} s on this machine); each policy evaluated on "
              f"{len(cfg.eval.seeds)} evaluation seeds x {int(cfg.eval.n_decisions)} requests per workload. "
              "Mean ± std over training seeds (baselines have no training seed: std 0). "

@@ -1024,7 +1024,7 @@ def main(argv=None):
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     section = report_section(doc)
     md_path = out_dir / "results.md"
-    replace_section(md_path, "## Paper experiments", section)
+    replace_section(md_path, "## Paper experiments (`scripts/reproduce.py`)", section)
     say(f"wrote {out_dir / 'results.json'} ({len(curves)} curve records), {md_path} and {fig_dir}")
     return 0
 

@@ -5,10 +5,11 @@ from pathlib import Path
 
 
 def replace_section(doc: Path, heading: str, section: str, title: str = "# Results\n") -> None:
-    """Replace the ``## heading...`` section of `doc` by `section` (appended if absent)."""
+    """Replace the ``## heading`` section of `doc` by `section` (appended if absent); the heading
+    is matched as a whole line, so one heading may be a prefix of another's."""
     doc = Path(doc)
     text = doc.read_text() if doc.exists() else title
-    start = text.find(heading)
+    start = text.find(heading + "\n")
     if start >= 0:
         end = text.find("\n## ", start + len(heading))
         text = text[:start] + section.rstrip() + "\n" + (text[end:] if end >= 0 else "")
