@@ -500,7 +500,7 @@ def test_in_process_pool_behind_the_engine_interface():
         pool.stop()
 
 
-def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="continuous"):
+def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="continuous", greedy_prior=0.0):
     path.mkdir(parents=True, exist_ok=True)
     k1 = np.random.default_rng(0).normal(size=(obs_size, 8)).astype(np.float32)
     b2 = np.zeros(3, np.float32)
@@ -510,18 +510,21 @@ def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="cont
     (path / "metadata.json").write_text(json.dumps({
         "obs_mode": "rich", "obs_size": obs_size, "hidden": [8],
         "obs_norm": {"mean": [0.0] * obs_size, "var": [1.0] * obs_size}, "model_names": NAMES,
-        "task_names": ["short", "long"],
+        "task_names": ["short", "long"], "greedy_prior": greedy_prior,
         "sim_config": {"batching": batching, "ewma_alpha": 0.1, "ref_rate": 50.0, "max_num_seqs": 8}}))
 
 
 def test_every_router_over_engines(profile, fakes, tmp_path):
-    """static, random, weighted, greedy and policy all route over engines; a policy trained in
-    request mode is refused at start, naming the setting."""
+    """static, random, weighted, greedy and policy all route over engines (a policy anchored on
+    greedy with a weight above its own margin routes as greedy); a policy trained in request
+    mode is refused at start, naming the setting."""
     fs, srvs = fakes
     write_continuous_policy(tmp_path / "pol", prefer=1)
+    write_continuous_policy(tmp_path / "anchored", prefer=1, greedy_prior=2.0)
     cases = [({"name": "static", "model": "e-s"}, {"e-s"}), ({"name": "weighted", "weights": [0, 0, 1]}, {"e-l"}),
              ({"name": "random"}, set(NAMES)), ({"name": "greedy"}, {"e-l"}),
-             ({"name": "policy", "path": str(tmp_path / "pol")}, {"e-m"})]
+             ({"name": "policy", "path": str(tmp_path / "pol")}, {"e-m"}),
+             ({"name": "policy", "path": str(tmp_path / "anchored")}, {"e-l"})]
     for router, allowed in cases:
         svc = gateway(profile, srvs, router=router)
 

@@ -35,8 +35,9 @@ from jax.flatten_util import ravel_pytree
 
 from bes_jax.agents.dqn import ObsStats, default_hparams, resolve_hparams
 from bes_jax.agents.bank import make_bank
-from bes_jax.agents.network import QNetwork, normalize
+from bes_jax.agents.network import QNetwork, normalize, with_greedy_prior
 from bes_jax.env import make_serving_env
+from bes_jax.routers.baselines import greedy_action
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class ESConfig:
     #: start from an exported policy directory (its weights and observation statistics; same
     #: ``hidden``, profile and observation) instead of a random network: ES fine-tunes it
     init_from: str | None = None
+    #: ``beta`` > 0: the policy routes by ``argmax(q(obs) + beta * onehot(greedy's choice))`` and
+    #: a new network starts with a zero output layer, so it starts as greedy (the rule
+    #: `bes_jax.routers.baselines.greedy_action`) and ES learns where to overrule it; 0: the
+    #: network alone
+    greedy_prior: float = 0.0
     #: members split over this many local devices (`jax.shard_map`; on a CPU ask XLA for host
     #: devices first: `bes_jax.env.devices.use_host_devices`); 1: one program on the default device
     devices: int = 1
@@ -87,6 +93,8 @@ class ESConfig:
         if self.generations % self.chunk_generations:
             raise ValueError(f"es config: field 'generations' = {self.generations}: must be a multiple of "
                              f"chunk_generations ({self.chunk_generations})")
+        if not (isinstance(self.greedy_prior, (int, float)) and self.greedy_prior >= 0):
+            raise ValueError(f"es config: field 'greedy_prior' = {self.greedy_prior!r}: must be a number >= 0")
         for name in ("sigma", "lr", "init_spread"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
@@ -172,11 +180,14 @@ class ES:
         self.grad_steps_per_chunk = cfg.chunk_generations
         f = base_params.latency.dtype
         _, unravel = ravel_pytree(net.init(jax.random.PRNGKey(0), jnp.zeros((1, D), f)))
+        beta = float(cfg.greedy_prior)
         def route(nets, K, obs, st, params, k_steps, steps, stats):
             """``steps`` decisions of K networks x their environments (``nets`` batched over K)."""
             def body(c, t):
                 obs, st, s1, s2 = c
                 q = jax.vmap(net.apply)(nets, normalize(obs, stats.mean, stats.var).reshape(K, -1, D))
+                if beta:
+                    q = with_greedy_prior(q, jax.vmap(greedy_action, in_axes=(0, axes))(st, params).reshape(K, -1), beta)
                 a = jnp.argmax(q, -1).reshape(-1).astype(jnp.int32)
                 k = jax.vmap(lambda kk: jax.random.fold_in(jax.random.fold_in(kk, t), 1))(k_steps)
                 nxt, st, _, _, _ = env.step_batch(k, st, a, params, axes)
@@ -244,6 +255,8 @@ class ES:
                 stats = ObsStats(jnp.ones((), f), jnp.asarray(start["mean"], f), jnp.asarray(start["var"], f))
             else:
                 params = net.init(k_net, jnp.zeros((1, D), f))
+                if beta:  # a zero output layer: the policy starts as greedy
+                    params = {"params": {**params["params"], "out": jax.tree.map(jnp.zeros_like, params["params"]["out"])}}
                 theta, _ = ravel_pytree(params)
                 pop = theta + cfg.init_spread * jax.random.normal(k_pop, (Pn, theta.size), theta.dtype)
                 unit = ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f))
@@ -277,7 +290,10 @@ class ES:
 
         def greedy_policy(params, stats):
             def act(key, obs, state, env_params):
-                return jnp.argmax(net.apply(params, normalize(obs, stats.mean, stats.var))).astype(jnp.int32)
+                q = net.apply(params, normalize(obs, stats.mean, stats.var))
+                if beta:
+                    q = with_greedy_prior(q, greedy_action(state, env_params), beta)
+                return jnp.argmax(q).astype(jnp.int32)
             return act
 
         self.init, self.train_chunk, self.train, self.greedy_policy = init, train_chunk, train, greedy_policy

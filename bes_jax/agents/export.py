@@ -26,9 +26,11 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: str, hidden,
                   profile, sim_config: dict, train_config: dict, mask_wait_x: float = 0.0,
-                  extra: dict | None = None, layer_norm: bool = False, kind: str = "double-dqn q-network") -> Path:
+                  extra: dict | None = None, layer_norm: bool = False, kind: str = "double-dqn q-network",
+                  greedy_prior: float = 0.0) -> Path:
     """``mask_wait_x``: the learner's action mask (`bes_jax.agents.network.wait_mask`; 0: none),
-    which the numpy router applies as the JAX policy does. ``layer_norm``: the network has a
+    which the numpy router applies as the JAX policy does. ``greedy_prior``: the policy routes by
+    ``argmax(q + greedy_prior * onehot(greedy's choice))`` (`bes_jax.agents.network.with_greedy_prior`). ``layer_norm``: the network has a
     LayerNorm after each hidden Dense (PQN's; arrays ``ln_i/scale``, ``ln_i/bias``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,7 @@ def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: s
         "model_names": profile.model_names,
         "task_names": profile.task_names,
         "action_mask": {"kind": "wait", "wait_x": float(mask_wait_x)},
+        "greedy_prior": float(greedy_prior),
         "profile": profile.identity(),
         "sim_config": sim_config,
         "train_config": train_config,

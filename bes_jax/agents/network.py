@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bes_jax.env.core import WAIT_CAP  # the rich observation's cap on wait / deadline
@@ -32,6 +33,15 @@ class QNetwork(nn.Module):
 def normalize(obs, mean, var, clip: float = 10.0):
     """Running-statistics normalisation; the same formula runs in the numpy `Router`."""
     return jnp.clip((obs - mean) / jnp.sqrt(var + 1e-8), -clip, clip)
+
+
+def with_greedy_prior(q, greedy_a, beta: float):
+    """``q + beta * onehot(greedy_a)``: a policy anchored on greedy's choice (``es.greedy_prior``);
+    it overrules greedy only where its own margin exceeds ``beta``. The numpy `Router` adds the
+    same term."""
+    if not beta:
+        return q
+    return q + beta * jax.nn.one_hot(greedy_a, q.shape[-1], dtype=q.dtype)
 
 
 def wait_mask(obs, n_tasks: int, n_models: int, threshold: float):

@@ -46,6 +46,11 @@ class Router:
         self.task_names = list(meta["task_names"])
         #: the policy's action mask (bes_jax.agents.network.wait_mask), recorded at export
         self.mask_wait_x = float((meta.get("action_mask") or {}).get("wait_x", 0.0))
+        #: weight of greedy's choice added to the network's output (`with_greedy_prior`; 0: none)
+        self.greedy_prior = float(meta.get("greedy_prior", 0.0) or 0.0)
+        if not self.greedy_prior >= 0:
+            raise PolicyFormatError(f"metadata.json: field 'greedy_prior' = {meta.get('greedy_prior')!r}: "
+                                    "must be a number >= 0")
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -113,7 +118,18 @@ class Router:
         ok = wait < min(self.mask_wait_x, WAIT_CAP)
         return np.where(ok.any(axis=-1, keepdims=True), ok, wait <= wait.min(axis=-1, keepdims=True))
 
-    def act(self, obs) -> int | np.ndarray:
-        q = np.where(self.allowed(obs), self.q_values(obs), -np.inf)
+    def scores(self, obs, greedy=None) -> np.ndarray:
+        """The values the policy takes the argmax of: the network's output, plus ``greedy_prior``
+        on greedy's choice ``greedy`` (required when the policy has a prior)."""
+        q = self.q_values(obs)
+        if self.greedy_prior:
+            if greedy is None:
+                raise ValueError(f"this policy adds greedy_prior = {self.greedy_prior} to greedy's choice: "
+                                 "pass greedy= (the model greedy would pick for this request)")
+            q = q + np.float32(self.greedy_prior) * np.eye(q.shape[-1], dtype=np.float32)[np.asarray(greedy)]
+        return q
+
+    def act(self, obs, greedy=None) -> int | np.ndarray:
+        q = np.where(self.allowed(obs), self.scores(obs, greedy), -np.inf)
         a = np.argmax(q, axis=-1)
         return int(a) if np.ndim(a) == 0 else a

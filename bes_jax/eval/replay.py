@@ -108,7 +108,7 @@ def run_reference_on_arrivals(profile, sim_cfg, router_cfg, times, tasks, n, see
     elif name == "policy":
         from bes_jax.agents.numpy_router import Router as NumpyRouter
         npr = NumpyRouter.load(router_cfg["path"])
-        policy = lambda i, view: int(npr.act(view.observation))
+        policy = lambda i, view: int(npr.act(view.observation, view.greedy if npr.greedy_prior else None))
     else:
         raise ValueError(f"router.name = {name!r}: not supported by the reference simulator")
     if continuous:

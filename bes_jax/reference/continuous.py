@@ -82,6 +82,7 @@ class View:
     replica: np.ndarray      # [M] replica the routing rule picks (-1: none)
     pred: np.ndarray         # [M] predicted end-to-end latency (inf: cannot take it)
     pred_ttft: np.ndarray    # [M] predicted TTFT
+    greedy: int = -1         # the model ``greedy`` would pick for this request
 
 
 @dataclass
@@ -327,7 +328,7 @@ class ContinuousReferenceSimulator:
                 a = rvc.greedy_choice(pred, pred_ttft, eng, t)
             elif callable(actions):
                 a = actions(i, View(i, now, t, p_in, float(self.d[t]), obs.copy(), snap, chosen.copy(),
-                                    pred.copy(), pred_ttft.copy()))
+                                    pred.copy(), pred_ttft.copy(), rvc.greedy_choice(pred, pred_ttft, eng, t)))
             else:
                 a = actions[i]
             a = self._check_action(i, a)

@@ -79,6 +79,7 @@ class View:
     replica: np.ndarray      # [M] replica the routing rule would pick (-1: no replica)
     wait: np.ndarray         # [M] predicted wait before start (inf: cannot take it)
     predicted: np.ndarray    # [M] predicted completion time (inf: cannot take it)
+    greedy: int = -1         # the model ``greedy`` would pick for this request
 
 
 @dataclass
@@ -255,7 +256,8 @@ class ReferenceSimulator:
             if greedy:
                 a = self.greedy_choice(t, now, pred)
             elif callable(actions):
-                view = View(i, now, t, float(self.d[t]), obs.copy(), load, chosen.copy(), wait, pred)
+                view = View(i, now, t, float(self.d[t]), obs.copy(), load, chosen.copy(), wait, pred,
+                            self.greedy_choice(t, now, pred))
                 a = actions(i, view)
             else:
                 a = actions[i]

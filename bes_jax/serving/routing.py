@@ -81,15 +81,20 @@ def continuous_prediction(router, snap, task):
     return pred, pred_ttft
 
 
+def live_greedy_choice(router, snap, task) -> int:
+    """``greedy``'s model for ``task`` on a snapshot of either kind of pool."""
+    if is_continuous(snap):
+        from bes_jax.serving.engines import view
+        pred, pred_ttft = continuous_prediction(router, snap, task)
+        return view.greedy_choice(pred, pred_ttft, router.engines, task)
+    return greedy_choice(snap, router.latency, router.quality, task, float(router.deadlines[task]))
+
+
 class GreedyRouter(LiveRouter):
     name = "greedy"
 
     def choose(self, snap, task):
-        if is_continuous(snap):
-            from bes_jax.serving.engines import view
-            pred, pred_ttft = continuous_prediction(self, snap, task)
-            return view.greedy_choice(pred, pred_ttft, self.engines, task)
-        return greedy_choice(snap, self.latency, self.quality, task, float(self.deadlines[task]))
+        return live_greedy_choice(self, snap, task)
 
 
 class PolicyRouter(LiveRouter):
@@ -122,7 +127,8 @@ class PolicyRouter(LiveRouter):
 
     def choose(self, snap, task):
         obs = self.observation(snap, task)
-        q = np.where(self.policy.allowed(obs), np.asarray(self.policy.q_values(obs), np.float64), -np.inf)
+        g = live_greedy_choice(self, snap, task) if self.policy.greedy_prior else None
+        q = np.where(self.policy.allowed(obs), np.asarray(self.policy.scores(obs, g), np.float64), -np.inf)
         alive = self.alive(snap)
         if alive.any():
             q = np.where(alive, q, -np.inf)

@@ -1,0 +1,107 @@
+"""A policy anchored on greedy (`es.greedy_prior`): a new network routes exactly as greedy, and an
+exported one makes the same decisions in the JAX simulator and in the reference twin (the numpy
+router, given the twin's greedy choice), in both serving models."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bes_jax import workloads as W
+from bes_jax.agents.es import ES, ESConfig
+from bes_jax.agents.export import export_policy
+from bes_jax.agents.numpy_router import Router as NumpyRouter
+from bes_jax.env import ServingEnv, make_serving_env
+from bes_jax.eval.replay import run_jax_on_arrivals, run_reference_on_arrivals
+from bes_jax.eval.rollout import make_evaluate, metric_windows
+from bes_jax.profile import load_profile
+from bes_jax.routers import Router, greedy
+from bes_jax.sim_config import SimConfig
+
+
+def _episode_vs_greedy(beta):
+    prof = load_profile("opt-a100-80gb")
+    env = ServingEnv(prof, SimConfig(queue_capacity=16, obs_mode="rich"))
+    bank = W.stack_workloads([W.poisson(r, n_tasks=prof.n_tasks) for r in (5.0, 40.0)])
+    base = env.make_params(jax.tree.map(lambda x: x[0], bank))
+    es = ES(ESConfig(population=4, workloads=2, episode_decisions=200, hidden=(8,), greedy_prior=beta),
+            env, base, bank)
+    ts = jax.jit(es.init)(jax.random.PRNGKey(0))
+    theta = es.flat(ts.params)
+    key = jax.random.PRNGKey(3)
+    score, share, _, _ = jax.jit(es.episodes)(theta[None], jnp.array([0, 1]), key, ts.obs_stats, theta)
+    p = es.env.make_params(jax.tree.map(lambda x: x[0], bank)).replace(workload=bank)
+    axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, bank))
+    ev = make_evaluate(es.env, greedy(), 200, 5.0, metric_windows(200, 5.0, bank), params_axis=axes)
+    m = jax.jit(ev)(jax.random.split(key, 2), p)
+    return np.asarray(score[0]), np.asarray(share[0]), np.asarray(m["performance"]), np.asarray(m["per_model_share"])
+
+
+def test_a_new_network_with_the_prior_routes_as_greedy():
+    score, share, g_score, g_share = _episode_vs_greedy(0.5)
+    np.testing.assert_allclose(score, g_score, rtol=1e-6)
+    np.testing.assert_allclose(share, g_share, atol=1e-6)
+    assert (g_share > 0.02).sum() >= 2  # greedy mixes models on these loads: a real check
+    # without the prior the same initial network routes by its random output layer
+    score0, share0, _, _ = _episode_vs_greedy(0.0)
+    assert not np.allclose(share0, g_share, atol=0.05)
+
+
+@pytest.mark.parametrize("batching", ["request", "continuous"])
+def test_exported_prior_policy_decides_the_same_in_the_twin(tmp_path, batching):
+    prof = load_profile("opt-a100-80gb")
+    cont = batching == "continuous"
+    cfg = SimConfig(obs_mode="rich", batching=batching, queue_capacity=16,
+                    **({"max_num_seqs": 8, "max_num_batched_tokens": 512} if cont else {}))
+    env = make_serving_env(prof, cfg)
+    rng = np.random.default_rng(0)
+    D, M = env.obs_size, env.n_models
+    # a network whose margins sometimes beat the prior: neither greedy nor the network alone
+    params = {"params": {"hidden_0": {"kernel": rng.normal(0, 1, (D, 8)).astype(np.float32),
+                                      "bias": np.zeros(8, np.float32)},
+                         "out": {"kernel": rng.normal(0, 0.5, (8, M)).astype(np.float32),
+                                 "bias": np.zeros(M, np.float32)}}}
+    mean, var = np.zeros(D), np.ones(D)
+    dirs = {}
+    for name, beta in (("prior", 1.5), ("alone", 0.0)):
+        dirs[name] = export_policy(tmp_path / name, params, mean, var, obs_mode="rich", hidden=[8], profile=prof,
+                                   sim_config=cfg.to_dict(), train_config={}, greedy_prior=beta)
+    assert NumpyRouter.load(dirs["prior"]).greedy_prior == 1.5
+    n = 300
+    wp = W.poisson(280.0 if cont else 25.0, n_tasks=prof.n_tasks)  # about 3x static OPT-6.7B's capacity
+    key = jax.random.PRNGKey(1)
+    if cont:
+        times, tasks, prompt, output = W.sample_arrivals(key, wp, n + 1, tokens=True, profile=prof)
+        tok = {"prompt": prompt, "output": output}
+    else:
+        times, tasks = W.sample_arrivals(key, wp, n + 1)
+        tok = {}
+    times, tasks = np.asarray(times, np.float64) - float(times[0]), np.asarray(tasks, np.int64)
+    models = {}
+    for name, d in dirs.items():
+        rc = {"name": "policy", "path": str(d)}
+        _, a = run_jax_on_arrivals(prof, cfg, rc, times, tasks, n, **tok)
+        _, b = run_reference_on_arrivals(prof, cfg, rc, times, tasks, n, **tok)
+        np.testing.assert_array_equal(a["model"], b["model"], err_msg=name)
+        np.testing.assert_array_equal(a["status"], b["status"], err_msg=name)
+        models[name] = a["model"]
+    _, g = run_reference_on_arrivals(prof, cfg, {"name": "greedy"}, times, tasks, n, **tok)
+    # the prior changed decisions, and the network overruled greedy on some
+    assert (models["prior"] != models["alone"]).mean() > 0.05
+    assert 0 < (models["prior"] != g["model"]).mean() < 0.95
+
+
+def test_numpy_router_needs_greedy_choice_with_a_prior(tmp_path):
+    prof = load_profile("opt-a100-80gb")
+    D = 10
+    params = {"params": {"hidden_0": {"kernel": np.zeros((D, 2), np.float32), "bias": np.zeros(2, np.float32)},
+                         "out": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(3, np.float32)}}}
+    d = export_policy(tmp_path / "p", params, np.zeros(D), np.ones(D), obs_mode="rich", hidden=[2], profile=prof,
+                      sim_config={}, train_config={}, greedy_prior=0.25)
+    r = NumpyRouter.load(d)
+    with pytest.raises(ValueError, match="greedy_prior = 0.25.*pass greedy="):
+        r.act(np.zeros(D))
+    assert r.act(np.zeros(D), greedy=2) == 2  # the network is indifferent: greedy's choice
+    with pytest.raises(ValueError, match="es config: field 'greedy_prior'"):
+        ESConfig(greedy_prior=-1.0)
