@@ -53,7 +53,7 @@ def test_episode_score_is_the_evaluation_performance(setting, warmup):
     theta = es.flat(ts.params)
     other = theta + 0.3 * jax.random.normal(jax.random.PRNGKey(1), theta.shape)
     index, key = jnp.array([0, 1, 2]), jax.random.PRNGKey(9)
-    score, share, _, _ = jax.jit(es.episodes)(jnp.stack([theta, other]), index, key, ts.obs_stats, theta)
+    score, share, _, _, _ = jax.jit(es.episodes)(jnp.stack([theta, other]), index, key, ts.obs_stats, theta)
     n = 60 + warmup
     p = es.env.make_params(jax.tree.map(lambda x: x[0], bank)).replace(workload=bank)  # one entry per run
     axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, bank))

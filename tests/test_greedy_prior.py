@@ -16,11 +16,11 @@ from bes_jax.env import ServingEnv, make_serving_env
 from bes_jax.eval.replay import run_jax_on_arrivals, run_reference_on_arrivals
 from bes_jax.eval.rollout import make_evaluate, metric_windows
 from bes_jax.profile import load_profile
-from bes_jax.routers import Router, greedy
+from bes_jax.routers import greedy
 from bes_jax.sim_config import SimConfig
 
 
-def _episode_vs_greedy(beta):
+def _episode_vs_greedy(beta, perturb=0.0):
     prof = load_profile("opt-a100-80gb")
     env = ServingEnv(prof, SimConfig(queue_capacity=16, obs_mode="rich"))
     bank = W.stack_workloads([W.poisson(r, n_tasks=prof.n_tasks) for r in (5.0, 40.0)])
@@ -29,23 +29,29 @@ def _episode_vs_greedy(beta):
             env, base, bank)
     ts = jax.jit(es.init)(jax.random.PRNGKey(0))
     theta = es.flat(ts.params)
+    theta = theta + perturb * jax.random.normal(jax.random.PRNGKey(5), theta.shape)
     key = jax.random.PRNGKey(3)
-    score, share, _, _ = jax.jit(es.episodes)(theta[None], jnp.array([0, 1]), key, ts.obs_stats, theta)
+    score, share, over, _, _ = jax.jit(es.episodes)(theta[None], jnp.array([0, 1]), key, ts.obs_stats, theta)
     p = es.env.make_params(jax.tree.map(lambda x: x[0], bank)).replace(workload=bank)
     axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, bank))
     ev = make_evaluate(es.env, greedy(), 200, 5.0, metric_windows(200, 5.0, bank), params_axis=axes)
     m = jax.jit(ev)(jax.random.split(key, 2), p)
-    return np.asarray(score[0]), np.asarray(share[0]), np.asarray(m["performance"]), np.asarray(m["per_model_share"])
+    return (np.asarray(score[0]), np.asarray(share[0]), np.asarray(m["performance"]), np.asarray(m["per_model_share"]),
+            np.asarray(over[0]))
 
 
 def test_a_new_network_with_the_prior_routes_as_greedy():
-    score, share, g_score, g_share = _episode_vs_greedy(0.5)
+    score, share, g_score, g_share, over = _episode_vs_greedy(0.5)
+    np.testing.assert_array_equal(over, 0.0)  # no decision overrules greedy
     np.testing.assert_allclose(score, g_score, rtol=1e-6)
     np.testing.assert_allclose(share, g_share, atol=1e-6)
     assert (g_share > 0.02).sum() >= 2  # greedy mixes models on these loads: a real check
     # without the prior the same initial network routes by its random output layer
-    score0, share0, _, _ = _episode_vs_greedy(0.0)
+    score0, share0, _, _, _ = _episode_vs_greedy(0.0)
     assert not np.allclose(share0, g_share, atol=0.05)
+    # a perturbed network overrules greedy on some decisions, and then routes differently
+    score1, share1, _, _, over1 = _episode_vs_greedy(0.5, perturb=0.5)
+    assert (over1 > 0.02).all() and (over1 < 0.98).all() and not np.allclose(share1, g_share, atol=0.01)
 
 
 @pytest.mark.parametrize("batching", ["request", "continuous"])
@@ -105,3 +111,5 @@ def test_numpy_router_needs_greedy_choice_with_a_prior(tmp_path):
     assert r.act(np.zeros(D), greedy=2) == 2  # the network is indifferent: greedy's choice
     with pytest.raises(ValueError, match="es config: field 'greedy_prior'"):
         ESConfig(greedy_prior=-1.0)
+    with pytest.raises(ValueError, match="es config: field 'overrule_cost' = 0.1.*needs greedy_prior"):
+        ESConfig(overrule_cost=0.1)

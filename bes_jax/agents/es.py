@@ -69,6 +69,10 @@ class ESConfig:
     #: `bes_jax.routers.baselines.greedy_action`) and ES learns where to overrule it; 0: the
     #: network alone
     greedy_prior: float = 0.0
+    #: with ``greedy_prior``: each member's score on a workload is charged this much per unit of
+    #: the fraction of its decisions that overrule greedy, so a weight change that moves decisions
+    #: off greedy without raising the score loses rank (keeps the anchor where deviating does not pay)
+    overrule_cost: float = 0.0
     #: members split over this many local devices (`jax.shard_map`; on a CPU ask XLA for host
     #: devices first: `bes_jax.env.devices.use_host_devices`); 1: one program on the default device
     devices: int = 1
@@ -93,8 +97,13 @@ class ESConfig:
         if self.generations % self.chunk_generations:
             raise ValueError(f"es config: field 'generations' = {self.generations}: must be a multiple of "
                              f"chunk_generations ({self.chunk_generations})")
-        if not (isinstance(self.greedy_prior, (int, float)) and self.greedy_prior >= 0):
-            raise ValueError(f"es config: field 'greedy_prior' = {self.greedy_prior!r}: must be a number >= 0")
+        for name in ("greedy_prior", "overrule_cost"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"es config: field '{name}' = {v!r}: must be a number >= 0")
+        if self.overrule_cost and not self.greedy_prior:
+            raise ValueError(f"es config: field 'overrule_cost' = {self.overrule_cost}: charges overruling greedy; "
+                             "it needs greedy_prior > 0")
         for name in ("sigma", "lr", "init_spread"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
@@ -184,23 +193,29 @@ class ES:
         def route(nets, K, obs, st, params, k_steps, steps, stats):
             """``steps`` decisions of K networks x their environments (``nets`` batched over K)."""
             def body(c, t):
-                obs, st, s1, s2 = c
+                obs, st, s1, s2, over = c
                 q = jax.vmap(net.apply)(nets, normalize(obs, stats.mean, stats.var).reshape(K, -1, D))
                 if beta:
-                    q = with_greedy_prior(q, jax.vmap(greedy_action, in_axes=(0, axes))(st, params).reshape(K, -1), beta)
+                    g = jax.vmap(greedy_action, in_axes=(0, axes))(st, params)
+                    q = with_greedy_prior(q, g.reshape(K, -1), beta)
                 a = jnp.argmax(q, -1).reshape(-1).astype(jnp.int32)
+                if beta:
+                    over = over + (a != g)
                 k = jax.vmap(lambda kk: jax.random.fold_in(jax.random.fold_in(kk, t), 1))(k_steps)
                 nxt, st, _, _, _ = env.step_batch(k, st, a, params, axes)
-                return (nxt, st, s1 + obs.sum(0), s2 + (obs * obs).sum(0)), None
+                return (nxt, st, s1 + obs.sum(0), s2 + (obs * obs).sum(0), over), None
 
             zero = jnp.zeros((D,), f)
-            (obs, st, s1, s2), _ = jax.lax.scan(body, (obs, st, zero, zero), steps)
-            return obs, st, s1, s2
+            c0 = (obs, st, zero, zero, jnp.zeros(obs.shape[:1], jnp.int32))
+            (obs, st, s1, s2, over), _ = jax.lax.scan(body, c0, steps)
+            return obs, st, s1, s2, over
 
         def episodes_one(thetas, index, key, stats, warm_theta):
             """Every network of ``thetas`` [K, n] (flat weights) on bank entries ``index`` [B] with
             the same keys, after ``warmup_decisions`` routed by ``warm_theta`` [n]:
-            ``(score [K, B], share [K, B, A], obs mean [D], obs mean square [D])``; score = mean
+            ``(score [K, B], share [K, B, A], overrule [K, B], obs mean [D], obs mean square [D])``;
+            overrule = the fraction of the episode's decisions that differ from greedy's (with
+            ``greedy_prior``; else 0); score = mean
             realised reward of every request of the episode, warm-up included (a member's
             decisions delay them too). Keys as `bes_jax.eval.rollout.make_run` derives them, so a
             network's score with no warm-up is its evaluation `performance`."""
@@ -212,11 +227,11 @@ class ES:
             k_steps_b = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys_b)
             if Wu:
                 warm = jax.tree.map(lambda x: x[None], unravel(warm_theta))
-                obs, st, _, _ = route(warm, 1, obs, st, params_b, k_steps_b, jnp.arange(Wu), stats)
+                obs, st, _, _, _ = route(warm, 1, obs, st, params_b, k_steps_b, jnp.arange(Wu), stats)
             tile = lambda x: jnp.tile(x, (K,) + (1,) * (x.ndim - 1))
             params = env_params(jnp.tile(index, K))
             obs, st = tile(obs), jax.tree.map(tile, st)
-            _, st, s1, s2 = route(jax.vmap(unravel)(thetas), K, obs, st, params, tile(k_steps_b),
+            _, st, s1, s2, over = route(jax.vmap(unravel)(thetas), K, obs, st, params, tile(k_steps_b),
                                   jnp.arange(Wu, Wu + L), stats)
             o = env.drain_batch(st, params, axes).outcomes
             used = o.decision >= 0
@@ -224,7 +239,8 @@ class ES:
             score = jnp.where(used, o.reward, 0.0).sum(-1) / n
             share = jnp.stack([(used & (o.model == m)).sum(-1) for m in range(A)], -1) / n[:, None]
             E = K * nB
-            return score.reshape(K, -1), share.reshape(K, -1, A), s1 / (E * L), s2 / (E * L)
+            return (score.reshape(K, -1), share.reshape(K, -1, A), (over / L).reshape(K, -1), s1 / (E * L),
+                    s2 / (E * L))
 
         if cfg.devices > 1:  # members are independent: each device runs its share of them
             import numpy as np
@@ -237,13 +253,13 @@ class ES:
             mesh, AX = Mesh(np.asarray(devs), ("members",)), "members"
 
             def local(thetas, index, key, stats, warm_theta):
-                score, share, m1, m2 = episodes_one(thetas, index, key, stats, warm_theta)
-                return score, share, jax.lax.pmean(m1, AX), jax.lax.pmean(m2, AX)
+                score, share, over, m1, m2 = episodes_one(thetas, index, key, stats, warm_theta)
+                return score, share, over, jax.lax.pmean(m1, AX), jax.lax.pmean(m2, AX)
 
             rep = PS()
             stats_spec = ObsStats(rep, rep, rep)
             episodes = jax.shard_map(local, mesh=mesh, in_specs=(PS(AX), rep, rep, stats_spec, rep),
-                                     out_specs=(PS(AX), PS(AX), rep, rep), check_vma=False)
+                                     out_specs=(PS(AX), PS(AX), PS(AX), rep, rep), check_vma=False)
         else:
             episodes = episodes_one
 
@@ -260,7 +276,7 @@ class ES:
                 theta, _ = ravel_pytree(params)
                 pop = theta + cfg.init_spread * jax.random.normal(k_pop, (Pn, theta.size), theta.dtype)
                 unit = ObsStats(jnp.zeros((), f), jnp.zeros((D,), f), jnp.ones((D,), f))
-                _, _, m1, m2 = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, unit, theta)
+                _, _, _, m1, m2 = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, unit, theta)
                 stats = ObsStats(jnp.asarray(float(Pn * B * L), f), m1, jnp.maximum(m2 - m1 * m1, 1e-6))
             opt = optax.adam(hp["lr"])
             return ESState(params, opt.init(params), stats, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), key, hp)
@@ -271,14 +287,16 @@ class ES:
             eps = jax.random.normal(k_eps, (Pn // 2, theta.size), theta.dtype)
             sigma = ts.hp["sigma"]
             pop = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
-            score, share, _, _ = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run, ts.obs_stats, theta)
+            score, share, over, _, _ = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run,
+                                                ts.obs_stats, theta)
             fit = score.mean(1)
-            r = member_utility(score, cfg.fitness)
+            r = member_utility(score - cfg.overrule_cost * over, cfg.fitness)
             grad = unravel(-((r[:Pn // 2] - r[Pn // 2:]) @ eps) / (Pn * sigma))
             upd, opt_state = optax.adam(ts.hp["lr"]).update(grad, ts.opt_state, ts.params)
             ts = ts.replace(params=optax.apply_updates(ts.params, upd), opt_state=opt_state,
                             generation=ts.generation + 1, iteration=ts.iteration + L, key=key)
-            logs = {"fitness": fit.mean(), "fitness_best": fit.max(), "share": share.mean((0, 1))}
+            logs = {"fitness": fit.mean(), "fitness_best": fit.max(), "share": share.mean((0, 1)),
+                    "overrule": over.mean()}
             return ts, logs
 
         def train_chunk(ts: ESState):
