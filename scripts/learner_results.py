@@ -19,6 +19,11 @@ import numpy as np
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="comma-separated")
+    ap.add_argument("--sequential", action="store_true",
+                    help="train the seeds one program each, printing each seed's time and the time left "
+                         "(slow learners: ES), instead of one vmapped program")
+    ap.add_argument("--label", help="a name for this variant: its section heading and JSON file carry it, so it "
+                                    "does not replace the learner's own section (e.g. es-greedy-prior)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
@@ -43,11 +48,21 @@ def main(argv=None):
     default_learner = s["learner_name"] == compose_train_config([]).learner.name
     train, greedy_policy = s["fns"].train, s["fns"].greedy_policy
     t0 = time.perf_counter()
-    ts, logs = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in args.seeds])))
+    if args.sequential:
+        train_j, runs = jax.jit(train), []
+        for i, k in enumerate(args.seeds):
+            runs.append(jax.block_until_ready(train_j(jax.random.PRNGKey(k))))
+            spent = time.perf_counter() - t0
+            print(f"seed {k} trained ({i + 1}/{len(args.seeds)}): {spent:.0f} s so far, "
+                  f"about {spent / (i + 1) * (len(args.seeds) - i - 1):.0f} s left", flush=True)
+        ts, logs = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
+    else:
+        ts, logs = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in args.seeds])))
     train_s = time.perf_counter() - t0
     # ES trains on drained episodes with a ring that holds them whole: nothing to evict
     evicted = float(np.max(np.asarray(logs["evicted_frac"]))) if "evicted_frac" in logs else 0.0
-    print(f"trained {len(args.seeds)} seeds in one program: {train_s:.1f} s (incl. compilation); "
+    how = "one program each" if args.sequential else "in one program"
+    print(f"trained {len(args.seeds)} seeds {how}: {train_s:.1f} s (incl. compilation); "
           f"decisions evicted from the outcome ring unresolved (not trained on): at most {evicted:.2%} of a seed's")
     continuous = s["sim_cfg"].batching == "continuous"
     evals = build_eval_workloads(cfg.eval, s["profile"], s["cap_large"])
@@ -85,20 +100,23 @@ def main(argv=None):
     out = {"seeds": args.seeds, "overrides": args.overrides, "train_seconds": train_s, "evicted_frac_max": evicted,
            "eval_seeds": list(cfg.eval.seeds), "n_decisions": int(cfg.eval.n_decisions),
            "workloads": {w: per_seed[0][w]["workload"] for w in evals}, "results": table}
-    suffix = "" if default_learner else f"_{s['learner_name']}"
+    suffix = ("" if default_learner else f"_{s['learner_name']}") + (f"_{args.label}" if args.label else "")
     json_name = f"results_learner{'_continuous' if continuous else ''}{suffix}.json"
     (REPO_ROOT / "docs" / json_name).write_text(json.dumps(out, indent=1) + "\n")
     heading = ("## Continuous batching: learned router vs baselines over training seeds" if continuous
                else "## Learned router vs baselines (held-out unpredictable workloads)")
-    if not default_learner:
-        heading += f" (`learner={s['learner_name']}`)"
+    if not default_learner or args.label:
+        heading += " (" + ", ".join(([f"`learner={s['learner_name']}`"] if not default_learner else [])
+                                    + ([args.label] if args.label else [])) + ")"
     mode = (f"continuous batching (`max_num_seqs` {s['sim_cfg'].max_num_seqs}, `max_num_batched_tokens` "
             f"{s['sim_cfg'].max_num_batched_tokens}), " if continuous else "request-level batching, ")
     lines = [heading, "",
              f"`python scripts/learner_results.py --seeds {','.join(map(str, args.seeds))}"
+             f"{' --sequential' if args.sequential else ''}{' --label ' + args.label if args.label else ''}"
              f"{' ' + ' '.join(args.overrides) if args.overrides else ''}` — default profile "
              f"(`{s['profile'].name}`), {mode}hard deadlines, default `bes-train` config (learner `{s['learner_name']}`), {len(args.seeds)} training seeds "
-             f"(trained in one vmapped program, {train_s:.0f} s on this machine); each policy evaluated on "
+             f"(trained {'one program each' if args.sequential else 'in one vmapped program'}, {train_s:.0f} s on "
+             "this machine); each policy evaluated on "
              f"{len(cfg.eval.seeds)} evaluation seeds x {int(cfg.eval.n_decisions)} requests per workload. "
              "Mean ± std over training seeds (baselines have no training seed: std 0). "
              f"Placement `{s['sim_cfg'].placement}`. Loads are multiples (`rate_x`) of static "
