@@ -19,7 +19,7 @@ take it unchanged. Observation statistics (normalisation) are fixed at the start
 rollout of randomly perturbed initial networks.
 
 ``ES(cfg, env, base_params, bank).train(key, hp=None)`` is the whole run in one program; ``hp``
-(:data:`ES_HPARAMS`: sigma, lr) may be traced, so one program vmaps over seeds and values.
+(:data:`ES_HPARAMS`: sigma, lr, overrule_cost) may be traced, so one program vmaps over seeds and values.
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ class ESConfig:
 FITNESS = ("mean", "per_workload")
 
 #: ESConfig fields that are traced numbers (``ts.hp``)
-ES_HPARAMS = ("sigma", "lr")
+ES_HPARAMS = ("sigma", "lr", "overrule_cost")
 
 
 @struct.dataclass
@@ -290,7 +290,7 @@ class ES:
             score, share, over, _, _ = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run,
                                                 ts.obs_stats, theta)
             fit = score.mean(1)
-            r = member_utility(score - cfg.overrule_cost * over, cfg.fitness)
+            r = member_utility(score - ts.hp["overrule_cost"] * over, cfg.fitness)
             grad = unravel(-((r[:Pn // 2] - r[Pn // 2:]) @ eps) / (Pn * sigma))
             upd, opt_state = optax.adam(ts.hp["lr"]).update(grad, ts.opt_state, ts.params)
             ts = ts.replace(params=optax.apply_updates(ts.params, upd), opt_state=opt_state,
