@@ -357,6 +357,15 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     say("extras: task-mix shift done")
 
 
+def _train_length(cfg, learner: str):
+    """The configured learner's training length: DQN / PQN iterations or ES generations."""
+    node = cfg.get(learner)
+    for k in ("iterations", "generations"):
+        if node is not None and k in node:
+            return int(node[k])
+    return None
+
+
 def _f2(d):
     if d is None or d.get("mean") is None:
         return "n/a" if d is None or "note" not in d else f"unbounded ({d['note']})"
@@ -435,11 +444,12 @@ def report_section(doc) -> str:
              f"{doc['protocol']['test_set']['extras']}.",
              f"- Loads are multiples of the largest model's measured sustainable rate ({doc['protocol']['capacity']}), "
              "per mode:", "",
-             "| mode | profile | batching | placement | GPUs | capacity of static-largest (req/s) |",
-             "|---|---|---|---|---:|---:|"]
+             "| mode | profile | batching | placement | GPUs | capacity of static-largest (req/s) | learner |",
+             "|---|---|---|---|---:|---:|---|"]
     for name, m in modes.items():
+        learner = m.get("learner", "dqn") + "".join(f" `{o}`" for o in m.get("learner_overrides", []))
         lines.append(f"| {name} | {m['profile']} | {m['batching']} | {m['placement']} | {m['n_gpus']} | "
-                     f"{m['capacity_static_large_req_s']:.3f} |")
+                     f"{m['capacity_static_large_req_s']:.3f} | {learner} |")
     lines.append("")
     for name, m in modes.items():
         st = m["static_large"]
@@ -658,6 +668,7 @@ def main(argv=None):
     from bes_jax.eval.report import replace_section
     from bes_jax.eval.rollout import eval_config
     from bes_jax.eval.sweep import sweep_rates
+    from bes_jax.agents.training import LEARNERS
     from bes_jax.routers import greedy, static, uniform_random
     from bes_jax.workloads.bursty import bursty_workload, describe
 
@@ -740,8 +751,9 @@ def main(argv=None):
                          "capacity_static_large_req_s": self.cap, "static_large": self.stat,
                          "n_gpus": int(self.sim_cfg.n_gpus), "placement": self.sim_cfg.placement,
                          "window_s": self.window_s,
-                         "train_iterations": int(cfg[s["learner_name"]].iterations)
-                         if s["learner_name"] in cfg else None}
+                         "learner": s["learner_name"], "learner_overrides": [o for o in self.overrides
+                                                                             if o.split("=")[0].split(".")[0] in LEARNERS],
+                         "train_iterations": _train_length(cfg, s["learner_name"])}
             self._bursty = None
             from omegaconf import OmegaConf as _OC
             tf = cfg.train_family

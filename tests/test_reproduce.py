@@ -209,3 +209,10 @@ def test_tuning_sets_are_listed_per_mode_when_they_differ():
     assert same.startswith("t1 (") and "mode" not in same
     both = reproduce._tuning_sets({"request": a, "continuous": b})
     assert both.startswith("mode `request`: t1 (") and "mode `continuous`: t1 (" in both and "t2 (" in both
+
+
+def test_train_length_reads_the_configured_learner():
+    cfg = OmegaConf.create({"dqn": {"iterations": 5000}, "es": {"generations": 60}, "pqn": {"n_envs": 4}})
+    assert reproduce._train_length(cfg, "dqn") == 5000
+    assert reproduce._train_length(cfg, "es") == 60
+    assert reproduce._train_length(cfg, "pqn") is None and reproduce._train_length(cfg, "other") is None
