@@ -32,7 +32,7 @@ def main(argv=None):
 
     from bes_jax import REPO_ROOT
     from bes_jax.eval.report import replace_section
-    from bes_jax.agents.training import request_learner_devices, setup_training
+    from bes_jax.agents.training import request_learner_devices, setup_training, train_seeds
     from bes_jax.config import compose_train_config
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
     from bes_jax.env import make_serving_env
@@ -46,18 +46,10 @@ def main(argv=None):
     request_learner_devices(cfg)  # pqn.devices / es.devices: before the first computation
     s = setup_training(cfg)
     default_learner = s["learner_name"] == compose_train_config([]).learner.name
-    train, greedy_policy = s["fns"].train, s["fns"].greedy_policy
+    greedy_policy = s["fns"].greedy_policy
     t0 = time.perf_counter()
-    if args.sequential:
-        train_j, runs = jax.jit(train), []
-        for i, k in enumerate(args.seeds):
-            runs.append(jax.block_until_ready(train_j(jax.random.PRNGKey(k))))
-            spent = time.perf_counter() - t0
-            print(f"seed {k} trained ({i + 1}/{len(args.seeds)}): {spent:.0f} s so far, "
-                  f"about {spent / (i + 1) * (len(args.seeds) - i - 1):.0f} s left", flush=True)
-        ts, logs = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
-    else:
-        ts, logs = jax.block_until_ready(jax.jit(jax.vmap(train))(jnp.stack([jax.random.PRNGKey(k) for k in args.seeds])))
+    args.sequential = args.sequential or not getattr(s["fns"], "vmap_seeds", True)
+    ts, logs = train_seeds(s["fns"], args.seeds, args.sequential, log=lambda m: print(m, flush=True))
     train_s = time.perf_counter() - t0
     # ES trains on drained episodes with a ring that holds them whole: nothing to evict
     evicted = float(np.max(np.asarray(logs["evicted_frac"]))) if "evicted_frac" in logs else 0.0

@@ -167,6 +167,9 @@ class ES:
 
     name = "es"
     layer_norm = False
+    #: seeds train one program each (`bes_jax.agents.training.train_seeds`): on a 2-core CPU three
+    #: request-mode seeds took 67 s that way and did not finish in 5 minutes as one vmapped program
+    vmap_seeds = False
 
     def __init__(self, cfg: ESConfig, env, base_params, workload_bank, deadline_bank=None):
         from bes_jax.eval.rollout import eval_config

@@ -138,6 +138,30 @@ def setup_training(cfg: DictConfig) -> dict:
 LEARNERS = ("dqn", "pqn", "es")
 
 
+def train_seeds(learner, seeds, sequential: bool | None = None, log=None):
+    """``(train states, logs)`` of ``learner.train`` for every seed, stacked on a leading axis:
+    one vmapped program, or (``sequential``; default: the learner's ``vmap_seeds`` is False)
+    one program per seed, reporting each seed's time and the time left through ``log``."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    seeds = [int(k) for k in seeds]
+    if sequential is None:
+        sequential = not getattr(learner, "vmap_seeds", True)
+    if not sequential:
+        return jax.block_until_ready(jax.jit(jax.vmap(learner.train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
+    train_j, runs, t0 = jax.jit(learner.train), [], time.perf_counter()
+    for i, k in enumerate(seeds):
+        runs.append(jax.block_until_ready(train_j(jax.random.PRNGKey(k))))
+        spent = time.perf_counter() - t0
+        if log is not None:
+            log(f"seed {k} trained ({i + 1}/{len(seeds)}): {spent:.0f} s so far, "
+                f"about {spent / (i + 1) * (len(seeds) - i - 1):.0f} s left")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
+
+
 def request_learner_devices(cfg) -> None:
     """Ask XLA for the host devices the configured learner splits over (``pqn.devices`` or
     ``es.devices`` > 1); call before JAX starts its backends (no effect after)."""

@@ -27,20 +27,20 @@ class TrainedRouters(list):
 
 
 def train_routers(cfg, seeds, name: str = "learned"):
-    """Train the `bes-train` config `cfg` for every seed in one vmapped program.
+    """Train the `bes-train` config `cfg` for every seed: one vmapped program, or one program per
+    seed for a learner that vmaps badly over seeds (`bes_jax.agents.training.train_seeds`).
 
     Returns ``(setup, routers)``: `setup_training`'s dict and one greedy-policy router per seed
     (a `TrainedRouters` list).
     """
-    from bes_jax.agents.training import setup_training
+    from bes_jax.agents.training import setup_training, train_seeds
 
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds = []: need at least one training seed")
     setup = setup_training(cfg)
-    train, greedy_policy = setup["fns"].train, setup["fns"].greedy_policy
-    keys = jnp.stack([jax.random.PRNGKey(k) for k in seeds])
-    ts, _ = jax.block_until_ready(jax.jit(jax.vmap(train))(keys))
+    greedy_policy = setup["fns"].greedy_policy
+    ts, _ = train_seeds(setup["fns"], seeds, log=lambda m: print(m, flush=True))
     routers = [Router(name, greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
                                           jax.tree.map(lambda x: x[i], ts.obs_stats))) for i in range(len(seeds))]
     return setup, TrainedRouters(routers, greedy_policy, ts.params, ts.obs_stats)
