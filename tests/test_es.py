@@ -174,3 +174,21 @@ def test_init_from_an_exported_policy_starts_from_its_weights(setting, tmp_path)
     np.testing.assert_allclose(np.asarray(start.obs_stats.var), np.asarray(ts.obs_stats.var), rtol=1e-6)
     with pytest.raises(PolicyFormatError, match=r"field 'hidden' = \[8\].*es.hidden=\[8\]"):
         ES(ESConfig(population=4, workloads=2, episode_decisions=30, hidden=(16,), init_from=str(out)), env, base, bank)
+
+
+def test_seeds_one_program_each_give_the_vmapped_runs(setting):
+    """`train_seeds` trains ES one seed per program (it vmaps badly over seeds): the same states
+    as the vmapped program, stacked the same way."""
+    from bes_jax.agents.training import train_seeds
+
+    prof, env, bank, base = setting
+    es = ES(ESConfig(population=4, workloads=2, episode_decisions=30, generations=2, chunk_generations=1,
+                     hidden=(4,)), env, base, bank)
+    assert es.vmap_seeds is False
+    lines = []
+    one_each, _ = train_seeds(es, [0, 3], log=lines.append)
+    together, _ = train_seeds(es, [0, 3], sequential=False)
+    assert len(lines) == 2 and "seed 3 trained (2/2)" in lines[1]
+    a, b = np.asarray(jax.vmap(es.flat)(one_each.params)), np.asarray(jax.vmap(es.flat)(together.params))
+    assert a.shape == b.shape and not np.allclose(a[0], a[1])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
