@@ -5,10 +5,15 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# one XLA compilation cache for the whole run, set before JAX is imported: programs that
+# several tests (and the commands they start) compile identically are compiled once
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="bes_jax_test_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-from bes_jax.profile import profile_from_dict
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from bes_jax.profile import profile_from_dict  # noqa: E402
 
 # measured capacities are cached on disk (bes_jax.eval.capacity): tests, and the commands they
 # start, share one fresh cache instead of reading or writing the user's
