@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bes_jax import workloads as W
-from bes_jax.agents.es import ES, ESConfig
+from bes_jax.agents.es import ES, ESConfig, charged_scores, member_utility
 from bes_jax.agents.export import export_policy
 from bes_jax.agents.numpy_router import Router as NumpyRouter
 from bes_jax.env import ServingEnv, make_serving_env
@@ -20,38 +20,83 @@ from bes_jax.routers import greedy
 from bes_jax.sim_config import SimConfig
 
 
-def _episode_vs_greedy(beta, perturb=0.0):
+def _small_es(beta, **cfg):
     prof = load_profile("opt-a100-80gb")
     env = ServingEnv(prof, SimConfig(queue_capacity=16, obs_mode="rich"))
     bank = W.stack_workloads([W.poisson(r, n_tasks=prof.n_tasks) for r in (5.0, 40.0)])
     base = env.make_params(jax.tree.map(lambda x: x[0], bank))
-    es = ES(ESConfig(population=4, workloads=2, episode_decisions=200, hidden=(8,), greedy_prior=beta),
+    es = ES(ESConfig(population=4, workloads=2, episode_decisions=200, hidden=(8,), greedy_prior=beta, **cfg),
             env, base, bank)
+    return es, bank
+
+
+def _greedy_performance(es, bank, keys, index):
+    """greedy's evaluation `performance` on bank entries ``index`` with ``keys`` (one each)."""
+    sub = jax.tree.map(lambda x: x[np.asarray(index)], bank)
+    p = es.env.make_params(jax.tree.map(lambda x: x[0], sub)).replace(workload=sub)
+    axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, sub))
+    ev = make_evaluate(es.env, greedy(), 200, 5.0, metric_windows(200, 5.0, sub), params_axis=axes)
+    m = jax.jit(ev)(keys, p)
+    return np.asarray(m["performance"]), np.asarray(m["per_model_share"])
+
+
+def _episodes_vs_greedy(beta, perturbs):
+    """Per perturbation of a new network's weights: its episode (score, share, overrule) on both
+    bank entries; and greedy's evaluation on the same keys."""
+    es, bank = _small_es(beta)
     ts = jax.jit(es.init)(jax.random.PRNGKey(0))
     theta = es.flat(ts.params)
-    theta = theta + perturb * jax.random.normal(jax.random.PRNGKey(5), theta.shape)
     key = jax.random.PRNGKey(3)
-    score, share, over, _, _ = jax.jit(es.episodes)(theta[None], jnp.array([0, 1]), key, ts.obs_stats, theta)
-    p = es.env.make_params(jax.tree.map(lambda x: x[0], bank)).replace(workload=bank)
-    axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, bank))
-    ev = make_evaluate(es.env, greedy(), 200, 5.0, metric_windows(200, 5.0, bank), params_axis=axes)
-    m = jax.jit(ev)(jax.random.split(key, 2), p)
-    return (np.asarray(score[0]), np.asarray(share[0]), np.asarray(m["performance"]), np.asarray(m["per_model_share"]),
-            np.asarray(over[0]))
+    episodes = jax.jit(es.episodes)
+    runs = []
+    for perturb in perturbs:
+        th = theta + perturb * jax.random.normal(jax.random.PRNGKey(5), theta.shape)
+        score, share, over, _, _ = episodes(th[None], jnp.array([0, 1]), key, ts.obs_stats, theta)
+        runs.append((np.asarray(score[0]), np.asarray(share[0]), np.asarray(over[0])))
+    return runs, _greedy_performance(es, bank, jax.random.split(key, 2), [0, 1])
 
 
 def test_a_new_network_with_the_prior_routes_as_greedy():
-    score, share, g_score, g_share, over = _episode_vs_greedy(0.5)
+    ((score, share, over), (score1, share1, over1)), (g_score, g_share) = _episodes_vs_greedy(0.5, (0.0, 0.5))
     np.testing.assert_array_equal(over, 0.0)  # no decision overrules greedy
     np.testing.assert_allclose(score, g_score, rtol=1e-6)
     np.testing.assert_allclose(share, g_share, atol=1e-6)
     assert (g_share > 0.02).sum() >= 2  # greedy mixes models on these loads: a real check
-    # without the prior the same initial network routes by its random output layer
-    score0, share0, _, _, _ = _episode_vs_greedy(0.0)
-    assert not np.allclose(share0, g_share, atol=0.05)
     # a perturbed network overrules greedy on some decisions, and then routes differently
-    score1, share1, _, _, over1 = _episode_vs_greedy(0.5, perturb=0.5)
     assert (over1 > 0.02).all() and (over1 < 0.98).all() and not np.allclose(share1, g_share, atol=0.01)
+    # without the prior the same initial network routes by its random output layer
+    ((score0, share0, _),), _ = _episodes_vs_greedy(0.0, (0.0,))
+    assert not np.allclose(share0, g_share, atol=0.05)
+
+
+def test_shortfall_cost_charges_members_below_greedy_on_its_own_episodes():
+    """`es.shortfall_cost`: greedy routes each generation's episodes beside the members (the
+    logged greedy score is greedy's evaluation on the generation's bank entries and keys), and a
+    member that loses to greedy on one workload ranks below one that ties it everywhere, although
+    its mean score is higher."""
+    # members far from greedy (sigma 1): a member standing in for greedy would not score as greedy
+    es, bank = _small_es(0.5, shortfall_cost=1.0, generations=1, chunk_generations=1, sigma=1.0)
+    ts = jax.jit(es.init)(jax.random.PRNGKey(0))
+    _, logs = jax.jit(es.train_chunk)(ts)
+    _, _, k_idx, k_run = jax.random.split(ts.key, 4)  # as the generation splits its key
+    index = np.asarray(jax.random.randint(k_idx, (2,), 0, 2))
+    g_perf, _ = _greedy_performance(es, bank, jax.random.split(k_run, 2), index)
+    np.testing.assert_allclose(float(logs["greedy_score"][0]), g_perf.mean(), rtol=1e-5)
+    assert float(logs["overrule"][0]) > 0.05 and float(logs["shortfall"][0]) > 0
+    # the charge itself: member 0 ties greedy, member 1 gains 0.3 on workload 0 and loses 0.1 on 1
+    greedy_w = jnp.array([0.5, 0.6])
+    score = jnp.stack([greedy_w, greedy_w + jnp.array([0.3, -0.1]), greedy_w - 0.2, greedy_w - 0.3])
+    assert float(charged_scores(score, jnp.zeros_like(score), greedy_w, 0.0, 0.0).mean(1)[1]) > float(score[0].mean())
+    r0 = member_utility(charged_scores(score, jnp.zeros_like(score), greedy_w, 0.0, 0.0), "mean")
+    r5 = member_utility(charged_scores(score, jnp.zeros_like(score), greedy_w, 0.0, 5.0), "mean")
+    assert r0[1] > r0[0] and r5[1] < r5[0]
+    above = (greedy_w + 0.1)[None]  # never below greedy: never charged
+    np.testing.assert_allclose(charged_scores(above, jnp.zeros_like(above), greedy_w, 0.0, 5.0), above)
+    with pytest.raises(ValueError, match="es config: field 'shortfall_cost' = 1.0.*needs greedy_prior"):
+        ESConfig(shortfall_cost=1.0)
+    es0, _ = _small_es(0.5)
+    with pytest.raises(ValueError, match="'shortfall_cost' is traced but es config field 'shortfall_cost' = 0"):
+        es0.init(jax.random.PRNGKey(0), {"shortfall_cost": 2.0})
 
 
 @pytest.mark.parametrize("batching", ["request", "continuous"])

@@ -73,6 +73,12 @@ class ESConfig:
     #: the fraction of its decisions that overrule greedy, so a weight change that moves decisions
     #: off greedy without raising the score loses rank (keeps the anchor where deviating does not pay)
     overrule_cost: float = 0.0
+    #: with ``greedy_prior``: greedy itself routes every generation's episodes beside the members
+    #: (one more member: the zero network, which the prior makes greedy; same keys, same arrivals)
+    #: and each member's score on a workload is charged this much per unit of its shortfall
+    #: there, ``max(0, greedy's score - its score)``: a change that gains under overload but loses
+    #: to greedy at a light load loses rank (targets "at or above greedy at every load")
+    shortfall_cost: float = 0.0
     #: members split over this many local devices (`jax.shard_map`; on a CPU ask XLA for host
     #: devices first: `bes_jax.env.devices.use_host_devices`); 1: one program on the default device
     devices: int = 1
@@ -97,13 +103,14 @@ class ESConfig:
         if self.generations % self.chunk_generations:
             raise ValueError(f"es config: field 'generations' = {self.generations}: must be a multiple of "
                              f"chunk_generations ({self.chunk_generations})")
-        for name in ("greedy_prior", "overrule_cost"):
+        for name in ("greedy_prior", "overrule_cost", "shortfall_cost"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"es config: field '{name}' = {v!r}: must be a number >= 0")
-        if self.overrule_cost and not self.greedy_prior:
-            raise ValueError(f"es config: field 'overrule_cost' = {self.overrule_cost}: charges overruling greedy; "
-                             "it needs greedy_prior > 0")
+        for name in ("overrule_cost", "shortfall_cost"):
+            if getattr(self, name) and not self.greedy_prior:
+                raise ValueError(f"es config: field '{name}' = {getattr(self, name)}: compares members with greedy; "
+                                 "it needs greedy_prior > 0")
         for name in ("sigma", "lr", "init_spread"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
@@ -126,7 +133,7 @@ class ESConfig:
 FITNESS = ("mean", "per_workload")
 
 #: ESConfig fields that are traced numbers (``ts.hp``)
-ES_HPARAMS = ("sigma", "lr", "overrule_cost")
+ES_HPARAMS = ("sigma", "lr", "overrule_cost", "shortfall_cost")
 
 
 @struct.dataclass
@@ -145,6 +152,17 @@ def centred_ranks(x):
     makes the update invariant to the reward's scale and to outliers."""
     r = jnp.argsort(jnp.argsort(x)).astype(jnp.float32)
     return r / jnp.maximum(x.size - 1, 1) - 0.5
+
+
+def charged_scores(score, overrule, greedy_score, overrule_cost, shortfall_cost):
+    """Members' scores ``[members, workloads]`` as they are ranked: less ``overrule_cost`` per unit
+    of the fraction of decisions that overrule greedy (``overrule``, same shape) and less
+    ``shortfall_cost`` per unit of the shortfall against greedy's score on the same workload
+    (``greedy_score`` [workloads]; None when greedy did not route beside the members)."""
+    charged = score - overrule_cost * overrule
+    if greedy_score is None:
+        return charged
+    return charged - shortfall_cost * jnp.maximum(greedy_score[None] - score, 0.0)
 
 
 def member_utility(score, fitness: str = "mean"):
@@ -193,6 +211,8 @@ class ES:
         f = base_params.latency.dtype
         _, unravel = ravel_pytree(net.init(jax.random.PRNGKey(0), jnp.zeros((1, D), f)))
         beta = float(cfg.greedy_prior)
+        # greedy routes beside the members when its score is charged against them (shortfall_cost)
+        n_greedy = cfg.devices if cfg.shortfall_cost else 0
         def route(nets, K, obs, st, params, k_steps, steps, stats):
             """``steps`` decisions of K networks x their environments (``nets`` batched over K)."""
             def body(c, t):
@@ -267,6 +287,9 @@ class ES:
             episodes = episodes_one
 
         def init(key, hp=None) -> ESState:
+            if hp and "shortfall_cost" in hp and not n_greedy:
+                raise ValueError("es hyperparameter 'shortfall_cost' is traced but es config field 'shortfall_cost' = 0: "
+                                 "set it non-zero so greedy routes beside the members")
             hp = resolve_hparams(cfg, ES_HPARAMS, hp)
             k_net, k_pop, k_idx, k_run, key = jax.random.split(key, 5)
             if start is not None:  # fine-tune an exported policy: its weights and normalisation
@@ -290,16 +313,24 @@ class ES:
             eps = jax.random.normal(k_eps, (Pn // 2, theta.size), theta.dtype)
             sigma = ts.hp["sigma"]
             pop = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
+            if n_greedy:  # the zero network routes as greedy (one per device, so members still split evenly)
+                pop = jnp.concatenate([pop, jnp.zeros((n_greedy, theta.size), theta.dtype)])
             score, share, over, _, _ = episodes(pop, jax.random.randint(k_idx, (B,), 0, n_bank), k_run,
                                                 ts.obs_stats, theta)
+            g_score = score[Pn] if n_greedy else None
+            score, share, over = score[:Pn], share[:Pn], over[:Pn]
             fit = score.mean(1)
-            r = member_utility(score - ts.hp["overrule_cost"] * over, cfg.fitness)
+            r = member_utility(charged_scores(score, over, g_score, ts.hp["overrule_cost"], ts.hp["shortfall_cost"]),
+                               cfg.fitness)
             grad = unravel(-((r[:Pn // 2] - r[Pn // 2:]) @ eps) / (Pn * sigma))
             upd, opt_state = optax.adam(ts.hp["lr"]).update(grad, ts.opt_state, ts.params)
             ts = ts.replace(params=optax.apply_updates(ts.params, upd), opt_state=opt_state,
                             generation=ts.generation + 1, iteration=ts.iteration + L, key=key)
             logs = {"fitness": fit.mean(), "fitness_best": fit.max(), "share": share.mean((0, 1)),
                     "overrule": over.mean()}
+            if n_greedy:
+                logs["greedy_score"] = g_score.mean()
+                logs["shortfall"] = jnp.maximum(g_score[None] - score, 0.0).mean()
             return ts, logs
 
         def train_chunk(ts: ESState):
