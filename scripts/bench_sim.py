@@ -51,6 +51,9 @@ def main(argv=None):
     ap.add_argument("--rate-x", type=float, default=3.0, help="mean rate, x static OPT-6.7B's nominal capacity (the load of the figures in docs/benchmarks.md)")
     ap.add_argument("--devices", default="auto",
                     help="CPU devices to shard over (auto: one per core; 1: no sharding)")
+    ap.add_argument("--occupancy", type=int, default=0, metavar="DECISIONS",
+                    help="continuous mode: also route this many decisions in one environment and print how full "
+                         "the running sets and waiting queues are at decision times (what an event's rows hold)")
     ap.add_argument("--write-docs", action="store_true", help="append the figures to docs/benchmarks.md")
     args = ap.parse_args(argv)
     from bes_jax.env.devices import shard_envs, use_host_devices
@@ -126,6 +129,9 @@ def main(argv=None):
         print(f"JAX  N={n * d:>6} on {d} device(s): compile+first run {compile_s:6.2f} s | best timed run {run_s:7.3f} s "
               f"| {dps:>12,.0f} decisions/s (median of {args.repeats}: {median:,.0f})", flush=True)
 
+    if args.occupancy and args.batching == "continuous":
+        print(occupancy(env, params, args.occupancy, jax, jnp, np, greedy_action))
+
     ref_s = []
     if args.batching == "request":
         times, tasks = W.sample_arrivals(jax.random.PRNGKey(3), wp, args.reference_decisions)
@@ -163,6 +169,29 @@ def main(argv=None):
             fh.write("\n".join(lines))
     print(json.dumps({"decisions_per_s": best["decisions_per_s"], "n_envs": best["n_envs"], "devices": best["devices"],
                       "ratio_vs_reference": ratio, "placement": cfg.placement, "batching": cfg.batching}))
+
+
+def occupancy(env, params, n, jax, jnp, np, greedy_action) -> str:
+    """Running-set sizes and waiting-queue lengths per replica at ``n`` decision times (one
+    environment, greedy): how many of a replica's `max_num_seqs` rows an event reads are live."""
+    from bes_jax.env.continuous import N_RUN, Q_LEN
+
+    @jax.jit
+    def run(key):
+        _, st = env.reset(key, params)
+
+        def body(st, k):
+            _, st, _, _, _ = env.step(jax.random.fold_in(key, k), st, greedy_action(st, params), params)
+            return st, (st.rep[:, N_RUN], st.rep[:, Q_LEN])
+        return jax.lax.scan(body, st, jnp.arange(n))[1]
+
+    n_run, q_len = map(np.asarray, run(jax.random.PRNGKey(0)))
+    need = (n_run + np.minimum(q_len, env.window)).max(1)  # rows an admission may fill, busiest replica
+    pct = lambda x: "/".join(f"{v:.0f}" for v in np.percentile(x, [50, 90, 99, 100]))
+    return (f"occupancy over {n} decisions (max_num_seqs {env.max_seqs}): running set per replica mean "
+            f"{n_run.mean():.1f}, busiest replica p50/p90/p99/max {pct(n_run.max(1))}; waiting queue mean "
+            f"{q_len.mean():.1f}, busiest {pct(q_len.max(1))}; running + admissible rows of the busiest replica "
+            f"<= 16 at {np.mean(need <= 16):.0%} of decisions, <= 32 at {np.mean(need <= 32):.0%}")
 
 
 if __name__ == "__main__":
