@@ -75,3 +75,19 @@ def test_bench_sim_script_runs_and_reports(tmp_path):
     assert sum(line.startswith("JAX  N=") for line in lines) == 2  # 4 envs on 1 device, 8 on 2
     last = json.loads(lines[-1])
     assert last["decisions_per_s"] > 0 and last["ratio_vs_reference"] > 0 and last["n_envs"] in (4, 8)
+
+
+def test_bench_sim_continuous_reports_its_mode_and_occupancy():
+    """`--batching continuous` (trace token lengths): the JSON line names the mode, and
+    `--occupancy` prints how full the running sets and queues were."""
+    import json
+    import re
+    from bes_jax import REPO_ROOT
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench_sim.py"), "--batching", "continuous", "--n-envs", "4",
+           "--steps", "5", "--reference-decisions", "50", "--devices", "1", "--repeats", "1", "--occupancy", "60"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["batching"] == "continuous" and last["decisions_per_s"] > 0
+    m = re.search(r"occupancy over 60 decisions \(max_num_seqs (\d+)\): running set per replica mean ([\d.]+)", out.stdout)
+    assert m and 0 < float(m.group(2)) <= int(m.group(1)), out.stdout[-1500:]
