@@ -315,12 +315,14 @@ class ServingEnv:
             status=o.status.at[row, write].set(jnp.where(take, SERVED, DROPPED).astype(jnp.int8), **drop))
         started = b > 0
         st = st.replace(
-            outcomes=o, queue_head=st.queue_head.at[idx, r].set((head + n_removed) % C, **drop),
-            queue_len=st.queue_len.at[idx, r].add(-n_removed, **drop),
-            inflight=inflight.at[idx, r].set(b, **drop),
+            # (counts cast to the state's integer type: under x64 sums come out int64)
+            outcomes=o,
+            queue_head=st.queue_head.at[idx, r].set(((head + n_removed) % C).astype(st.queue_head.dtype), **drop),
+            queue_len=st.queue_len.at[idx, r].add((-n_removed).astype(st.queue_len.dtype), **drop),
+            inflight=inflight.at[idx, r].set(b.astype(inflight.dtype), **drop),
             busy=st.busy.at[idx, sk].set(started, **drop),
             free_at=st.free_at.at[idx, sk].set(jnp.where(started, end, Tk), **drop),
-            batch_replica=st.batch_replica.at[idx, sk].set(r, **drop),
+            batch_replica=st.batch_replica.at[idx, sk].set(r.astype(st.batch_replica.dtype), **drop),
             batch_value=st.batch_value.at[idx, sk].set(jnp.sum(jnp.where(take, value, 0.0), axis=1), **drop))
         realised = realised.at[idx].add(jnp.sum(jnp.where(dropped, miss, 0.0), axis=1), **drop)
         return st, realised
