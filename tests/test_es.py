@@ -174,6 +174,10 @@ def test_init_from_an_exported_policy_starts_from_its_weights(setting, tmp_path)
     np.testing.assert_allclose(np.asarray(start.obs_stats.var), np.asarray(ts.obs_stats.var), rtol=1e-6)
     with pytest.raises(PolicyFormatError, match=r"field 'hidden' = \[8\].*es.hidden=\[8\]"):
         ES(ESConfig(population=4, workloads=2, episode_decisions=30, hidden=(16,), init_from=str(out)), env, base, bank)
+    # a network trained without the greedy prior means something else with one
+    with pytest.raises(PolicyFormatError, match=r"field 'greedy_prior' = 0.0, this learner's es.greedy_prior = 1.0"):
+        ES(ESConfig(population=4, workloads=2, episode_decisions=30, hidden=(8,), init_from=str(out), greedy_prior=1.0),
+           env, base, bank)
 
 
 def test_seeds_one_program_each_give_the_vmapped_runs(setting):

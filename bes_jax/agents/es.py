@@ -192,7 +192,7 @@ class ES:
     def __init__(self, cfg: ESConfig, env, base_params, workload_bank, deadline_bank=None):
         from bes_jax.eval.rollout import eval_config
 
-        start = None if cfg.init_from is None else load_start(cfg.init_from, env, tuple(cfg.hidden))
+        start = None if cfg.init_from is None else load_start(cfg.init_from, env, tuple(cfg.hidden), cfg.greedy_prior)
 
         self.cfg = cfg
         L, Pn, B, Wu = cfg.episode_decisions, cfg.population, cfg.workloads, cfg.warmup_decisions
@@ -353,9 +353,10 @@ class ES:
         self.flat = lambda params: ravel_pytree(params)[0]
 
 
-def load_start(path: str, env, hidden: tuple) -> dict:
+def load_start(path: str, env, hidden: tuple, greedy_prior: float = 0.0) -> dict:
     """``{params, mean, var}`` of the exported policy at ``path``, checked against this learner:
-    same models and tasks, observation size, network shape (``hidden``, no LayerNorm)."""
+    same models and tasks, observation size, network shape (``hidden``, no LayerNorm), and the
+    same greedy prior (the weights mean something else with another one)."""
     import numpy as np
 
     from bes_jax.agents.export import unflatten_params
@@ -374,6 +375,10 @@ def load_start(path: str, env, hidden: tuple) -> dict:
         raise PolicyFormatError(f"es.init_from: {f}: field 'hidden' = {meta['hidden']} (layer_norm "
                                 f"{bool(meta.get('layer_norm', False))}): set es.hidden={list(meta['hidden'])} "
                                 "(ES trains networks without LayerNorm)")
+    if float(npr.greedy_prior) != float(greedy_prior):
+        raise PolicyFormatError(f"es.init_from: {f}: field 'greedy_prior' = {npr.greedy_prior}, this learner's "
+                                f"es.greedy_prior = {greedy_prior}: set es.greedy_prior={npr.greedy_prior} (its "
+                                "network was trained to be added to that weight on greedy's choice)")
     with np.load(f"{path}/weights.npz") as z:
         params = unflatten_params({k: z[k] for k in z.files})
     return {"params": params, "mean": np.asarray(meta["obs_norm"]["mean"]), "var": np.asarray(meta["obs_norm"]["var"])}
