@@ -32,7 +32,7 @@ def main(argv=None):
 
     from bes_jax import REPO_ROOT
     from bes_jax.eval.report import replace_section
-    from bes_jax.agents.training import request_learner_devices, setup_training, train_seeds
+    from bes_jax.agents.training import request_learner_devices, setup_training, train_seeds, trains_sequentially
     from bes_jax.config import compose_train_config
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
     from bes_jax.env import make_serving_env
@@ -48,7 +48,7 @@ def main(argv=None):
     default_learner = s["learner_name"] == compose_train_config([]).learner.name
     greedy_policy = s["fns"].greedy_policy
     t0 = time.perf_counter()
-    args.sequential = args.sequential or not getattr(s["fns"], "vmap_seeds", True)
+    args.sequential = trains_sequentially(s["fns"], args.sequential or None)
     ts, logs = train_seeds(s["fns"], args.seeds, args.sequential, log=lambda m: print(m, flush=True))
     train_s = time.perf_counter() - t0
     # ES trains on drained episodes with a ring that holds them whole: nothing to evict

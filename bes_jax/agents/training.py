@@ -138,6 +138,12 @@ def setup_training(cfg: DictConfig) -> dict:
 LEARNERS = ("dqn", "pqn", "es")
 
 
+def trains_sequentially(learner, sequential: bool | None = None) -> bool:
+    """Whether `train_seeds` runs one program per seed: as asked, else when the learner vmaps
+    badly over seeds (its ``vmap_seeds`` is False)."""
+    return (not getattr(learner, "vmap_seeds", True)) if sequential is None else bool(sequential)
+
+
 def train_seeds(learner, seeds, sequential: bool | None = None, log=None):
     """``(train states, logs)`` of ``learner.train`` for every seed, stacked on a leading axis:
     one vmapped program, or (``sequential``; default: the learner's ``vmap_seeds`` is False)
@@ -148,9 +154,7 @@ def train_seeds(learner, seeds, sequential: bool | None = None, log=None):
     import jax.numpy as jnp
 
     seeds = [int(k) for k in seeds]
-    if sequential is None:
-        sequential = not getattr(learner, "vmap_seeds", True)
-    if not sequential:
+    if not trains_sequentially(learner, sequential):
         return jax.block_until_ready(jax.jit(jax.vmap(learner.train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
     train_j, runs, t0 = jax.jit(learner.train), [], time.perf_counter()
     for i, k in enumerate(seeds):
