@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+_OWN_DIRS = []  # temporary directories this process made; removed when its pytest session ends
+
+
+def _temp_dir(prefix: str) -> str:
+    d = tempfile.mkdtemp(prefix=prefix)
+    _OWN_DIRS.append(d)
+    return d
+
+
 # one XLA compilation cache for the whole run, set before JAX is imported: programs that
 # several tests (and the commands they start) compile identically are compiled once
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="bes_jax_test_xla_"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _temp_dir("bes_jax_test_xla_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # tests are small: compiling less carefully costs less than the slower programs it gives
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
@@ -19,7 +30,12 @@ from bes_jax.profile import profile_from_dict  # noqa: E402
 
 # measured capacities are cached on disk (bes_jax.eval.capacity): tests, and the commands they
 # start, share one fresh cache instead of reading or writing the user's
-os.environ["BES_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="bes_jax_test_cache_")
+os.environ["BES_JAX_CACHE_DIR"] = _temp_dir("bes_jax_test_cache_")
+
+
+def pytest_unconfigure(config):
+    for d in _OWN_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
