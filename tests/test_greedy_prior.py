@@ -11,12 +11,13 @@ import pytest
 from bes_jax import workloads as W
 from bes_jax.agents.es import ES, ESConfig, charged_scores, member_utility
 from bes_jax.agents.export import export_policy
+from bes_jax.agents.network import prior_gate_weight
 from bes_jax.agents.numpy_router import Router as NumpyRouter
 from bes_jax.env import ServingEnv, make_serving_env
 from bes_jax.eval.replay import run_jax_on_arrivals, run_reference_on_arrivals
 from bes_jax.eval.rollout import make_evaluate, metric_windows
 from bes_jax.profile import load_profile
-from bes_jax.routers import greedy
+from bes_jax.routers import Router, greedy
 from bes_jax.sim_config import SimConfig
 
 
@@ -115,10 +116,11 @@ def test_exported_prior_policy_decides_the_same_in_the_twin(tmp_path, batching):
                                  "bias": np.zeros(M, np.float32)}}}
     mean, var = np.zeros(D), np.ones(D)
     dirs = {}
-    for name, beta in (("prior", 1.5), ("alone", 0.0)):
+    for name, beta, gate in (("prior", 1.5, "none"), ("alone", 0.0, "none"), ("gated", 0.05, "load")):
         dirs[name] = export_policy(tmp_path / name, params, mean, var, obs_mode="rich", hidden=[8], profile=prof,
-                                   sim_config=cfg.to_dict(), train_config={}, greedy_prior=beta)
+                                   sim_config=cfg.to_dict(), train_config={}, greedy_prior=beta, prior_gate=gate)
     assert NumpyRouter.load(dirs["prior"]).greedy_prior == 1.5
+    assert NumpyRouter.load(dirs["gated"]).prior_gate == "load"
     n = 300
     wp = W.poisson(280.0 if cont else 25.0, n_tasks=prof.n_tasks)  # about 3x static OPT-6.7B's capacity
     key = jax.random.PRNGKey(1)
@@ -141,6 +143,56 @@ def test_exported_prior_policy_decides_the_same_in_the_twin(tmp_path, batching):
     # the prior changed decisions, and the network overruled greedy on some
     assert (models["prior"] != models["alone"]).mean() > 0.05
     assert 0 < (models["prior"] != g["model"]).mean() < 0.95
+    # the load gate (a weaker prior, the network's say scaled by greedy's model's load) overrules too
+    assert 0 < (models["gated"] != g["model"]).mean() < 0.95
+    assert (models["gated"] != models["prior"]).mean() > 0.02
+
+
+def _bias_network(es, ts, favour: int, margin: float):
+    """``ts.params`` with a zero network whose output prefers model ``favour`` by ``margin``."""
+    out = ts.params["params"]["out"]
+    bias = jnp.zeros_like(out["bias"]).at[favour].set(margin)
+    return {"params": {**ts.params["params"], "out": {"kernel": jnp.zeros_like(out["kernel"]), "bias": bias}}}
+
+
+def test_load_gate_keeps_greedy_where_its_model_is_idle():
+    """`es.prior_gate=load`: a network that always prefers the smallest model overrules greedy
+    on every decision without the gate, but with it only where greedy's model holds requests;
+    ES's training episodes and its exported router (`greedy_policy`) route alike; the numpy
+    router computes the same weights."""
+    runs = {}
+    for gate in ("none", "load"):
+        es, bank = _small_es(0.5, prior_gate=gate)
+        ts = jax.jit(es.init)(jax.random.PRNGKey(0))
+        params = _bias_network(es, ts, 0, 20.0)
+        key = jax.random.PRNGKey(3)
+        score, share, over, _, _ = jax.jit(es.episodes)(es.flat(params)[None], jnp.array([0, 1]), key,
+                                                        ts.obs_stats, es.flat(params))
+        runs[gate] = np.asarray(score[0]), np.asarray(share[0]), np.asarray(over[0])
+        p = es.env.make_params(jax.tree.map(lambda x: x[0], bank)).replace(workload=bank)
+        axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, bank))
+        ev = make_evaluate(es.env, Router("es", es.greedy_policy(params, ts.obs_stats)), 200, 5.0,
+                           metric_windows(200, 5.0, bank), params_axis=axes)
+        m = jax.jit(ev)(jax.random.split(key, 2), p)
+        np.testing.assert_allclose(runs[gate][0], np.asarray(m["performance"]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(runs["none"][1][:, 0], 1.0)  # ungated: the network's choice everywhere
+    g_perf, g_share = _greedy_performance(es, bank, jax.random.split(key, 2), [0, 1])
+    gated_over = runs["load"][2]
+    # at 5 req/s greedy's model is mostly idle: the gated policy stays near greedy; at 40 it is loaded
+    assert gated_over[0] < 0.5 * (1.0 - g_share[0, 0]) and gated_over[1] > gated_over[0]
+    assert abs(runs["load"][0][0] - g_perf[0]) < abs(runs["none"][0][0] - g_perf[0])
+    # the weight itself, JAX and numpy: the load column of greedy's choice, clipped to [0, 1]
+    T, M = 3, 3
+    obs = np.zeros((4, T + M + 1), np.float32)
+    obs[:, T:T + M] = [[0.0, 0.5, 2.0], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    g = np.array([2, 0, 1, 1])
+    w = np.asarray(prior_gate_weight(jnp.asarray(obs), jnp.asarray(g), T, "load"))[:, 0]
+    np.testing.assert_allclose(w, [1.0, 0.3, 0.0, 1.0])
+    assert prior_gate_weight(jnp.asarray(obs), jnp.asarray(g), T, "none") is None
+    with pytest.raises(ValueError, match="es config: field 'prior_gate' = 'load'.*needs greedy_prior"):
+        ESConfig(prior_gate="load")
+    with pytest.raises(ValueError, match="es config: field 'prior_gate' = 'queue'"):
+        ESConfig(greedy_prior=1.0, prior_gate="queue")
 
 
 def test_numpy_router_needs_greedy_choice_with_a_prior(tmp_path):

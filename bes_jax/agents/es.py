@@ -19,7 +19,7 @@ take it unchanged. Observation statistics (normalisation) are fixed at the start
 rollout of randomly perturbed initial networks.
 
 ``ES(cfg, env, base_params, bank).train(key, hp=None)`` is the whole run in one program; ``hp``
-(:data:`ES_HPARAMS`: sigma, lr, overrule_cost) may be traced, so one program vmaps over seeds and values.
+(:data:`ES_HPARAMS`: sigma, lr, overrule_cost, shortfall_cost) may be traced, so one program vmaps over seeds and values.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from bes_jax.agents.dqn import ObsStats, default_hparams, resolve_hparams
 from bes_jax.agents.bank import make_bank
-from bes_jax.agents.network import QNetwork, normalize, with_greedy_prior
+from bes_jax.agents.network import PRIOR_GATES, QNetwork, normalize, prior_gate_weight, with_greedy_prior
 from bes_jax.env import make_serving_env
 from bes_jax.routers.baselines import greedy_action
 
@@ -79,6 +79,11 @@ class ESConfig:
     #: there, ``max(0, greedy's score - its score)``: a change that gains under overload but loses
     #: to greedy at a light load loses rank (targets "at or above greedy at every load")
     shortfall_cost: float = 0.0
+    #: with ``greedy_prior``: how much say the network has beside greedy
+    #: (`bes_jax.agents.network.prior_gate_weight`): ``none``, its output as it is; ``load``, its
+    #: output times the observed load of greedy's chosen model, so the policy is greedy wherever
+    #: that model is idle and may overrule it only as it fills
+    prior_gate: str = "none"
     #: members split over this many local devices (`jax.shard_map`; on a CPU ask XLA for host
     #: devices first: `bes_jax.env.devices.use_host_devices`); 1: one program on the default device
     devices: int = 1
@@ -115,6 +120,11 @@ class ESConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"es config: field '{name}' = {v!r}: must be a number > 0")
+        if self.prior_gate not in PRIOR_GATES:
+            raise ValueError(f"es config: field 'prior_gate' = {self.prior_gate!r}: must be one of {list(PRIOR_GATES)}")
+        if self.prior_gate != "none" and not self.greedy_prior:
+            raise ValueError(f"es config: field 'prior_gate' = {self.prior_gate!r}: weighs the network against "
+                             "greedy's prior; it needs greedy_prior > 0")
         if self.fitness not in FITNESS:
             raise ValueError(f"es config: field 'fitness' = {self.fitness!r}: must be one of {list(FITNESS)}")
         if self.mask_wait_x != 0:
@@ -192,7 +202,8 @@ class ES:
     def __init__(self, cfg: ESConfig, env, base_params, workload_bank, deadline_bank=None):
         from bes_jax.eval.rollout import eval_config
 
-        start = None if cfg.init_from is None else load_start(cfg.init_from, env, tuple(cfg.hidden), cfg.greedy_prior)
+        start = None if cfg.init_from is None else load_start(cfg.init_from, env, tuple(cfg.hidden), cfg.greedy_prior,
+                                                              cfg.prior_gate)
 
         self.cfg = cfg
         L, Pn, B, Wu = cfg.episode_decisions, cfg.population, cfg.workloads, cfg.warmup_decisions
@@ -210,7 +221,7 @@ class ES:
         self.grad_steps_per_chunk = cfg.chunk_generations
         f = base_params.latency.dtype
         _, unravel = ravel_pytree(net.init(jax.random.PRNGKey(0), jnp.zeros((1, D), f)))
-        beta = float(cfg.greedy_prior)
+        beta, gate, T = float(cfg.greedy_prior), cfg.prior_gate, env.n_tasks
         # greedy routes beside the members when its score is charged against them (shortfall_cost)
         n_greedy = cfg.devices if cfg.shortfall_cost else 0
         def route(nets, K, obs, st, params, k_steps, steps, stats):
@@ -220,7 +231,8 @@ class ES:
                 q = jax.vmap(net.apply)(nets, normalize(obs, stats.mean, stats.var).reshape(K, -1, D))
                 if beta:
                     g = jax.vmap(greedy_action, in_axes=(0, axes))(st, params)
-                    q = with_greedy_prior(q, g.reshape(K, -1), beta)
+                    w = prior_gate_weight(obs, g, T, gate)
+                    q = with_greedy_prior(q, g.reshape(K, -1), beta, None if w is None else w.reshape(K, -1, 1))
                 a = jnp.argmax(q, -1).reshape(-1).astype(jnp.int32)
                 if beta:
                     over = over + (a != g)
@@ -344,7 +356,8 @@ class ES:
             def act(key, obs, state, env_params):
                 q = net.apply(params, normalize(obs, stats.mean, stats.var))
                 if beta:
-                    q = with_greedy_prior(q, greedy_action(state, env_params), beta)
+                    g = greedy_action(state, env_params)
+                    q = with_greedy_prior(q, g, beta, prior_gate_weight(obs, g, T, gate))
                 return jnp.argmax(q).astype(jnp.int32)
             return act
 
@@ -353,10 +366,10 @@ class ES:
         self.flat = lambda params: ravel_pytree(params)[0]
 
 
-def load_start(path: str, env, hidden: tuple, greedy_prior: float = 0.0) -> dict:
+def load_start(path: str, env, hidden: tuple, greedy_prior: float = 0.0, prior_gate: str = "none") -> dict:
     """``{params, mean, var}`` of the exported policy at ``path``, checked against this learner:
     same models and tasks, observation size, network shape (``hidden``, no LayerNorm), and the
-    same greedy prior (the weights mean something else with another one)."""
+    same greedy prior and gate (the weights mean something else with another one)."""
     import numpy as np
 
     from bes_jax.agents.export import unflatten_params
@@ -379,6 +392,9 @@ def load_start(path: str, env, hidden: tuple, greedy_prior: float = 0.0) -> dict
         raise PolicyFormatError(f"es.init_from: {f}: field 'greedy_prior' = {npr.greedy_prior}, this learner's "
                                 f"es.greedy_prior = {greedy_prior}: set es.greedy_prior={npr.greedy_prior} (its "
                                 "network was trained to be added to that weight on greedy's choice)")
+    if npr.prior_gate != prior_gate:
+        raise PolicyFormatError(f"es.init_from: {f}: field 'prior_gate' = {npr.prior_gate!r}, this learner's "
+                                f"es.prior_gate = {prior_gate!r}: set es.prior_gate={npr.prior_gate}")
     with np.load(f"{path}/weights.npz") as z:
         params = unflatten_params({k: z[k] for k in z.files})
     return {"params": params, "mean": np.asarray(meta["obs_norm"]["mean"]), "var": np.asarray(meta["obs_norm"]["var"])}

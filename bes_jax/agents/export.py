@@ -27,10 +27,11 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: str, hidden,
                   profile, sim_config: dict, train_config: dict, mask_wait_x: float = 0.0,
                   extra: dict | None = None, layer_norm: bool = False, kind: str = "double-dqn q-network",
-                  greedy_prior: float = 0.0) -> Path:
+                  greedy_prior: float = 0.0, prior_gate: str = "none") -> Path:
     """``mask_wait_x``: the learner's action mask (`bes_jax.agents.network.wait_mask`; 0: none),
     which the numpy router applies as the JAX policy does. ``greedy_prior``: the policy routes by
-    ``argmax(q + greedy_prior * onehot(greedy's choice))`` (`bes_jax.agents.network.with_greedy_prior`). ``layer_norm``: the network has a
+    ``argmax(q + greedy_prior * onehot(greedy's choice))`` (`bes_jax.agents.network.with_greedy_prior`), the network's output weighed by
+    ``prior_gate`` (`bes_jax.agents.network.prior_gate_weight`). ``layer_norm``: the network has a
     LayerNorm after each hidden Dense (PQN's; arrays ``ln_i/scale``, ``ln_i/bias``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,7 @@ def export_policy(out_dir: str | Path, params, obs_mean, obs_var, *, obs_mode: s
         "task_names": profile.task_names,
         "action_mask": {"kind": "wait", "wait_x": float(mask_wait_x)},
         "greedy_prior": float(greedy_prior),
+        "prior_gate": str(prior_gate),
         "profile": profile.identity(),
         "sim_config": sim_config,
         "train_config": train_config,

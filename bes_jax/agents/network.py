@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bes_jax.agents.numpy_router import PRIOR_GATES  # defined jax-free, for the numpy router
 from bes_jax.env.core import WAIT_CAP  # the rich observation's cap on wait / deadline
 
 
@@ -35,12 +36,34 @@ def normalize(obs, mean, var, clip: float = 10.0):
     return jnp.clip((obs - mean) / jnp.sqrt(var + 1e-8), -clip, clip)
 
 
-def with_greedy_prior(q, greedy_a, beta: float):
-    """``q + beta * onehot(greedy_a)``: a policy anchored on greedy's choice (``es.greedy_prior``);
-    it overrules greedy only where its own margin exceeds ``beta``. The numpy `Router` adds the
-    same term."""
+
+
+def prior_gate_weight(obs, greedy_a, n_tasks: int, gate: str):
+    """[..., 1] weight of the network's output beside greedy's prior, from the raw observation.
+
+    ``load``: the load column of greedy's choice (requests in the system over what its replicas
+    hold at once; the observation's columns ``n_tasks:n_tasks + n_models`` in every layout),
+    clipped to [0, 1]. When greedy's model is idle greedy's prediction is exact and the policy
+    is greedy; the network earns its say as that model fills (why: a learned rule that pays
+    under load must not cost quality at light loads, where greedy is already right). The numpy
+    `Router` computes the same weight. ``none``: None (weight 1)."""
+    if gate == "none":
+        return None
+    if gate != "load":
+        raise ValueError(f"prior gate {gate!r}: must be one of {list(PRIOR_GATES)}")
+    g = jnp.asarray(greedy_a)[..., None]
+    load = jnp.take_along_axis(obs, n_tasks + g, axis=-1)
+    return jnp.clip(load, 0.0, 1.0)
+
+
+def with_greedy_prior(q, greedy_a, beta: float, weight=None):
+    """``weight * q + beta * onehot(greedy_a)``: a policy anchored on greedy's choice
+    (``es.greedy_prior``); it overrules greedy only where its own (weighted) margin exceeds
+    ``beta``. ``weight``: `prior_gate_weight` (None: 1). The numpy `Router` adds the same term."""
     if not beta:
         return q
+    if weight is not None:
+        q = weight.astype(q.dtype) * q
     return q + beta * jax.nn.one_hot(greedy_a, q.shape[-1], dtype=q.dtype)
 
 

@@ -29,6 +29,10 @@ def read_metadata(path: str | Path) -> dict:
 
 
 LN_EPS = 1e-6  # bes_jax.agents.network.LN_EPS (flax's LayerNorm default)
+#: how much say a policy's network has beside greedy's prior (``es.prior_gate``;
+#: `bes_jax.agents.network.prior_gate_weight`): ``none``, all of it; ``load``, the observed load
+#: of greedy's chosen model (clipped to [0, 1])
+PRIOR_GATES = ("none", "load")
 
 
 class Router:
@@ -51,6 +55,11 @@ class Router:
         if not self.greedy_prior >= 0:
             raise PolicyFormatError(f"metadata.json: field 'greedy_prior' = {meta.get('greedy_prior')!r}: "
                                     "must be a number >= 0")
+        #: the network's weight beside the prior (`bes_jax.agents.network.prior_gate_weight`)
+        self.prior_gate = str(meta.get("prior_gate", "none") or "none")
+        if self.prior_gate not in PRIOR_GATES:
+            raise PolicyFormatError(f"metadata.json: field 'prior_gate' = {meta.get('prior_gate')!r}: "
+                                    f"must be one of {list(PRIOR_GATES)}")
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -119,14 +128,20 @@ class Router:
         return np.where(ok.any(axis=-1, keepdims=True), ok, wait <= wait.min(axis=-1, keepdims=True))
 
     def scores(self, obs, greedy=None) -> np.ndarray:
-        """The values the policy takes the argmax of: the network's output, plus ``greedy_prior``
-        on greedy's choice ``greedy`` (required when the policy has a prior)."""
+        """The values the policy takes the argmax of: the network's output (times the prior gate's
+        weight), plus ``greedy_prior`` on greedy's choice ``greedy`` (required when the policy has
+        a prior)."""
         q = self.q_values(obs)
         if self.greedy_prior:
             if greedy is None:
                 raise ValueError(f"this policy adds greedy_prior = {self.greedy_prior} to greedy's choice: "
                                  "pass greedy= (the model greedy would pick for this request)")
-            q = q + np.float32(self.greedy_prior) * np.eye(q.shape[-1], dtype=np.float32)[np.asarray(greedy)]
+            g = np.asarray(greedy)
+            if self.prior_gate == "load":  # the load column of greedy's choice, clipped to [0, 1]
+                T = len(self.task_names)
+                load = np.take_along_axis(np.asarray(obs, np.float32), (T + g)[..., None], axis=-1)
+                q = np.clip(load, 0.0, 1.0) * q
+            q = q + np.float32(self.greedy_prior) * np.eye(q.shape[-1], dtype=np.float32)[g]
         return q
 
     def act(self, obs, greedy=None) -> int | np.ndarray:

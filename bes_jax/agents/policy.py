@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bes_jax.agents.export import unflatten_params
-from bes_jax.agents.network import QNetwork, normalize, wait_mask, with_greedy_prior
+from bes_jax.agents.network import QNetwork, normalize, prior_gate_weight, wait_mask, with_greedy_prior
 from bes_jax.agents.numpy_router import PolicyFormatError, Router as NumpyRouter
 from bes_jax.profile import Profile
 from bes_jax.routers.baselines import Router, greedy_action
@@ -31,7 +31,8 @@ def load_policy_router(path, profile: Profile) -> Router:
         x = normalize(obs.astype(jnp.float32), mean, var)
         q = net.apply(params, x)
         if npr.greedy_prior:  # anchored on greedy's choice, as in training and in the numpy router
-            q = with_greedy_prior(q, greedy_action(state, env_params), npr.greedy_prior)
+            g = greedy_action(state, env_params)
+            q = with_greedy_prior(q, g, npr.greedy_prior, prior_gate_weight(obs.astype(jnp.float32), g, T, npr.prior_gate))
         if masked:  # the learner's action mask, as in training and in the numpy router
             q = jnp.where(wait_mask(obs, T, M, npr.mask_wait_x), q, -jnp.inf)
         return jnp.argmax(q).astype(jnp.int32)

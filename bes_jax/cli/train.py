@@ -106,6 +106,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
                                sim_config=sim_cfg.to_dict(), train_config=fingerprint,
                                mask_wait_x=lcfg.mask_wait_x, layer_norm=learner.layer_norm,
                                greedy_prior=float(getattr(lcfg, "greedy_prior", 0.0)),
+                               prior_gate=str(getattr(lcfg, "prior_gate", "none")),
                                kind={"dqn": "double-dqn q-network", "pqn": "pqn q-network (layernorm)",
                                      "es": "es policy network (argmax)"}[lname])
     _out(f"policy exported to {policy_dir}")
