@@ -1,10 +1,11 @@
 """Sweep one traced learner hyperparameter on the tuning set: every (training seed, value) pair
 is trained in one vmapped program (hyperparameters that are numbers are traced, so one
-compilation serves them all), then every policy and every baseline is evaluated on the tuning
+compilation serves them all), or one program per run for a learner that vmaps badly over seeds
+(ES: `bes_jax.agents.training.trains_sequentially`; still one compilation), then every policy and every baseline is evaluated on the tuning
 workloads (`tuning.workloads`, never the test set). Prints the table; writes JSON.
 
     python scripts/tune_learner.py --sweep dqn.externality_price=5,10,20 [--seeds 0,1] [--out FILE]
-        [overrides like sim=continuous dqn.iterations=12000]
+        [--sequential | --vmapped] [overrides like sim=continuous dqn.iterations=12000]
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", required=True, help="LEARNER.NAME=v1,v2,... (a traced hyperparameter)")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0], help="comma-separated")
     ap.add_argument("--out", default="tune_learner.json")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--sequential", dest="sequential", action="store_const", const=True,
+                      help="one program per run (default for learners that vmap badly over seeds, e.g. ES)")
+    mode.add_argument("--vmapped", dest="sequential", action="store_const", const=False,
+                      help="every run in one vmapped program (default for DQN and PQN)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     name, _, values = args.sweep.partition("=")
@@ -37,7 +43,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from bes_jax.agents.training import request_learner_devices, setup_training
+    from bes_jax.agents.training import request_learner_devices, setup_training, trains_sequentially
     from bes_jax.config import compose_train_config
     from bes_jax.env import make_serving_env
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
@@ -60,9 +66,19 @@ def main(argv=None) -> int:
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed, _ in grid])
     hp = {hp_name: jnp.asarray([v for _, v in grid], jnp.float32)}
     t0 = time.perf_counter()
-    print(f"training {len(grid)} runs ({len(args.seeds)} seeds x {len(values)} values of {name}) in one program",
-          flush=True)
-    ts, logs = jax.block_until_ready(jax.jit(jax.vmap(fns.train))(keys, hp))
+    sequential = trains_sequentially(fns, args.sequential)
+    print(f"training {len(grid)} runs ({len(args.seeds)} seeds x {len(values)} values of {name}) "
+          + ("one program each" if sequential else "in one program"), flush=True)
+    if sequential:
+        train_j, runs = jax.jit(fns.train), []
+        for i, (seed, v) in enumerate(grid):
+            runs.append(jax.block_until_ready(train_j(keys[i], {hp_name: hp[hp_name][i]})))
+            spent = time.perf_counter() - t0
+            print(f"  run {i + 1}/{len(grid)} (seed {seed}, {name}={v:g}) trained: {spent:.0f} s so far, "
+                  f"about {spent / (i + 1) * (len(grid) - i - 1):.0f} s left", flush=True)
+        ts, logs = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
+    else:
+        ts, logs = jax.block_until_ready(jax.jit(jax.vmap(fns.train))(keys, hp))
     train_s = time.perf_counter() - t0
     print(f"trained in {train_s:.0f} s (incl. compilation)", flush=True)
 
