@@ -20,8 +20,8 @@ profile, each with its own `bes-train` overrides and the sections it runs:
   deadlines, deadline scale, arrival-pattern and task-mix shift against target-trained routers.
 
 `--only` takes section names, mode names or ``mode:section`` (comma-separated); the learned
-routers of a mode are trained once (all seeds in one vmapped program) for the sections that
-need them. `--out-dir` (default docs/) receives results.md (its "Paper experiments" section is
+routers of a mode are trained once (all seeds in one vmapped program, or one program per seed for
+a learner that vmaps badly over seeds, ES) for the sections that need them. `--out-dir` (default docs/) receives results.md (its "Paper experiments" section is
 replaced, the rest kept), results.json and figures/.
 """
 from __future__ import annotations
@@ -426,7 +426,8 @@ def report_section(doc) -> str:
              f"{meta['machine']['cpu_model']}, {meta['machine']['cpu_usable']} usable cores, jax "
              f"{meta['versions']['jax']} on {meta['machine']['jax_backend']}; commit `{(meta['git_commit'] or '?')[:10]}`"
              f"{' with local changes' if meta['git_dirty'] else ''}). Sections run: {', '.join(doc['sections_run'])}. "
-             f"Learned router: {len(doc['seeds'])} training seeds (trained in one vmapped program; mean ± std over "
+             f"Learned router: {len(doc['seeds'])} training seeds (trained in one vmapped program, or one program per "
+             "seed for ES; mean ± std over "
              f"them in every table and in `curves`); baselines: mean over {len(doc['eval_seeds'])} evaluation seeds "
              f"x {doc['n_decisions']} requests (std 0 in `curves`). Every record of every figure is in "
              "`docs/results.json` under `curves` (`{experiment, batching, workload, profile, load_x, router, metric, "

@@ -500,7 +500,8 @@ def test_in_process_pool_behind_the_engine_interface():
         pool.stop()
 
 
-def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="continuous", greedy_prior=0.0):
+def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="continuous", greedy_prior=0.0,
+                            prior_gate="none"):
     path.mkdir(parents=True, exist_ok=True)
     k1 = np.random.default_rng(0).normal(size=(obs_size, 8)).astype(np.float32)
     b2 = np.zeros(3, np.float32)
@@ -510,21 +511,26 @@ def write_continuous_policy(path, prefer, obs_size=2 + 4 * 3 + 3, batching="cont
     (path / "metadata.json").write_text(json.dumps({
         "obs_mode": "rich", "obs_size": obs_size, "hidden": [8],
         "obs_norm": {"mean": [0.0] * obs_size, "var": [1.0] * obs_size}, "model_names": NAMES,
-        "task_names": ["short", "long"], "greedy_prior": greedy_prior,
+        "task_names": ["short", "long"], "greedy_prior": greedy_prior, "prior_gate": prior_gate,
         "sim_config": {"batching": batching, "ewma_alpha": 0.1, "ref_rate": 50.0, "max_num_seqs": 8}}))
 
 
 def test_every_router_over_engines(profile, fakes, tmp_path):
     """static, random, weighted, greedy and policy all route over engines (a policy anchored on
-    greedy with a weight above its own margin routes as greedy); a policy trained in request
+    greedy with a weight above its own margin routes as greedy; below it, as its network, unless
+    gated by the load of greedy's engine, idle between these one-at-a-time requests); a policy trained in request
     mode is refused at start, naming the setting."""
     fs, srvs = fakes
     write_continuous_policy(tmp_path / "pol", prefer=1)
     write_continuous_policy(tmp_path / "anchored", prefer=1, greedy_prior=2.0)
+    write_continuous_policy(tmp_path / "weak", prefer=1, greedy_prior=0.5)
+    write_continuous_policy(tmp_path / "gated", prefer=1, greedy_prior=0.5, prior_gate="load")
     cases = [({"name": "static", "model": "e-s"}, {"e-s"}), ({"name": "weighted", "weights": [0, 0, 1]}, {"e-l"}),
              ({"name": "random"}, set(NAMES)), ({"name": "greedy"}, {"e-l"}),
              ({"name": "policy", "path": str(tmp_path / "pol")}, {"e-m"}),
-             ({"name": "policy", "path": str(tmp_path / "anchored")}, {"e-l"})]
+             ({"name": "policy", "path": str(tmp_path / "anchored")}, {"e-l"}),
+             ({"name": "policy", "path": str(tmp_path / "weak")}, {"e-m"}),
+             ({"name": "policy", "path": str(tmp_path / "gated")}, {"e-l"})]
     for router, allowed in cases:
         svc = gateway(profile, srvs, router=router)
 
