@@ -654,14 +654,26 @@ def main(argv=None):
     if args.merge and not args.only:
         ap.error("--merge needs --only (without it every mode is rerun and nothing is kept)")
     argv_used = sys.argv[1:] if argv is None else list(argv)
+    from omegaconf import OmegaConf
+
+    from bes_jax import CONF_DIR
+    from bes_jax.env.devices import use_host_devices
+
+    config_path = Path(args.config) if args.config else CONF_DIR / "experiment" / f"{args.scale}.yaml"
+    exp = OmegaConf.load(config_path)
+    # a learner that splits its members over devices (es.devices / pqn.devices in a mode's
+    # train_overrides) needs that many CPU devices, asked for before JAX starts
+    wanted = [int(o.split("=", 1)[1]) for m in exp.modes for o in m.train_overrides
+              if str(o).split("=", 1)[0] in ("es.devices", "pqn.devices")]
+    if wanted and max(wanted) > 1:
+        use_host_devices(max(wanted))
 
     import jax.numpy as jnp
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from omegaconf import OmegaConf
 
-    from bes_jax import CONF_DIR, REPO_ROOT
+    from bes_jax import REPO_ROOT
     from bes_jax.config import compose_train_config
     from bes_jax.env import make_serving_env
     from bes_jax.eval import protocol as P
@@ -673,8 +685,6 @@ def main(argv=None):
     from bes_jax.routers import greedy, static, uniform_random
     from bes_jax.workloads.bursty import bursty_workload, describe
 
-    config_path = Path(args.config) if args.config else CONF_DIR / "experiment" / f"{args.scale}.yaml"
-    exp = OmegaConf.load(config_path)
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "docs"
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
