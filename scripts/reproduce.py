@@ -663,8 +663,15 @@ def main(argv=None):
     exp = OmegaConf.load(config_path)
     # a learner that splits its members over devices (es.devices / pqn.devices in a mode's
     # train_overrides) needs that many CPU devices, asked for before JAX starts
-    wanted = [int(o.split("=", 1)[1]) for m in exp.modes for o in m.train_overrides
-              if str(o).split("=", 1)[0] in ("es.devices", "pqn.devices")]
+    wanted = []
+    for m in exp.modes:
+        for o in m.get("train_overrides", []) or []:
+            name, _, value = str(o).partition("=")
+            if name in ("es.devices", "pqn.devices"):
+                if not value.isdigit():
+                    raise SystemExit(f"{config_path}: mode {m.get('name')!r} train_overrides {str(o)!r}: "
+                                     f"{name} must be a positive integer")
+                wanted.append(int(value))
     if wanted and max(wanted) > 1:
         use_host_devices(max(wanted))
 
