@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from bes_jax.agents.training import request_learner_devices, setup_training, trains_sequentially
+    from bes_jax.agents.training import request_learner_devices, setup_training, train_seeds, trains_sequentially
     from bes_jax.config import compose_train_config
     from bes_jax.env import make_serving_env
     from bes_jax.eval.baselines import build_eval_workloads, evaluate_against_baselines
@@ -63,22 +63,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--sweep {args.sweep!r}: {hp_name!r} is not a traced hyperparameter of this learner "
                          f"(traced: {', '.join(sorted(known))})")
     grid = [(seed, v) for v in values for seed in args.seeds]
-    keys = jnp.stack([jax.random.PRNGKey(seed) for seed, _ in grid])
     hp = {hp_name: jnp.asarray([v for _, v in grid], jnp.float32)}
     t0 = time.perf_counter()
     sequential = trains_sequentially(fns, args.sequential)
     print(f"training {len(grid)} runs ({len(args.seeds)} seeds x {len(values)} values of {name}) "
           + ("one program each" if sequential else "in one program"), flush=True)
-    if sequential:
-        train_j, runs = jax.jit(fns.train), []
-        for i, (seed, v) in enumerate(grid):
-            runs.append(jax.block_until_ready(train_j(keys[i], {hp_name: hp[hp_name][i]})))
-            spent = time.perf_counter() - t0
-            print(f"  run {i + 1}/{len(grid)} (seed {seed}, {name}={v:g}) trained: {spent:.0f} s so far, "
-                  f"about {spent / (i + 1) * (len(grid) - i - 1):.0f} s left", flush=True)
-        ts, logs = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
-    else:
-        ts, logs = jax.block_until_ready(jax.jit(jax.vmap(fns.train))(keys, hp))
+    ts, logs = train_seeds(fns, [seed for seed, _ in grid], sequential, log=lambda m: print(" ", m, flush=True), hp=hp)
     train_s = time.perf_counter() - t0
     print(f"trained in {train_s:.0f} s (incl. compilation)", flush=True)
 

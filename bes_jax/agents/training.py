@@ -144,24 +144,33 @@ def trains_sequentially(learner, sequential: bool | None = None) -> bool:
     return (not getattr(learner, "vmap_seeds", True)) if sequential is None else bool(sequential)
 
 
-def train_seeds(learner, seeds, sequential: bool | None = None, log=None):
+def train_seeds(learner, seeds, sequential: bool | None = None, log=None, hp: dict | None = None):
     """``(train states, logs)`` of ``learner.train`` for every seed, stacked on a leading axis:
     one vmapped program, or (``sequential``; default: the learner's ``vmap_seeds`` is False)
-    one program per seed, reporting each seed's time and the time left through ``log``."""
+    one program per seed, reporting each seed's time and the time left through ``log``.
+    ``hp``: traced hyperparameters, each an array with one value per seed (seeds may repeat:
+    a sweep's runs)."""
     import time
 
     import jax
     import jax.numpy as jnp
 
     seeds = [int(k) for k in seeds]
+    keys = jnp.stack([jax.random.PRNGKey(k) for k in seeds])
     if not trains_sequentially(learner, sequential):
-        return jax.block_until_ready(jax.jit(jax.vmap(learner.train))(jnp.stack([jax.random.PRNGKey(k) for k in seeds])))
+        if hp is None:
+            return jax.block_until_ready(jax.jit(jax.vmap(learner.train))(keys))
+        return jax.block_until_ready(jax.jit(jax.vmap(learner.train))(keys, hp))
     train_j, runs, t0 = jax.jit(learner.train), [], time.perf_counter()
     for i, k in enumerate(seeds):
-        runs.append(jax.block_until_ready(train_j(jax.random.PRNGKey(k))))
+        if hp is None:
+            runs.append(jax.block_until_ready(train_j(keys[i])))
+        else:
+            runs.append(jax.block_until_ready(train_j(keys[i], {n: v[i] for n, v in hp.items()})))
         spent = time.perf_counter() - t0
         if log is not None:
-            log(f"seed {k} trained ({i + 1}/{len(seeds)}): {spent:.0f} s so far, "
+            what = "" if hp is None else " (" + ", ".join(f"{n}={float(v[i]):g}" for n, v in hp.items()) + ")"
+            log(f"seed {k}{what} trained ({i + 1}/{len(seeds)}): {spent:.0f} s so far, "
                 f"about {spent / (i + 1) * (len(seeds) - i - 1):.0f} s left")
     return jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
 
