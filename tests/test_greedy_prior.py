@@ -210,3 +210,47 @@ def test_numpy_router_needs_greedy_choice_with_a_prior(tmp_path):
         ESConfig(greedy_prior=-1.0)
     with pytest.raises(ValueError, match="es config: field 'overrule_cost' = 0.1.*needs greedy_prior"):
         ESConfig(overrule_cost=0.1)
+
+
+def test_dqn_deployed_prior_is_the_exported_policy(tmp_path):
+    """`dqn.greedy_prior` / `dqn.prior_gate` change the deployed policy only: DQN's
+    `greedy_policy` with them routes as the exported policy (metadata `greedy_prior`,
+    `prior_gate`) does, stays greedy where greedy's model is idle (load gate), and the network
+    alone (prior 0) overrules greedy everywhere it prefers another model."""
+    from bes_jax.agents.dqn import DQN, DQNConfig
+    from bes_jax.agents.policy import load_policy_router
+
+    prof = load_profile("opt-a100-80gb")
+    env = ServingEnv(prof, SimConfig(queue_capacity=16, obs_mode="rich"))
+    bank = W.stack_workloads([W.poisson(r, n_tasks=prof.n_tasks) for r in (5.0, 40.0)])
+    p = env.make_params(jax.tree.map(lambda x: x[0], bank)).replace(workload=bank)
+    axes = jax.tree.map(lambda _: None, p).replace(workload=jax.tree.map(lambda _: 0, bank))
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    n = 200
+
+    def evaluate(router):
+        ev = make_evaluate(env, router, n, 5.0, metric_windows(n, 5.0, bank), params_axis=axes)
+        m = jax.jit(ev)(keys, p)
+        return np.asarray(m["performance"]), np.asarray(m["per_model_share"])
+
+    perf, share = {}, {}
+    for name, beta, gate in (("alone", 0.0, "none"), ("gated", 0.5, "load")):
+        dqn = DQN(DQNConfig(n_envs=2, iterations=100, chunk_iterations=100, hidden=(8,), greedy_prior=beta,
+                            prior_gate=gate), env, env.make_params(jax.tree.map(lambda x: x[0], bank)), bank)
+        ts = jax.jit(dqn.init)(jax.random.PRNGKey(0))
+        out = ts.params["params"]["out"]  # a network that prefers the smallest model by a wide margin
+        params = {"params": {**ts.params["params"], "out": {"kernel": jnp.zeros_like(out["kernel"]),
+                                                            "bias": jnp.zeros_like(out["bias"]).at[0].set(20.0)}}}
+        perf[name], share[name] = evaluate(Router(name, dqn.greedy_policy(params, ts.obs_stats)))
+        d = export_policy(tmp_path / name, params, ts.obs_stats.mean, ts.obs_stats.var, obs_mode="rich", hidden=[8],
+                          profile=prof, sim_config=env.cfg.to_dict(), train_config={}, greedy_prior=beta, prior_gate=gate)
+        np.testing.assert_allclose(evaluate(load_policy_router(d, prof))[0], perf[name], rtol=1e-6, atol=1e-7)
+    g_perf, g_share = evaluate(greedy())
+    np.testing.assert_allclose(share["alone"][:, 0], 1.0)  # the network alone: the smallest model everywhere
+    # gated: at 5 req/s greedy's model is mostly idle, so the policy is near greedy; at 40 it overrules more
+    assert abs(share["gated"][0, 0] - g_share[0, 0]) < 0.5 * abs(share["alone"][0, 0] - g_share[0, 0])
+    assert share["gated"][1, 0] > share["gated"][0, 0]
+    with pytest.raises(ValueError, match="dqn config: field 'prior_gate' = 'load'.*needs greedy_prior"):
+        DQNConfig(prior_gate="load")
+    with pytest.raises(ValueError, match="dqn config: field 'greedy_prior' = -1"):
+        DQNConfig(greedy_prior=-1.0)

@@ -33,11 +33,12 @@ import optax
 from flax import struct
 
 from bes_jax.agents.bank import make_bank
-from bes_jax.agents.network import QNetwork, action_mask_fn, normalize
+from bes_jax.agents.network import PRIOR_GATES, QNetwork, action_mask_fn, normalize, prior_gate_weight, with_greedy_prior
 from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
 from bes_jax.env.state import DROPPED, REJECTED, SERVED
+from bes_jax.routers.baselines import greedy_action
 from bes_jax.workloads import workload_restart
 
 
@@ -71,6 +72,15 @@ class DQNConfig:
     #: training reward only: a decision's reward minus this x the delay its request is predicted
     #: to impose on the requests sharing its engine / GPU (bes_jax.agents.shaping); 0 disables
     externality_price: float = 0.0
+    #: deployed policy only (``greedy_policy``, the exported policy): route by
+    #: ``argmax(weight * q + greedy_prior * onehot(greedy's choice))``, so the network overrules
+    #: greedy only where its weighted margin exceeds this (`bes_jax.agents.network.with_greedy_prior`);
+    #: training is unchanged (Q-learning is off-policy), so one trained network serves every value.
+    #: 0: the network alone
+    greedy_prior: float = 0.0
+    #: with ``greedy_prior``: the network's weight (`bes_jax.agents.network.prior_gate_weight`):
+    #: ``none`` (1) or ``load`` (the load of greedy's model: greedy wherever that model is idle)
+    prior_gate: str = "none"
 
     def __post_init__(self):
         for name in ("n_envs", "iterations", "chunk_iterations", "batch_size", "target_period",
@@ -90,6 +100,13 @@ class DQNConfig:
             raise ValueError(f"dqn config: field 'gamma' = {self.gamma}: must be in [0, 1)")
         if not (0.0 < self.target_tau <= 1.0):
             raise ValueError(f"dqn config: field 'target_tau' = {self.target_tau}: must be in (0, 1]")
+        if not (isinstance(self.greedy_prior, (int, float)) and self.greedy_prior >= 0):
+            raise ValueError(f"dqn config: field 'greedy_prior' = {self.greedy_prior!r}: must be a number >= 0")
+        if self.prior_gate not in PRIOR_GATES:
+            raise ValueError(f"dqn config: field 'prior_gate' = {self.prior_gate!r}: must be one of {list(PRIOR_GATES)}")
+        if self.prior_gate != "none" and not self.greedy_prior:
+            raise ValueError(f"dqn config: field 'prior_gate' = {self.prior_gate!r}: weighs the network against "
+                             "greedy's prior; it needs greedy_prior > 0")
 
 
 #: DQNConfig fields that are traced numbers (``ts.hp``): vmap-able, one compiled program for all values
@@ -341,8 +358,14 @@ def make_train(cfg: DQNConfig, env: ServingEnv, base_params: EnvParams, workload
 
     def greedy_policy(params, stats):
         """Router `act` for the current Q-network (used for evaluation)."""
+        beta = float(cfg.greedy_prior)
+
         def act(key, obs, state, env_params):
-            return jnp.argmax(jnp.where(allowed(obs), q_values(params, stats, obs), -jnp.inf)).astype(jnp.int32)
+            q = q_values(params, stats, obs)
+            if beta:  # anchored on greedy's choice, as the exported policy is
+                g = greedy_action(state, env_params)
+                q = with_greedy_prior(q, g, beta, prior_gate_weight(obs, g, env.n_tasks, cfg.prior_gate))
+            return jnp.argmax(jnp.where(allowed(obs), q, -jnp.inf)).astype(jnp.int32)
         return act
 
     return TrainFns(init=init, train_chunk=train_chunk, train=train, greedy_policy=greedy_policy, network=net,

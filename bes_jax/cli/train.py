@@ -92,7 +92,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
              f"{_learner_progress(logs, profile.model_names)} | eval performance ({cfg.progress.workload}) {perf:.4f}")
         return {"eval_performance": perf, "decisions": int(ts.iteration) * lcfg.n_envs}
 
-    fingerprint = {"profile": profile.identity(), "sim": sim_cfg.to_dict(), "dqn": dqn_dict, "seed": int(cfg.seed),
+    # the deployed policy's greedy prior never changes training: a DQN run resumes whatever its value
+    dqn_trained = {k: v for k, v in dqn_dict.items() if k not in ("greedy_prior", "prior_gate")}
+    fingerprint = {"profile": profile.identity(), "sim": sim_cfg.to_dict(), "dqn": dqn_trained, "seed": int(cfg.seed),
                    "train_family": OmegaConf.to_container(cfg.train_family, resolve=True)}
     if lname != "dqn":  # a DQN run's fingerprint is what it always was (its checkpoints resume)
         fingerprint = {**{k: v for k, v in fingerprint.items() if k != "dqn"}, "learner": lname, lname: setup["learner_dict"]}
