@@ -84,7 +84,12 @@ def test_probe_learns_the_known_best_model():
     assert share[0, best] < 0.8 and fit[0] < peak - 0.03  # it started elsewhere: the learner moved it
 
 
-def test_seeds_and_sigmas_vmap_in_one_program(setting):
+def test_seeds_and_sigmas_vmap_in_one_program_and_train_seeds_gives_its_runs(setting):
+    """Seeds x sigmas vmap in one program; `train_seeds` trains ES one seed per program (it vmaps
+    badly over seeds) or vmapped, and both give that program's states, stacked the same way (the
+    same four runs, so its vmapped program is the one compiled here)."""
+    from bes_jax.agents.training import train_seeds
+
     prof, env, bank, base = setting
     es = ES(ESConfig(population=4, workloads=2, episode_decisions=30, generations=2, chunk_generations=1,
                      hidden=(4,)), env, base, bank)
@@ -97,6 +102,16 @@ def test_seeds_and_sigmas_vmap_in_one_program(setting):
     k = np.asarray(jax.vmap(es.flat)(ts.params))
     assert not np.allclose(k[0], k[2]) and not np.allclose(k[0], k[1])
     np.testing.assert_array_equal(np.asarray(ts.generation), [2, 2, 2, 2])
+    # train_seeds: by default one program per seed for ES (sigma from the config, 0.05: runs 0 and 1)
+    assert es.vmap_seeds is False
+    lines = []
+    one_each, _ = train_seeds(es, [0, 1], log=lines.append)
+    together, _ = train_seeds(es, [0, 1, 0, 1], sequential=False, hp={"sigma": sig})
+    assert len(lines) == 2 and "seed 1 trained (2/2)" in lines[1]
+    a, b = np.asarray(jax.vmap(es.flat)(one_each.params)), np.asarray(jax.vmap(es.flat)(together.params))
+    assert a.shape == (2,) + k.shape[1:] and b.shape == k.shape
+    np.testing.assert_allclose(a, k[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, k, rtol=1e-5, atol=1e-6)
 
 
 def test_centred_ranks_and_bad_configs():
@@ -178,21 +193,3 @@ def test_init_from_an_exported_policy_starts_from_its_weights(setting, tmp_path)
     with pytest.raises(PolicyFormatError, match=r"field 'greedy_prior' = 0.0, this learner's es.greedy_prior = 1.0"):
         ES(ESConfig(population=4, workloads=2, episode_decisions=30, hidden=(8,), init_from=str(out), greedy_prior=1.0),
            env, base, bank)
-
-
-def test_seeds_one_program_each_give_the_vmapped_runs(setting):
-    """`train_seeds` trains ES one seed per program (it vmaps badly over seeds): the same states
-    as the vmapped program, stacked the same way."""
-    from bes_jax.agents.training import train_seeds
-
-    prof, env, bank, base = setting
-    es = ES(ESConfig(population=4, workloads=2, episode_decisions=30, generations=2, chunk_generations=1,
-                     hidden=(4,)), env, base, bank)
-    assert es.vmap_seeds is False
-    lines = []
-    one_each, _ = train_seeds(es, [0, 3], log=lines.append)
-    together, _ = train_seeds(es, [0, 3], sequential=False)
-    assert len(lines) == 2 and "seed 3 trained (2/2)" in lines[1]
-    a, b = np.asarray(jax.vmap(es.flat)(one_each.params)), np.asarray(jax.vmap(es.flat)(together.params))
-    assert a.shape == b.shape and not np.allclose(a[0], a[1])
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
