@@ -21,7 +21,10 @@ profile, each with its own `bes-train` overrides and the sections it runs:
 
 `--only` takes section names, mode names or ``mode:section`` (comma-separated); the learned
 routers of a mode are trained once (all seeds in one vmapped program, or one program per seed for
-a learner that vmaps badly over seeds, ES) for the sections that need them. `--out-dir` (default docs/) receives results.md (its "Paper experiments" section is
+a learner that vmaps badly over seeds, ES) for the sections that need them. Every router set
+(each mode's, the extras' variants) is queued at the start and trained by `--train-jobs` worker
+processes (`bes_jax.eval.train_pool`; the same numbers as training in this process) while this
+process evaluates; the extras run last. `--out-dir` (default docs/) receives results.md (its "Paper experiments" section is
 replaced, the rest kept), results.json and figures/.
 """
 from __future__ import annotations
@@ -142,7 +145,39 @@ def machine_meta(t_wall, scale, config, argv):
             "wall_time_s": float(t_wall), "scale": scale, "config": str(config), "argv": list(argv)}
 
 
-def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds, n, window_s):
+def _fmt_list(values) -> str:
+    return "[" + ",".join(f"{float(v):g}" for v in values) + "]"
+
+
+def extras_trainings(x, overrides) -> dict:
+    """The router sets the extras train besides the mode's own: ``{label: bes-train overrides}``
+    (the mode's `overrides` plus the variant's), in the order the extras use them; listed up
+    front so that a `TrainingPool` trains them while other sections run."""
+    from bes_jax.config import compose_train_config, sim_config_from
+    from bes_jax.profile import load_profile
+
+    cfg = compose_train_config(list(overrides))
+    sim_cfg, profile = sim_config_from(cfg.sim), load_profile(cfg.profile)
+    base_dl = np.asarray(sim_cfg.task_deadlines(profile), np.float64)
+    v = {f"latency weight {float(w):g}": [f"sim.latency_weight={w}"] for w in x.latency_weights
+         if float(w) != float(sim_cfg.latency_weight)}  # the default's weight reuses the default routers
+    v["soft deadlines"] = ["sim.deadline_kind=soft"]
+    v["Poisson only"] = ["train_family.kinds=[poisson]"]
+    v["MAF only"] = ["train_family.kinds=[maf]"]
+    split = float(x.trace_split)
+    v["trace head"] = ["train_family.kinds=[trace]", f"train_family.trace_path={x.trace_path}",
+                       f"train_family.trace_span=[0.0,{split}]"]
+    for name, mult in x.task_deadline_variants.items():
+        d = np.round(base_dl * np.asarray(list(mult), np.float64), 4)
+        v[f"deadlines {name}"] = [f"sim.deadlines={_fmt_list(d)}"]
+    lo, hi = (float(t) for t in x.deadline_train_range)
+    v["deadline scales"] = [f"train_family.deadline_scale_range=[{lo},{hi}]"]
+    v["mix train"] = [f"train_family.mix={_fmt_list(x.task_mix_shift.train)}"]
+    v["mix test"] = [f"train_family.mix={_fmt_list(x.task_mix_shift.test)}"]
+    return {label: list(overrides) + o for label, o in v.items()}
+
+
+def extras_section(md, exp, curves, results, fig_dir, say, pool, *, seeds, eval_seeds, n, window_s):
     """Request-level extras on one MAF test workload: placement, latency weight, hard vs soft
     deadlines, arrival-pattern shift (and the Azure trace's held-out half), per-task deadlines,
     the deadline-scale sweep and task-mix shift, each against routers trained on the target."""
@@ -150,9 +185,8 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     import matplotlib.pyplot as plt
 
     from bes_jax import workloads as W
-    from bes_jax.config import compose_train_config
     from bes_jax.env import make_serving_env
-    from bes_jax.eval.experiments import TrainedRouters, train_routers
+    from bes_jax.eval.experiments import TrainedRouters
     from bes_jax.eval.rollout import eval_config
     from bes_jax.workloads.bursty import bursty_workload, describe
     from bes_jax.workloads.from_config import trace_part_requests
@@ -185,8 +219,10 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     def on(sim, routers, wp, key="performance"):
         return on_all(sim, routers, wp, [key])[key]
 
-    def train_variant(overrides):
-        s, rs = train_routers(compose_train_config(md.overrides + list(overrides)), seeds)
+    variants = extras_trainings(x, md.overrides)
+
+    def train_variant(label):
+        s, rs = pool.get(variants[label])
         return s["sim_cfg"], rs
 
     def rec(experiment, router, metric, values, load_x=rate_x, workload=label_w, **extra):
@@ -211,7 +247,7 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     # latency weight
     tradeoff = []
     for w in x.latency_weights:  # the default's weight reuses the default routers
-        rw = md.learned if float(w) == float(sim_cfg.latency_weight) else train_variant([f"sim.latency_weight={w}"])[1]
+        rw = md.learned if float(w) == float(sim_cfg.latency_weight) else train_variant(f"latency weight {float(w):g}")[1]
         pt = {"latency_weight": float(w)}
         vals = on_all(sim_cfg, rw, wp_w, ("performance", "latency_p50", "availability"))
         for key, metric in (("quality", "performance"), ("latency_p50", "latency_p50"), ("availability", "availability")):
@@ -223,7 +259,7 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     say("extras: latency-weight trade-off done")
 
     # hard vs soft deadlines
-    soft_sim, soft_routers = train_variant(["sim.deadline_kind=soft"])
+    soft_sim, soft_routers = train_variant("soft deadlines")
     deadlines = {}
     for lbl, sim, routers, router, trained in (
             ("hard-trained, hard reward", sim_cfg, md.learned, "learned", "hard"),
@@ -237,15 +273,14 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     say("extras: soft deadlines done")
 
     # arrival-pattern shift against target-trained routers
-    _, poisson_routers = train_variant(["train_family.kinds=[poisson]"])
-    _, maf_routers = train_variant(["train_family.kinds=[maf]"])
+    _, poisson_routers = train_variant("Poisson only")
+    _, maf_routers = train_variant("MAF only")
     split, azure_x = float(x.trace_split), float(x.trace_rate_x)
     azure_path = str(x.trace_path)
     part = trace_part_requests(azure_path, [split, 1.0])
     azure = W.trace(times=part["times_s"], prompt=part["prompt"], output=part["output"], target_mean_rate=cap * azure_x,
                     n_tasks=profile.n_tasks)
-    _, trace_routers = train_variant(["train_family.kinds=[trace]", f"train_family.trace_path={azure_path}",
-                                      f"train_family.trace_span=[0.0,{split}]"])
+    _, trace_routers = train_variant("trace head")
     azure_label = f"Azure LLM code trace, held-out part ({split:.0%}-100% of its arrivals), {azure_x:g}x load"
     targets = {label_w: (wp_w, rate_x, maf_routers, "MAF only (minutes 0-240 of the day)"),
                azure_label: (azure, azure_x, trace_routers, f"the trace's first {split:.0%} of arrivals")}
@@ -292,7 +327,7 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
         if vname == "default":
             own = dl_default[:, vi]
         else:
-            _, rv = train_variant([f"sim.deadlines=[{','.join(f'{v:g}' for v in d)}]"])
+            _, rv = train_variant(f"deadlines {vname}")
             own = perf_variants(rv, [dl_params[vi]])[:, 0]
         per_task[vname] = {"deadlines_s": d.tolist(), "trained on these deadlines": _ms(own),
                            "trained on the default deadlines": _ms(dl_default[:, vi])}
@@ -304,7 +339,7 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
             rec("per_task_deadlines", name, "performance", float(v[vi]), deadline_set=vname)
     lo, hi = (float(v) for v in x.deadline_train_range)
     ranged_key = f"learned (trained on scales {lo:g}-{hi:g})"
-    _, ranged = train_variant([f"train_family.deadline_scale_range=[{lo},{hi}]"])
+    _, ranged = train_variant("deadline scales")
     dl_ranged = perf_variants(ranged, dl_params[V:])
     scale_curve = {"learned (trained at scale 1)": {"mean": dl_default[:, V:].mean(0).tolist(),
                                                    "std": dl_default[:, V:].std(0).tolist()},
@@ -332,9 +367,9 @@ def extras_section(md, exp, curves, results, fig_dir, say, *, seeds, eval_seeds,
     mix_train = np.asarray(list(x.task_mix_shift.train), np.float64)
     mix_test = np.asarray(list(x.task_mix_shift.test), np.float64)
     mix_params = [env_e.make_params(W.with_task_mix(wp_w, mx)) for mx in (mix_train, mix_test)]
-    fmt_mix = lambda mx: "[" + ",".join(f"{v:g}" for v in mx) + "]"
-    _, mix_a = train_variant([f"train_family.mix={fmt_mix(mix_train)}"])
-    _, mix_b = train_variant([f"train_family.mix={fmt_mix(mix_test)}"])
+    fmt_mix = _fmt_list
+    _, mix_a = train_variant("mix train")
+    _, mix_b = train_variant("mix test")
     mix_cols = {f"trained on mix {fmt_mix(mix_train)}": mix_a,
                 f"trained on mix {fmt_mix(mix_test)} (the target)": mix_b,
                 "trained on the default family (random mixes)": md.learned}
@@ -650,7 +685,12 @@ def main(argv=None):
     ap.add_argument("--merge", action="store_true",
                     help="with --only: keep the records of every mode not rerun from the existing results.json "
                          "(each mode's commit and command are recorded under `provenance`)")
+    ap.add_argument("--train-jobs", type=int, default=None,
+                    help="worker processes that train router sets while this process evaluates (0: train here, "
+                         "one set at a time); default: one per usable core up to 2 on a CPU, 0 on an accelerator")
     args = ap.parse_args(argv)
+    if args.train_jobs is not None and args.train_jobs < 0:
+        ap.error(f"--train-jobs {args.train_jobs}: need >= 0")
     if args.merge and not args.only:
         ap.error("--merge needs --only (without it every mode is rerun and nothing is kept)")
     argv_used = sys.argv[1:] if argv is None else list(argv)
@@ -684,7 +724,8 @@ def main(argv=None):
     from bes_jax.config import compose_train_config
     from bes_jax.env import make_serving_env
     from bes_jax.eval import protocol as P
-    from bes_jax.eval.experiments import TrainedRouters, evaluate_variants, evaluate_variants_seeds, train_routers
+    from bes_jax.eval.experiments import TrainedRouters, evaluate_variants, evaluate_variants_seeds
+    from bes_jax.eval.train_pool import TrainingPool, default_jobs
     from bes_jax.eval.report import replace_section
     from bes_jax.eval.rollout import eval_config
     from bes_jax.eval.sweep import sweep_rates
@@ -692,6 +733,9 @@ def main(argv=None):
     from bes_jax.routers import greedy, static, uniform_random
     from bes_jax.workloads.bursty import bursty_workload, describe
 
+    import jax
+    train_jobs = args.train_jobs if args.train_jobs is not None else (
+        default_jobs() if jax.default_backend() == "cpu" else 0)  # workers would share one accelerator
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "docs"
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -701,14 +745,18 @@ def main(argv=None):
     for mname, sec in jobs:
         if sec in REQUEST_ONLY and str(modes[mname].batching) != "request":
             raise ValueError(f"mode {mname!r}: section {sec!r} runs in request-level batching only")
+    ordered = [j for j in jobs if j[1] != "extras"] + [j for j in jobs if j[1] == "extras"]  # extras last
+    run_modes = list(dict.fromkeys(m for m, _ in ordered))
     plan = []
-    for mname in dict.fromkeys(m for m, _ in jobs):
+    for mname, sec in ordered:
         cost = modes[mname].get("cost_s", {}) or {}
-        plan.append((f"{mname}:train", float(cost.get("train", 60))))
-        plan += [(f"{mname}:{s}", float(cost.get(s, 60))) for m, s in jobs if m == mname]
+        if f"{mname}:train" not in dict(plan):
+            plan.append((f"{mname}:train", float(cost.get("train", 60))))
+        plan.append((f"{mname}:{sec}", float(cost.get(sec, 60))))
     prog = Progress(plan)
     say = prog.say
-    say(f"plan: {', '.join(k for k, _ in plan)}; estimated {sum(v for _, v in plan) / 60:.1f} min")
+    say(f"plan: {', '.join(k for k, _ in plan)}; estimated {sum(v for _, v in plan) / 60:.1f} min; "
+        + (f"{train_jobs} worker process(es) train router sets meanwhile" if train_jobs else "training here"))
 
     seeds = [int(k) for k in exp.seeds]
     eval_seeds = tuple(int(k) for k in exp.eval_seeds)
@@ -718,7 +766,7 @@ def main(argv=None):
     results = {"scale": args.scale, "config": str(config_path.relative_to(REPO_ROOT) if config_path.is_relative_to(REPO_ROOT)
                                                   else config_path),
                "seeds": seeds, "eval_seeds": list(eval_seeds), "n_decisions": n, "window_s": window_s,
-               "sections_run": [f"{m}:{s}" for m, s in jobs], "modes": {},
+               "sections_run": [f"{m}:{s}" for m, s in ordered], "modes": {}, "train_jobs": train_jobs,
                "command": "python scripts/reproduce.py --scale " + args.scale
                + (f" --config {args.config}" if args.config else "") + (f" --only {args.only}" if args.only else "") + (" --merge" if args.merge else "")}
     bursty_cfg = exp.bursty
@@ -746,7 +794,7 @@ def main(argv=None):
             self.node, self.name = node, str(node.name)
             self.overrides = list(node.train_overrides)
             cfg = compose_train_config(self.overrides)
-            self.setup, self.learned = train_routers(cfg, seeds)
+            self.setup, self.learned = pool.get(self.overrides)
             s = self.setup
             self.profile, self.sim_cfg, self.cap = s["profile"], s["sim_cfg"], float(s["cap_large"])
             self.batching = self.sim_cfg.batching
@@ -1023,24 +1071,35 @@ def main(argv=None):
         fig.tight_layout(); fig.savefig(fig_dir / f"autoscaler_{md.name}.png", dpi=110); plt.close(fig)
 
     def run_extras(md):
-        extras_section(md, exp, curves, results, fig_dir, say, seeds=seeds, eval_seeds=eval_seeds, n=n,
+        extras_section(md, exp, curves, results, fig_dir, say, pool, seeds=seeds, eval_seeds=eval_seeds, n=n,
                        window_s=window_s)
 
     runners = {"poisson": run_poisson, "bursty": run_bursty, "autoscaler": run_autoscaler, "extras": run_extras}
 
     # ---------------------------------------------------------------- run
-    for mname in dict.fromkeys(m for m, _ in jobs):
-        prog.start(f"{mname}:train")
-        md = Mode(modes[mname])
-        results["modes"][mname] = md.info
-        say(f"{mname}: {md.profile.name}, {md.batching} batching, capacity of {md.stat} {md.cap:.3f} req/s, "
-            f"{len(seeds)} routers trained")
-        prog.done(f"{mname}:train")
-        for _, sec in [j for j in jobs if j[0] == mname]:
+    # every router set is queued first (each mode's, then the extras' variants); the pool's
+    # workers train them while this process evaluates, the extras last (they need the most sets)
+    with TrainingPool(seeds, train_jobs) as pool:
+        for mname in run_modes:
+            pool.submit(modes[mname].train_overrides, label=mname)
+        for mname, sec in ordered:
+            if sec == "extras":
+                for lbl, ov in extras_trainings(exp.extras, modes[mname].train_overrides).items():
+                    pool.submit(ov, label=f"{mname} extras: {lbl}")
+        mds = {}
+        for i, (mname, sec) in enumerate(ordered):
+            if mname not in mds:
+                prog.start(f"{mname}:train")
+                mds[mname] = md = Mode(modes[mname])
+                results["modes"][mname] = md.info
+                say(f"{mname}: {md.profile.name}, {md.batching} batching, capacity of {md.stat} {md.cap:.3f} req/s, "
+                    f"{len(seeds)} routers trained")
+                prog.done(f"{mname}:train")
             prog.start(f"{mname}:{sec}")
-            runners[sec](md)
+            runners[sec](mds[mname])
             prog.done(f"{mname}:{sec}")
-        del md
+            if all(m != mname for m, _ in ordered[i + 1:]):
+                del mds[mname]  # its routers, reports and compiled programs
 
     # ---------------------------------------------------------------- write
     P.check_records(curves)

@@ -39,11 +39,19 @@ def train_routers(cfg, seeds, name: str = "learned"):
     if not seeds:
         raise ValueError("seeds = []: need at least one training seed")
     setup = setup_training(cfg)
-    greedy_policy = setup["fns"].greedy_policy
     ts, _ = train_seeds(setup["fns"], seeds, log=lambda m: print(m, flush=True))
-    routers = [Router(name, greedy_policy(jax.tree.map(lambda x: x[i], ts.params),
-                                          jax.tree.map(lambda x: x[i], ts.obs_stats))) for i in range(len(seeds))]
-    return setup, TrainedRouters(routers, greedy_policy, ts.params, ts.obs_stats)
+    return setup, routers_from_params(setup, ts.params, ts.obs_stats, name)
+
+
+def routers_from_params(setup, params, obs_stats, name: str = "learned") -> TrainedRouters:
+    """One greedy-policy router per seed from parameters stacked over seeds (a training's
+    result, possibly from another process: `bes_jax.eval.train_pool`)."""
+    greedy_policy = setup["fns"].greedy_policy
+    params, obs_stats = jax.tree.map(jnp.asarray, (params, obs_stats))
+    n = jax.tree.leaves(params)[0].shape[0]
+    routers = [Router(name, greedy_policy(jax.tree.map(lambda x: x[i], params),
+                                          jax.tree.map(lambda x: x[i], obs_stats))) for i in range(n)]
+    return TrainedRouters(routers, greedy_policy, params, obs_stats)
 
 
 def _stack_variants(params_list, seeds):
