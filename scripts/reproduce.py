@@ -462,7 +462,8 @@ def report_section(doc) -> str:
              f"{meta['versions']['jax']} on {meta['machine']['jax_backend']}; commit `{(meta['git_commit'] or '?')[:10]}`"
              f"{' with local changes' if meta['git_dirty'] else ''}). Sections run: {', '.join(doc['sections_run'])}. "
              f"Learned router: {len(doc['seeds'])} training seeds (trained in one vmapped program, or one program per "
-             "seed for ES; mean ± std over "
+             "seed for ES" + (f", in {doc['train_jobs']} worker processes beside the evaluations" if doc.get("train_jobs")
+                              else "") + "; mean ± std over "
              f"them in every table and in `curves`); baselines: mean over {len(doc['eval_seeds'])} evaluation seeds "
              f"x {doc['n_decisions']} requests (std 0 in `curves`). Every record of every figure is in "
              "`docs/results.json` under `curves` (`{experiment, batching, workload, profile, load_x, router, metric, "
