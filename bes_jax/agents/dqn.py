@@ -33,7 +33,8 @@ import optax
 from flax import struct
 
 from bes_jax.agents.bank import make_bank
-from bes_jax.agents.network import PRIOR_GATES, QNetwork, action_mask_fn, normalize, prior_gate_weight, with_greedy_prior
+from bes_jax.agents.network import (QNetwork, action_mask_fn, check_greedy_prior, normalize, prior_gate_weight,
+                                    with_greedy_prior)
 from bes_jax.agents.shaping import check_price, decision_harm
 from bes_jax.env import ServingEnv, resolved_mask
 from bes_jax.env.params import EnvParams
@@ -100,13 +101,7 @@ class DQNConfig:
             raise ValueError(f"dqn config: field 'gamma' = {self.gamma}: must be in [0, 1)")
         if not (0.0 < self.target_tau <= 1.0):
             raise ValueError(f"dqn config: field 'target_tau' = {self.target_tau}: must be in (0, 1]")
-        if not (isinstance(self.greedy_prior, (int, float)) and self.greedy_prior >= 0):
-            raise ValueError(f"dqn config: field 'greedy_prior' = {self.greedy_prior!r}: must be a number >= 0")
-        if self.prior_gate not in PRIOR_GATES:
-            raise ValueError(f"dqn config: field 'prior_gate' = {self.prior_gate!r}: must be one of {list(PRIOR_GATES)}")
-        if self.prior_gate != "none" and not self.greedy_prior:
-            raise ValueError(f"dqn config: field 'prior_gate' = {self.prior_gate!r}: weighs the network against "
-                             "greedy's prior; it needs greedy_prior > 0")
+        check_greedy_prior("dqn", self.greedy_prior, self.prior_gate)
 
 
 #: DQNConfig fields that are traced numbers (``ts.hp``): vmap-able, one compiled program for all values

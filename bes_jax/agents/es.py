@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from bes_jax.agents.dqn import ObsStats, default_hparams, resolve_hparams
 from bes_jax.agents.bank import make_bank
-from bes_jax.agents.network import PRIOR_GATES, QNetwork, normalize, prior_gate_weight, with_greedy_prior
+from bes_jax.agents.network import QNetwork, check_greedy_prior, normalize, prior_gate_weight, with_greedy_prior
 from bes_jax.env import make_serving_env
 from bes_jax.routers.baselines import greedy_action
 
@@ -108,7 +108,8 @@ class ESConfig:
         if self.generations % self.chunk_generations:
             raise ValueError(f"es config: field 'generations' = {self.generations}: must be a multiple of "
                              f"chunk_generations ({self.chunk_generations})")
-        for name in ("greedy_prior", "overrule_cost", "shortfall_cost"):
+        check_greedy_prior("es", self.greedy_prior, self.prior_gate)
+        for name in ("overrule_cost", "shortfall_cost"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"es config: field '{name}' = {v!r}: must be a number >= 0")
@@ -120,11 +121,6 @@ class ESConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"es config: field '{name}' = {v!r}: must be a number > 0")
-        if self.prior_gate not in PRIOR_GATES:
-            raise ValueError(f"es config: field 'prior_gate' = {self.prior_gate!r}: must be one of {list(PRIOR_GATES)}")
-        if self.prior_gate != "none" and not self.greedy_prior:
-            raise ValueError(f"es config: field 'prior_gate' = {self.prior_gate!r}: weighs the network against "
-                             "greedy's prior; it needs greedy_prior > 0")
         if self.fitness not in FITNESS:
             raise ValueError(f"es config: field 'fitness' = {self.fitness!r}: must be one of {list(FITNESS)}")
         if self.mask_wait_x != 0:

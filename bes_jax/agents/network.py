@@ -56,6 +56,18 @@ def prior_gate_weight(obs, greedy_a, n_tasks: int, gate: str):
     return jnp.clip(load, 0.0, 1.0)
 
 
+def check_greedy_prior(section: str, greedy_prior, prior_gate) -> None:
+    """Refuse a bad greedy prior in a learner's config (`section`: es, dqn): ``greedy_prior`` a
+    number >= 0, ``prior_gate`` one of PRIOR_GATES, and a gate only with a prior to weigh against."""
+    if not (isinstance(greedy_prior, (int, float)) and greedy_prior >= 0):
+        raise ValueError(f"{section} config: field 'greedy_prior' = {greedy_prior!r}: must be a number >= 0")
+    if prior_gate not in PRIOR_GATES:
+        raise ValueError(f"{section} config: field 'prior_gate' = {prior_gate!r}: must be one of {list(PRIOR_GATES)}")
+    if prior_gate != "none" and not greedy_prior:
+        raise ValueError(f"{section} config: field 'prior_gate' = {prior_gate!r}: weighs the network against "
+                         "greedy's prior; it needs greedy_prior > 0")
+
+
 def with_greedy_prior(q, greedy_a, beta: float, weight=None):
     """``weight * q + beta * onehot(greedy_a)``: a policy anchored on greedy's choice
     (``es.greedy_prior``); it overrules greedy only where its own (weighted) margin exceeds
