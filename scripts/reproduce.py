@@ -688,7 +688,7 @@ def main(argv=None):
                          "(each mode's commit and command are recorded under `provenance`)")
     ap.add_argument("--train-jobs", type=int, default=None,
                     help="worker processes that train router sets while this process evaluates (0: train here, "
-                         "one set at a time); default: one per usable core up to 2 on a CPU, 0 on an accelerator")
+                         "one set at a time); default: one per usable core beyond the first, up to 2, on a CPU; 0 on an accelerator")
     args = ap.parse_args(argv)
     if args.train_jobs is not None and args.train_jobs < 0:
         ap.error(f"--train-jobs {args.train_jobs}: need >= 0")

@@ -16,13 +16,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 
 def default_jobs() -> int:
-    """Worker processes for a CPU run: one per usable core beyond the first, at least one, at
-    most two (the caller evaluates on the remaining core; more workers than cores only share them)."""
+    """Worker processes for a CPU run: one per usable core beyond the first (the caller evaluates
+    on that one), at least one, at most two. More processes than cores only share them, and each
+    JAX process runs its own compute threads: three on two cores ran an ES training ~4x slower
+    than one alone (docs/results.md "Notes on the paper experiments")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    return max(1, min(2, cores - 1))
 
 
 def train_params(overrides, seeds, label: str = ""):
