@@ -1,10 +1,17 @@
 """Rate sweeps in one vmapped program, and max_sustainable_rate."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
 from bes_jax.eval.capacity import measured_capacity, nominal_capacity
+from bes_jax.profile import profile_from_dict
 from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
 from bes_jax.routers import greedy, static
 from bes_jax.sim_config import SimConfig
@@ -58,3 +65,30 @@ def test_measured_capacity_is_cached_on_disk_by_what_defines_it(synthetic_profil
     assert measured_capacity(synthetic_profile, CFG) == first
     with pytest.raises(AssertionError, match="measured again"):
         measured_capacity(synthetic_profile, CFG.__class__(**{**CFG.to_dict(), "queue_capacity": 7}))
+
+
+def test_a_second_process_waits_for_the_first_ones_measurement(tmp_path, monkeypatch):
+    """Two processes needing one capacity at once (a joblib multirun, test workers) measure it
+    once: while this process holds the measurement's lock, another blocks, then reads the result
+    this one wrote (a value no measurement gives) instead of sweeping itself."""
+    import bes_jax.eval.capacity as cap_mod
+    from conftest import synthetic_profile_dict
+
+    (tmp_path / "p.json").write_text(json.dumps(synthetic_profile_dict()))
+    script = ("import json\n"
+              "from bes_jax.eval.capacity import measured_capacity\n"
+              "from bes_jax.profile import profile_from_dict\n"
+              "from bes_jax.sim_config import SimConfig\n"
+              f"prof = profile_from_dict(json.load(open({str(tmp_path / 'p.json')!r})), 'p.json')\n"
+              "print('ready', flush=True)\n"
+              "print(measured_capacity(prof, SimConfig(queue_capacity=8, outcome_slots=512)), flush=True)\n")
+    monkeypatch.setenv("BES_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    prof = profile_from_dict(synthetic_profile_dict(), "p.json")
+    key = cap_mod._disk_key(prof, cap_mod._serving(CFG), prof.n_models - 1)
+    with cap_mod._measuring(key):
+        proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # it is now waiting for the lock (or, without one, measuring)
+        cap_mod._disk_put(key, 123.25, prof, prof.n_models - 1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and float(out.strip()) == 123.25, out

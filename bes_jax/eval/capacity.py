@@ -9,10 +9,13 @@ A measurement is a sweep (about a minute under continuous batching on 2 cores), 
 also kept on disk, keyed by everything that defines them (the profile's numbers, the serving
 settings, the model, the protocol, the package version and the simulator's source code):
 ``$BES_JAX_CACHE_DIR`` or
-``~/.cache/bes_jax``, file ``capacity.json``. ``BES_JAX_CACHE_DIR=off`` disables it.
+``~/.cache/bes_jax``, file ``capacity.json``. ``BES_JAX_CACHE_DIR=off`` disables it. Processes
+on one machine that need the same capacity at once (a Hydra joblib multirun, test workers) take a
+lock on it there: the first measures, the others wait and read its result.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,6 +24,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent processes may measure the same capacity twice
+    fcntl = None
 
 from bes_jax.profile import Profile
 from bes_jax.sim_config import SimConfig
@@ -81,6 +89,35 @@ def _disk_put(key: str, value: float, profile: Profile, m: int) -> None:
         pass  # a read-only home: the measurement is still returned
 
 
+@contextlib.contextmanager
+def _measuring(key: str):
+    """Held while this process measures capacity ``key``: another process that needs it blocks
+    here until the result is on disk (an exclusive lock on a file beside the cache)."""
+    path = _cache_file()
+    fh = None
+    if path is not None and fcntl is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path.parent / f"capacity-{key[:20]}.lock", "a")
+        except OSError:
+            fh = None  # a read-only cache directory: measure without the lock
+    if fh is None:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _serving(cfg: SimConfig) -> SimConfig:
+    """``cfg`` with the settings that do not change serving fixed: one measurement serves them all."""
+    return dataclasses.replace(cfg, obs_mode="paper", ewma_alpha=0.05, ref_rate=100.0, episode_len=1000,
+                               outcome_slots=2048)
+
+
 def nominal_capacity(profile: Profile, cfg: SimConfig) -> np.ndarray:
     """[M] an upper bracket on the requests/s each model sustains alone, over its replicas.
 
@@ -108,28 +145,36 @@ def measured_capacity(profile: Profile, cfg: SimConfig, model: int = -1) -> floa
     Settings that do not change serving (observation, episode length, outcome record) do not
     change it; results are cached per profile and setting.
     """
-    from bes_jax.eval.sweep import max_sustainable_rate
-    from bes_jax.routers import static
-
     m = model % profile.n_models
-    serving = dataclasses.replace(cfg, obs_mode="paper", ewma_alpha=0.05, ref_rate=100.0, episode_len=1000,
-                                  outcome_slots=2048)
+    serving = _serving(cfg)
     key = (profile.name, np.asarray(profile.latency).tobytes(), serving, m)
     disk_key = _disk_key(profile, serving, m)
     if key not in _MEASURED and (cached := _disk_get(disk_key)) is not None:
         _MEASURED[key] = cached
     if key not in _MEASURED:
-        nominal = float(nominal_capacity(profile, serving)[m])
-        if nominal <= 0:
-            raise ValueError(f"profile {profile.name!r}: model {profile.model_names[m]} meets no task's deadline "
-                             f"even alone (deadlines {cfg.task_deadlines(profile)}); it has no capacity")
-        p = CAPACITY_PROTOCOL
-        res = max_sustainable_rate(profile, serving, static(m, name=f"static:{profile.model_names[m]}"),
-                                   nominal / 300.0, nominal * 1.5, threshold=p["threshold"],
-                                   n_decisions=p["n_decisions"], seeds=p["seeds"])
-        if res["max_sustainable_rate"] <= 0:
-            raise ValueError(f"profile {profile.name!r}: static {profile.model_names[m]} misses "
-                             f"{1 - p['threshold']:.0%} of requests even at {nominal / 300:.3g} req/s; no capacity")
-        _MEASURED[key] = float(res["max_sustainable_rate"])
-        _disk_put(disk_key, _MEASURED[key], profile, m)
+        with _measuring(disk_key):
+            if (cached := _disk_get(disk_key)) is not None:  # another process measured it meanwhile
+                _MEASURED[key] = cached
+            else:
+                _MEASURED[key] = _measure(profile, cfg, serving, m)
+                _disk_put(disk_key, _MEASURED[key], profile, m)
     return _MEASURED[key]
+
+
+def _measure(profile: Profile, cfg: SimConfig, serving: SimConfig, m: int) -> float:
+    """One measurement by the protocol: a Poisson rate sweep bracketed by the nominal capacity."""
+    from bes_jax.eval.sweep import max_sustainable_rate
+    from bes_jax.routers import static
+
+    nominal = float(nominal_capacity(profile, serving)[m])
+    if nominal <= 0:
+        raise ValueError(f"profile {profile.name!r}: model {profile.model_names[m]} meets no task's deadline "
+                         f"even alone (deadlines {cfg.task_deadlines(profile)}); it has no capacity")
+    p = CAPACITY_PROTOCOL
+    res = max_sustainable_rate(profile, serving, static(m, name=f"static:{profile.model_names[m]}"),
+                               nominal / 300.0, nominal * 1.5, threshold=p["threshold"],
+                               n_decisions=p["n_decisions"], seeds=p["seeds"])
+    if res["max_sustainable_rate"] <= 0:
+        raise ValueError(f"profile {profile.name!r}: static {profile.model_names[m]} misses "
+                         f"{1 - p['threshold']:.0%} of requests even at {nominal / 300:.3g} req/s; no capacity")
+    return float(res["max_sustainable_rate"])
