@@ -92,3 +92,30 @@ def test_a_second_process_waits_for_the_first_ones_measurement(tmp_path, monkeyp
         cap_mod._disk_put(key, 123.25, prof, prof.n_models - 1)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and float(out.strip()) == 123.25, out
+
+
+def test_a_measurement_compiles_optimized_programs(synthetic_profile, monkeypatch):
+    """Where XLA's optimizations are switched off (this suite does, to compile short programs
+    faster), a capacity measurement still compiles optimized programs (they run long: ~3x less
+    CPU for a continuous-batching measurement), and the setting is restored afterwards."""
+    import jax
+
+    import bes_jax.eval.capacity as cap_mod
+    import bes_jax.eval.sweep as sweep_mod
+
+    flag = "jax_disable_most_optimizations"
+    seen = []
+
+    def sweep(*a, **k):
+        seen.append(jax.config.values[flag])
+        return {"max_sustainable_rate": 1.5}
+    monkeypatch.setenv("BES_JAX_CACHE_DIR", "off")
+    monkeypatch.setattr(cap_mod, "_MEASURED", {})
+    monkeypatch.setattr(sweep_mod, "max_sustainable_rate", sweep)
+    was = jax.config.values[flag]
+    try:
+        jax.config.update(flag, True)
+        assert measured_capacity(synthetic_profile, CFG) == 1.5
+        assert seen == [False] and jax.config.values[flag] is True
+    finally:
+        jax.config.update(flag, was)

@@ -161,6 +161,24 @@ def measured_capacity(profile: Profile, cfg: SimConfig, model: int = -1) -> floa
     return _MEASURED[key]
 
 
+@contextlib.contextmanager
+def _optimized_compiles():
+    """XLA optimizes what is compiled inside, even where ``JAX_DISABLE_MOST_OPTIMIZATIONS`` is set
+    (to compile short programs faster, as the test suite does): a measurement's programs run long
+    (measured on 2 CPU cores, the default continuous config: 58 CPU-s optimized, 178 without)."""
+    import jax
+
+    flag = "jax_disable_most_optimizations"
+    was = bool(jax.config.values.get(flag, False))
+    if was:
+        jax.config.update(flag, False)
+    try:
+        yield
+    finally:
+        if was:
+            jax.config.update(flag, True)
+
+
 def _measure(profile: Profile, cfg: SimConfig, serving: SimConfig, m: int) -> float:
     """One measurement by the protocol: a Poisson rate sweep bracketed by the nominal capacity."""
     from bes_jax.eval.sweep import max_sustainable_rate
@@ -171,9 +189,10 @@ def _measure(profile: Profile, cfg: SimConfig, serving: SimConfig, m: int) -> fl
         raise ValueError(f"profile {profile.name!r}: model {profile.model_names[m]} meets no task's deadline "
                          f"even alone (deadlines {cfg.task_deadlines(profile)}); it has no capacity")
     p = CAPACITY_PROTOCOL
-    res = max_sustainable_rate(profile, serving, static(m, name=f"static:{profile.model_names[m]}"),
-                               nominal / 300.0, nominal * 1.5, threshold=p["threshold"],
-                               n_decisions=p["n_decisions"], seeds=p["seeds"])
+    with _optimized_compiles():
+        res = max_sustainable_rate(profile, serving, static(m, name=f"static:{profile.model_names[m]}"),
+                                   nominal / 300.0, nominal * 1.5, threshold=p["threshold"],
+                                   n_decisions=p["n_decisions"], seeds=p["seeds"])
     if res["max_sustainable_rate"] <= 0:
         raise ValueError(f"profile {profile.name!r}: static {profile.model_names[m]} misses "
                          f"{1 - p['threshold']:.0%} of requests even at {nominal / 300:.3g} req/s; no capacity")
