@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from bes_jax.eval.capacity import measured_capacity, nominal_capacity
-from bes_jax.profile import profile_from_dict
 from bes_jax.eval.sweep import max_sustainable_rate, sweep_rates
+from bes_jax.profile import profile_from_dict
 from bes_jax.routers import greedy, static
 from bes_jax.sim_config import SimConfig
 
