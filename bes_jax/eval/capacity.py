@@ -5,7 +5,7 @@ under the configured placement and deadlines (Poisson arrivals, uniform task mix
 formula below only brackets that sweep; it overstates what a model sustains (a mixed-task batch
 takes its slowest member's latency, and a request may arrive just after a batch started).
 
-A measurement is a sweep (about a minute under continuous batching on 2 cores), so results are
+A measurement is a sweep (about 40 s under continuous batching on 2 cores), so results are
 also kept on disk, keyed by everything that defines them (the profile's numbers, the serving
 settings, the model, the protocol, the package version and the simulator's source code):
 ``$BES_JAX_CACHE_DIR`` or
