@@ -23,8 +23,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(out, *extra):
-    return [sys.executable, "-m", "bes_jax.eval.distributed", *extra, "--out", str(out), *ARGS]
+def _cmd(out, *extra, late_s=0.0):
+    """The module's command line; ``late_s``: this process reaches its gather that late (gloo alone
+    gives up on a peer 30 s late)."""
+    late = (f"import sys, time; import bes_jax.eval.distributed as d; ev = d.evaluate_sharded; "
+            f"d.evaluate_sharded = lambda *a, **k: (time.sleep({late_s}), ev(*a, **k))[1]; "
+            f"d.main(sys.argv[1:])")
+    run = ["-c", late] if late_s else ["-m", "bes_jax.eval.distributed"]
+    return [sys.executable, *run, *extra, "--out", str(out), *ARGS]
 
 
 def test_shard_bounds_cover_every_environment_once():
@@ -40,11 +46,13 @@ def test_shard_bounds_cover_every_environment_once():
 
 
 def test_two_processes_on_loopback_gather_the_single_process_metrics(tmp_path):
+    """Process 1 arrives 35 s after process 0 at the gather: it is waited for."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "JAX_PLATFORMS": "cpu"}
     port = _free_port()
     coord = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    procs = [subprocess.Popen(_cmd(tmp_path / f"p{i}.json", *coord, "--process-id", str(i)), cwd=REPO, env=env,
+    procs = [subprocess.Popen(_cmd(tmp_path / f"p{i}.json", *coord, "--process-id", str(i), late_s=35.0 * i),
+                              cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     single = subprocess.run(_cmd(tmp_path / "single.json"), cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)

@@ -17,6 +17,7 @@ itself: pass ``--auto``. When to use this rather than a multirun: docs/scaling.m
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -55,19 +56,47 @@ def shard_bounds(n: int, n_processes: int, index: int) -> tuple[int, int, int]:
     return index * per, (index + 1) * per, per
 
 
-def gather_tree(tree, n: int):
+GATHER_TIMEOUT_S = 3600.0
+_gathers = itertools.count()
+
+
+class GatherTimeout(RuntimeError):
+    """Not every process reached a gather within its timeout."""
+
+
+def wait_for_all_processes(timeout_s: float = GATHER_TIMEOUT_S) -> None:
+    """Block until every process arrives, through the coordination service.
+
+    XLA's CPU collectives (gloo) give up when a peer is 30 s late to the first collective; one
+    process can easily be that far behind (a capacity measurement, a slower host, a loaded
+    machine), so every gather waits here first, with a deadline the caller chooses."""
+    import jax
+    from orbax.checkpoint.multihost import get_barrier_sync_fn
+
+    if jax.process_count() == 1:
+        return
+    key = f"bes_jax_gather_{next(_gathers)}"
+    try:
+        get_barrier_sync_fn()(key=key, timeout_ms=int(timeout_s * 1000))
+    except Exception as e:  # the coordination service's own error type is not public
+        raise GatherTimeout(f"distributed evaluation: process {jax.process_index()} waited {timeout_s:.0f} s "
+                           f"at {key} and not all {jax.process_count()} processes arrived ({e})") from e
+
+
+def gather_tree(tree, n: int, timeout_s: float = GATHER_TIMEOUT_S):
     """Concatenate every process's shard ``[per, ...]`` of each leaf into ``[n, ...]`` (in process
-    order) on every process."""
+    order) on every process, waiting up to ``timeout_s`` for the slowest one."""
     import jax
     from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return jax.tree.map(lambda x: np.asarray(x)[:n], tree)
+    wait_for_all_processes(timeout_s)
     g = multihost_utils.process_allgather(tree, tiled=False)  # [P, per, ...]
     return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + np.asarray(x).shape[2:])[:n], g)
 
 
-def evaluate_sharded(evaluate, keys, params, params_axis=None):
+def evaluate_sharded(evaluate, keys, params, params_axis=None, timeout_s: float = GATHER_TIMEOUT_S):
     """``evaluate(keys[k], params) -> metrics [k, ...]`` over all ``keys`` [E], split over the
     processes of `jax.distributed` (each runs a contiguous shard), gathered on every process.
 
@@ -88,7 +117,7 @@ def evaluate_sharded(evaluate, keys, params, params_axis=None):
         local_params = jax.tree.map(lambda x, a: x if a is None else take(x), params, params_axis,
                                     is_leaf=lambda x: x is None)
     m = jax.jit(evaluate)(local_keys, local_params)
-    return gather_tree(jax.device_get(m), E)
+    return gather_tree(jax.device_get(m), E, timeout_s)
 
 
 def run(argv=None) -> dict:
@@ -97,6 +126,8 @@ def run(argv=None) -> dict:
     ap.add_argument("--num-processes", type=int, default=1)
     ap.add_argument("--process-id", type=int, default=0)
     ap.add_argument("--auto", action="store_true", help="jax.distributed.initialize() discovers the cluster (Slurm, TPU)")
+    ap.add_argument("--gather-timeout", type=float, default=GATHER_TIMEOUT_S,
+                    help="seconds a process waits for the others before each gather")
     ap.add_argument("--router", default="greedy",
                     help="greedy, random, static:MODEL, or policy:DIR (an exported policy)")
     ap.add_argument("--n-seeds", type=int, default=64, help="environments (evaluation seeds) per workload")
@@ -143,7 +174,7 @@ def run(argv=None) -> dict:
         node, wp = evals[name]
         params = env.make_params(wp)
         ev = make_evaluate(env, router, n_dec, window_s, metric_windows(n_dec, window_s, wp))
-        m = evaluate_sharded(ev, keys, params)
+        m = evaluate_sharded(ev, keys, params, timeout_s=args.gather_timeout)
         scalars = {k: np.asarray(v) for k, v in m.items() if np.asarray(v).ndim == 1}
         out["workloads"][name] = {"mean": {k: float(np.mean(v)) for k, v in scalars.items()},
                                   "per_env": {k: v.tolist() for k, v in scalars.items()}}
@@ -162,7 +193,7 @@ def run(argv=None) -> dict:
 def main(argv=None) -> None:
     try:
         run(argv)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, GatherTimeout) as e:
         print(f"bes_jax.eval.distributed: error: {e}", file=sys.stderr)
         sys.exit(2)
 
