@@ -31,7 +31,8 @@ from bes_jax.profile import profile_from_dict  # noqa: E402
 # measured capacities are cached on disk (bes_jax.eval.capacity): the whole run (every xdist
 # worker, which inherits the controller's environment, and the commands tests start) shares one
 # fresh cache instead of reading or writing the user's; a capacity is measured once per run, not
-# once per worker (a continuous-batching measurement is ~1.5 CPU-minutes)
+# once per worker (a continuous-batching measurement is ~1 CPU-minute). The package's default
+# configs read the shipped table (bes_jax/data/capacity.json; tests/test_capacity_table.py).
 if "BES_JAX_TEST_CACHE_DIR" not in os.environ:
     os.environ["BES_JAX_TEST_CACHE_DIR"] = _temp_dir("bes_jax_test_cache_")
 os.environ["BES_JAX_CACHE_DIR"] = os.environ["BES_JAX_TEST_CACHE_DIR"]

@@ -79,13 +79,17 @@ def venv(tmp_path_factory):
 def test_wheel_holds_package_data(venv):
     bindir, env, work, venv_dir = venv
     code = ("import json, bes_jax, bes_jax.data as d; from bes_jax.profile import load_profile; "
+            "import bes_jax.eval.capacity as c; from bes_jax.config import compose_train_config, sim_config_from; "
+            "cfg = compose_train_config([]); key = c.capacity_key(load_profile(cfg.profile), sim_config_from(cfg.sim)); "
             "print(json.dumps({'file': bes_jax.__file__, 'conf': sorted(p.name for p in bes_jax.CONF_DIR.glob('*.yaml')), "
-            "'data': d.shipped(), 'profile': load_profile('opt-a100-80gb').name}))")
+            "'data': d.shipped(), 'profile': load_profile('opt-a100-80gb').name, "
+            "'capacity': key in json.loads(c.SHIPPED.read_text())}))")
     out = json.loads(_run([bindir / "python", "-c", code], work, env).stdout.strip().splitlines()[-1])
     assert Path(out["file"]).resolve().is_relative_to(venv_dir.resolve()), out["file"]  # the wheel, not the repo
     assert {"train.yaml", "eval.yaml", "experiment_job.yaml", "serve.yaml", "validate.yaml"} <= set(out["conf"])
     assert {"maf2019_minute_totals.csv", "AzureLLMInferenceTrace_code.csv"} <= set(out["data"])
     assert out["profile"] == "opt-a100-80gb"
+    assert out["capacity"]  # the main job's shipped capacity, under the key the installed code computes
 
 
 def test_installed_commands_run_from_any_directory(venv):

@@ -9,9 +9,15 @@ A measurement is a sweep (about 40 s under continuous batching on 2 cores), so r
 also kept on disk, keyed by everything that defines them (the profile's numbers, the serving
 settings, the model, the protocol, the package version and the simulator's source code):
 ``$BES_JAX_CACHE_DIR`` or
-``~/.cache/bes_jax``, file ``capacity.json``. ``BES_JAX_CACHE_DIR=off`` disables it. Processes
-on one machine that need the same capacity at once (a Hydra joblib multirun, test workers) take a
-lock on it there: the first measures, the others wait and read its result.
+``~/.cache/bes_jax``, file ``capacity.json``. Processes on one machine that need the same capacity
+at once (a Hydra joblib multirun, test workers) take a lock on it there: the first measures, the
+others wait and read its result.
+
+The package ships the measurements of its own default configs (``bes_jax/data/capacity.json``,
+written by ``scripts/measure_capacities.py``) under the same keys, so a first run of the main job
+does not spend a minute measuring; a change to the simulator's code changes the keys, and the
+shipped entries then no longer match (a test says so) until the script is run again.
+``BES_JAX_CACHE_DIR=off`` reads and writes neither: every capacity is measured.
 """
 from __future__ import annotations
 
@@ -62,12 +68,19 @@ def _disk_key(profile: Profile, serving: SimConfig, m: int) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: measurements of the package's default configs, keyed as the disk cache
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "capacity.json"
+
+
 def _disk_get(key: str):
+    """The cached measurement ``key``: the user's cache, else the shipped table, else None."""
     path = _cache_file()
-    try:
-        return float(json.loads(path.read_text())[key]["req_per_s"]) if path else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no cache, or an unreadable one: measure again
+    for source in ((path, SHIPPED) if path else ()):
+        try:
+            return float(json.loads(source.read_text())[key]["req_per_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no cache, or an unreadable one: the next source, or measure again
+    return None
 
 
 def _disk_put(key: str, value: float, profile: Profile, m: int) -> None:
@@ -136,6 +149,17 @@ def nominal_capacity(profile: Profile, cfg: SimConfig) -> np.ndarray:
             per_task.append((b[ok] / lat[ok]).max() if ok.any() else 0.0)
         caps[m] = np.mean(per_task) * reps[m]
     return caps
+
+
+def capacity_key(profile: Profile, cfg: SimConfig, model: int = -1) -> str:
+    """The key of ``measured_capacity(profile, cfg, model)`` on disk and in the shipped table."""
+    return _disk_key(profile, _serving(cfg), model % profile.n_models)
+
+
+def measure_capacity(profile: Profile, cfg: SimConfig, model: int = -1) -> float:
+    """One fresh measurement (no cache read or written): what ``measured_capacity`` caches."""
+    m = model % profile.n_models
+    return _measure(profile, cfg, _serving(cfg), m)
 
 
 def measured_capacity(profile: Profile, cfg: SimConfig, model: int = -1) -> float:
