@@ -23,9 +23,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # tests are small: compiling less carefully costs less than the slower programs it gives
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # XLA:CPU's compile is most of the suite's CPU time; its loop emitters (not the fusion emitters)
-# and one codegen thread compile these programs in about half the CPU time, to the same results
-# (tests/test_greedy_prior.py from a cold cache on 2 cores: 278 -> 186 CPU-s). A flag the
-# caller's XLA_FLAGS already sets is left as it is.
+# and one codegen thread compile these programs in about half the CPU time (tests/test_greedy_prior.py
+# from a cold cache on 2 cores: 278 -> 186 CPU-s). Floats may differ in their last bits from a
+# default build (a tiny bes-train: weights within 8e-8, the same results), so published numbers
+# are never made with them. A flag the caller's XLA_FLAGS already sets is left as it is.
 _FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 _flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join([_flags, *(f for f in _FAST_COMPILE if f.split("=")[0] not in _flags)]).strip()
