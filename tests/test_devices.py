@@ -91,3 +91,47 @@ def test_bench_sim_continuous_reports_its_mode_and_occupancy():
     assert last["batching"] == "continuous" and last["decisions_per_s"] > 0
     m = re.search(r"occupancy over 60 decisions \(max_num_seqs (\d+)\): running set per replica mean ([\d.]+)", out.stdout)
     assert m and 0 < float(m.group(2)) <= int(m.group(1)), out.stdout[-1500:]
+
+
+COMPARISON = textwrap.dedent("""
+    import json, sys
+    from bes_jax.agents.training import request_learner_devices
+    from bes_jax.config import compose_train_config
+    request_learner_devices(compose_train_config(["sim=default"]))  # what bes-train asks for: one per core
+    import jax, jax.numpy as jnp, numpy as np
+    from bes_jax import workloads as W
+    from bes_jax.env import make_serving_env
+    from bes_jax.eval.rollout import eval_config, evaluate_on_devices, metric_windows
+    from bes_jax.profile import load_profile
+    from bes_jax.routers import baseline_routers
+    from bes_jax.sim_config import SimConfig
+    prof = load_profile("opt-a100-80gb")
+    cfg = SimConfig(queue_capacity=16)
+    env = make_serving_env(prof, eval_config(cfg, 300))
+    wp = W.gamma(40.0, cv=3.0, n_tasks=prof.n_tasks)
+    params, routers = env.make_params(wp), baseline_routers(prof)[:3]
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in (1, 2, 3)])
+    args = (env, routers, 300, 1.0, metric_windows(300, 1.0, wp), keys, params)
+    one, two = evaluate_on_devices(*args, n_devices=1), evaluate_on_devices(*args)
+    close = lambda a, b: np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=0, equal_nan=True)
+    print(json.dumps({"devices": jax.local_device_count(), "n": int(two["performance"].shape[0]),
+                      "equal": all(np.array_equal(one[k], two[k]) for k in ("performance", "availability")),
+                      "close": jax.tree.structure(one) == jax.tree.structure(two) and all(
+                          close(a, b) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two))),
+                      "routers_differ": len(set(np.asarray(one["performance"]).round(6).tolist())) > 1}))
+""")
+
+
+def test_the_comparison_over_one_device_per_core_equals_one_device():
+    """`bes-train`'s device request gives a CPU one device per core, and the comparison's runs
+    (3 routers x 3 seeds: 9 environments, padded to 10 on 2 devices) split over them give exactly
+    the one-device metrics, each router's runs in their place (a percentile's interpolation may
+    round differently in the last float bits: the main job's p99 latencies within 1e-5)."""
+    import json
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "--unused")}
+    env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split() if not f.startswith("--unused"))
+    out = subprocess.run([sys.executable, "-c", COMPARISON], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == len(os.sched_getaffinity(0)) and res["n"] == 9
+    assert res["equal"] and res["close"] and res["routers_differ"]

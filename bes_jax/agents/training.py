@@ -176,13 +176,20 @@ def train_seeds(learner, seeds, sequential: bool | None = None, log=None, hp: di
 
 
 def request_learner_devices(cfg) -> None:
-    """Ask XLA for the host devices the configured learner splits over (``pqn.devices`` or
-    ``es.devices`` > 1); call before JAX starts its backends (no effect after)."""
+    """Ask XLA for host devices; call before JAX starts its backends (no effect after): the ones
+    the configured learner splits over (``pqn.devices`` or ``es.devices`` > 1), and at least one
+    per usable core for the comparison with the baselines, whose runs split over the devices
+    (`bes_jax.eval.rollout.evaluate_on_devices`), unless ``XLA_FLAGS`` already names a count.
+    Only a CPU backend has host devices; a training program runs on one device either way."""
+    from bes_jax.env.devices import host_devices_requested, usable_cores, use_host_devices
+
     name = learner_name(cfg)
     node = cfg.get(name) if name in ("pqn", "es") else None
-    if node is not None and int(node.get("devices", 1)) > 1:
-        from bes_jax.env.devices import use_host_devices
-        use_host_devices(int(node.devices))
+    want = int(node.get("devices", 1)) if node is not None else 1
+    if not host_devices_requested():
+        want = max(want, usable_cores())
+    if want > 1:
+        use_host_devices(want)
 
 
 def learner_name(cfg) -> str:

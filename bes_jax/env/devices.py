@@ -25,9 +25,23 @@ def use_host_devices(n: int) -> None:
     os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={n}".strip()
 
 
-def shard_envs(fn, n_devices: int | None = None):
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def host_devices_requested() -> bool:
+    """Whether ``XLA_FLAGS`` already names a host device count (the caller's choice stands)."""
+    return _FLAG in os.environ.get("XLA_FLAGS", "")
+
+
+def shard_envs(fn, n_devices: int | None = None, n_shared: int = 0):
     """``fn(*args)`` with every argument and output split along its leading (environment)
-    axis over `n_devices` local devices (default: all). The leading size must divide evenly;
+    axis over `n_devices` local devices (default: all), except the last ``n_shared`` arguments
+    (pytrees every device gets whole, e.g. shared params). The leading size must divide evenly;
     `fn` sees its device's slice and must treat environments independently."""
     import jax
     from jax.sharding import Mesh, PartitionSpec as P
@@ -36,5 +50,10 @@ def shard_envs(fn, n_devices: int | None = None):
     if len(devices) == 1:
         return jax.jit(fn)
     mesh = Mesh(np.asarray(devices), ("envs",))
-    sharded = jax.shard_map(fn, mesh=mesh, in_specs=P("envs"), out_specs=P("envs"), check_vma=False)
+
+    def sharded(*args):
+        k = len(args) - n_shared
+        specs = tuple([P("envs")] * k + [P()] * n_shared)
+        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("envs"), check_vma=False)(*args)
+
     return jax.jit(sharded)

@@ -53,7 +53,7 @@ def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: i
 
     from bes_jax.env import make_serving_env
     from bes_jax.eval.metrics import CONTINUOUS_METRICS, SCALAR_METRICS, to_report
-    from bes_jax.eval.rollout import eval_config, make_evaluate, metric_windows
+    from bes_jax.eval.rollout import eval_config, evaluate_on_devices, metric_windows
 
     eval_env = make_serving_env(profile, eval_config(sim_cfg, n_eval))
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
@@ -62,8 +62,9 @@ def evaluate_against_baselines(profile, sim_cfg, routers, evals: dict, n_eval: i
         params = eval_env.make_params(wp)
         n_windows = metric_windows(n_eval, window_s, wp)
         rows = {}
-        # every router in one compiled program (the event loop is compiled once, not once per router)
-        m_all = jax.jit(make_evaluate(eval_env, list(routers), n_eval, window_s, n_windows))(keys, params)
+        # every router in one compiled program (the event loop is compiled once, not once per router),
+        # its runs split over the local devices (one per core on a CPU where the caller asked for them)
+        m_all = evaluate_on_devices(eval_env, routers, n_eval, window_s, n_windows, keys, params)
         S = len(seeds)
         for j, router in enumerate(routers):
             reps = [to_report(jax.tree.map(lambda x: x[j * S + i], m_all), profile.model_names, window_s)

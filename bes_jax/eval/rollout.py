@@ -9,6 +9,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bes_jax.env import ServingEnv
 from bes_jax.eval.metrics import autoscale_metrics, metrics_kwargs, run_metrics
@@ -31,16 +32,19 @@ def make_run(env: ServingEnv, router, n_decisions: int, drain: bool = True, para
     ``router``: one `Router`, or a sequence of R routers: then ``keys`` is ``[R * N]`` and
     environment ``r * N + n`` is routed by router ``r`` (one compiled program for all of them,
     each environment taking its router's branch of a `lax.switch`; with the same keys an
-    environment's run is the one a single-router run gives)."""
+    environment's run is the one a single-router run gives). ``run(keys, params, router_index)``
+    names each environment's router instead (``[N]`` ints; any order, e.g. one device's shard)."""
     if isinstance(router, Router):
         v_act = jax.vmap(router.act, in_axes=(0, 0, 0, params_axis))
     else:
         acts = [r.act for r in router]
-        switched = jax.vmap(lambda i, k, o, st, p: jax.lax.switch(i, acts, k, o, st, p),
-                            in_axes=(0, 0, 0, 0, params_axis))
-        v_act = lambda k, o, st, p: switched(jnp.repeat(jnp.arange(len(acts)), k.shape[0] // len(acts)), k, o, st, p)
+        v_act = jax.vmap(lambda i, k, o, st, p: jax.lax.switch(i, acts, k, o, st, p),
+                         in_axes=(0, 0, 0, 0, params_axis))
 
-    def run(keys, params):
+    def run(keys, params, router_index=None):
+        if not isinstance(router, Router) and router_index is None:
+            router_index = jnp.repeat(jnp.arange(len(router)), keys.shape[0] // len(router))
+        act = v_act if isinstance(router, Router) else (lambda k, o, st, p: v_act(router_index, k, o, st, p))
         k_reset = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
         k_steps = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         obs, state = jax.vmap(env.reset, in_axes=(0, params_axis))(k_reset, params)
@@ -50,7 +54,7 @@ def make_run(env: ServingEnv, router, n_decisions: int, drain: bool = True, para
             k = jax.vmap(lambda kk: jax.random.fold_in(kk, t))(k_steps)
             k_act = jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(k)
             k_step = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k)
-            action = v_act(k_act, obs, state, params)
+            action = act(k_act, obs, state, params)
             obs, state, _, _, _ = env.step_batch(k_step, state, action, params, params_axis)
             return (obs, state), None
 
@@ -109,7 +113,9 @@ def make_evaluate(env: ServingEnv, router, n_decisions: int, window_s: float, n_
                   params_axis=None):
     """``evaluate(keys[N], params) -> metrics[N]`` (jittable); ``n_windows``: see :func:`metric_windows`.
     A sequence of R routers (shared params only) evaluates them all in one program:
-    ``evaluate(keys[N], params) -> metrics[R * N]``, router ``r``'s runs at ``r * N ...``.
+    ``evaluate(keys[N], params) -> metrics[R * N]``, router ``r``'s runs at ``r * N ...``; or
+    ``evaluate(keys[M], params, router_index[M]) -> metrics[M]``, environment ``m`` routed by
+    router ``router_index[m]`` (how the runs split over devices: :func:`evaluate_on_devices`).
 
     With the autoscaler on (``env.autoscale``) the metrics also hold `AUTOSCALE_METRICS`
     (GPU-seconds and the rest, :func:`bes_jax.eval.metrics.autoscale_metrics`)."""
@@ -120,10 +126,10 @@ def make_evaluate(env: ServingEnv, router, n_decisions: int, window_s: float, n_
     if many and params_axis is not None:
         raise ValueError("make_evaluate: several routers share one params (params_axis=None)")
 
-    def evaluate(keys, params):
-        if many:
+    def evaluate(keys, params, router_index=None):
+        if many and router_index is None:
             keys = jnp.tile(keys, (len(router),) + (1,) * (keys.ndim - 1))
-        state = run(keys, params)
+        state = run(keys, params) if router_index is None else run(keys, params, router_index)
         metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows,
                                           **metrics_kwargs(p))
         out = jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
@@ -132,3 +138,30 @@ def make_evaluate(env: ServingEnv, router, n_decisions: int, window_s: float, n_
         return out
 
     return evaluate
+
+
+def evaluate_on_devices(env: ServingEnv, routers, n_decisions: int, window_s: float, n_windows: int, keys, params,
+                        n_devices: int | None = None):
+    """``make_evaluate(env, routers, ...)(keys, params)`` (R routers x N keys, router-major), the
+    R * N runs split over ``n_devices`` local devices (default: all; one device: the plain program).
+
+    Each device runs its share of the environments (padded with copies of the last to an equal
+    share; the copies are dropped): on a CPU with one device per core (`use_host_devices`) the
+    comparison uses every core, where one program gets little from the second (the main job's
+    comparison on 2 cores: 140 -> 96 s). An environment's run does not depend on the others, so
+    the metrics are those of the one-device program (a percentile's interpolation may round
+    differently in the last float bits: the main job's p99 latencies within 1e-5 relative)."""
+    from bes_jax.env.devices import shard_envs
+
+    ev = make_evaluate(env, list(routers), n_decisions, window_s, n_windows)
+    D = min(n_devices or jax.local_device_count(), jax.local_device_count())
+    if D <= 1:
+        return jax.jit(ev)(keys, params)
+    R, N = len(routers), int(keys.shape[0])
+    E = R * N
+    per = -(-E // D)
+    take = np.minimum(np.arange(per * D), E - 1)  # pad with the last environment
+    all_keys = jnp.tile(keys, (R,) + (1,) * (keys.ndim - 1))[take]
+    index = jnp.asarray(np.repeat(np.arange(R), N)[take], dtype=jnp.int32)
+    m = shard_envs(lambda k, i, p: ev(k, p, i), D, n_shared=1)(all_keys, index, params)
+    return jax.tree.map(lambda x: x[:E], m)

@@ -11,7 +11,6 @@ seeds and program, so the same numbers (tests/test_train_pool.py checks it bit f
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 
@@ -20,11 +19,9 @@ def default_jobs() -> int:
     on that one), at least one, at most two. More processes than cores only share them, and each
     JAX process runs its own compute threads: three on two cores ran an ES training ~4x slower
     than one alone (docs/results.md "Notes on the paper experiments")."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(2, cores - 1))
+    from bes_jax.env.devices import usable_cores
+
+    return max(1, min(2, usable_cores() - 1))
 
 
 def train_params(overrides, seeds, label: str = ""):
