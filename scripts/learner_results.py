@@ -43,7 +43,7 @@ def main(argv=None):
     if not any(o.split("=", 1)[0].lstrip("+~") == "sim" for o in args.overrides):
         args.overrides = ["sim=default"] + list(args.overrides)  # the learner table is in request mode
     cfg = compose_train_config(args.overrides)
-    request_learner_devices(cfg)  # pqn.devices / es.devices: before the first computation
+    request_learner_devices(cfg)  # one device per core (the comparison), pqn.devices / es.devices: before the first computation
     s = setup_training(cfg)
     default_learner = s["learner_name"] == compose_train_config([]).learner.name
     greedy_policy = s["fns"].greedy_policy

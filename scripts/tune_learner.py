@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from bes_jax.routers import Router, baseline_routers
 
     cfg = compose_train_config(list(args.overrides))
-    request_learner_devices(cfg)  # pqn.devices / es.devices: before the first computation
+    request_learner_devices(cfg)  # one device per core (the comparison), pqn.devices / es.devices: before the first computation
     s = setup_training(cfg)
     if args.sweep is None:
         name, learner, values = "config", s["learner_name"], [0.0]
