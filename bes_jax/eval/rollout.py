@@ -150,18 +150,23 @@ def evaluate_on_devices(env: ServingEnv, routers, n_decisions: int, window_s: fl
     comparison uses every core, where one program gets little from the second (the main job's
     comparison on 2 cores: 140 -> 96 s). An environment's run does not depend on the others, so
     the metrics are those of the one-device program (a percentile's interpolation may round
-    differently in the last float bits: the main job's p99 latencies within 1e-5 relative)."""
+    differently in the last float bits: the main job's p99 latencies within 1e-5 relative).
+
+    Returns the metrics on the host (numpy arrays, either way): any JAX op on the split output
+    (a slice, picking one run) is a program over every device with a collective in it, and
+    XLA:CPU aborts the process when one device reaches a collective 40 s before another, as the
+    device whose share of routers runs longer does on a loaded machine."""
     from bes_jax.env.devices import shard_envs
 
     ev = make_evaluate(env, list(routers), n_decisions, window_s, n_windows)
     D = min(n_devices or jax.local_device_count(), jax.local_device_count())
     if D <= 1:
-        return jax.jit(ev)(keys, params)
+        return jax.device_get(jax.jit(ev)(keys, params))
     R, N = len(routers), int(keys.shape[0])
     E = R * N
     per = -(-E // D)
     take = np.minimum(np.arange(per * D), E - 1)  # pad with the last environment
     all_keys = jnp.tile(keys, (R,) + (1,) * (keys.ndim - 1))[take]
     index = jnp.asarray(np.repeat(np.arange(R), N)[take], dtype=jnp.int32)
-    m = shard_envs(lambda k, i, p: ev(k, p, i), D, n_shared=1)(all_keys, index, params)
+    m = jax.device_get(shard_envs(lambda k, i, p: ev(k, p, i), D, n_shared=1)(all_keys, index, params))
     return jax.tree.map(lambda x: x[:E], m)
