@@ -216,3 +216,34 @@ def test_train_length_reads_the_configured_learner():
     assert reproduce._train_length(cfg, "dqn") == 5000
     assert reproduce._train_length(cfg, "es") == 60
     assert reproduce._train_length(cfg, "pqn") is None and reproduce._train_length(cfg, "other") is None
+
+
+def test_below_greedy_counts_gaps_beyond_float_rounding_only():
+    """The report's "below greedy" loads: a gap of float32 rounding (identical outcomes averaged
+    by another program) is no gap; one request's worth is; other modes and metrics are apart."""
+    def rec(mode, x, router, mean, metric="availability"):
+        return {"experiment": "availability_vs_rate", "mode": mode, "load_x": x, "router": router,
+                "metric": metric, "mean": mean}
+    doc = {"curves": [rec("m", 1.0, "greedy", 0.99), rec("m", 1.0, "learned", 0.99 - 6e-8),
+                      rec("m", 2.0, "greedy", 0.90), rec("m", 2.0, "learned", 0.90 - 5.6e-5),
+                      rec("m", 4.0, "greedy", 0.50), rec("m", 4.0, "learned", 0.60),
+                      rec("other", 1.0, "greedy", 0.9), rec("other", 1.0, "learned", 0.1),
+                      rec("m", 1.0, "learned", 0.0, "performance")]}
+    assert reproduce.learned_below_greedy(doc, "m", "availability_vs_rate", "availability") == [2.0]
+    assert reproduce.learned_below_greedy(doc, "other", "availability_vs_rate", "availability") == [1.0]
+
+
+def test_render_rewrites_the_section_from_results_json_and_keeps_the_rest(tmp_path):
+    """`--render` runs nothing: the paper-experiments section comes from results.json (here the
+    repository's), the other sections of results.md stay; a bad results.json is named."""
+    import shutil
+    shutil.copy(REPO / "docs" / "results.json", tmp_path / "results.json")
+    head = "# Results\n\n## Mine\n\nkept text\n\n"
+    (tmp_path / "results.md").write_text(head + "## Paper experiments (`scripts/reproduce.py`)\n\nstale\n")
+    assert reproduce.main(["--render", "--out-dir", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith(head) and "stale" not in md
+    assert "below greedy's (by more than float rounding" in md and "### Mode `request`" in md
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SystemExit, match="results.json: not a results.json"):
+        reproduce.main(["--render", "--out-dir", str(tmp_path)])
