@@ -77,6 +77,21 @@ def test_bench_sim_script_runs_and_reports(tmp_path):
     assert last["decisions_per_s"] > 0 and last["ratio_vs_reference"] > 0 and last["n_envs"] in (4, 8)
 
 
+def test_bench_comparison_script_runs_and_reports():
+    """The comparison benchmark at toy size (request mode, 100 requests): one device against one
+    per core, the same metrics, its JSON line last; an unknown workload is refused by name."""
+    import json
+    from bes_jax import REPO_ROOT
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench_comparison.py"), "--requests", "100", "--repeats", "1",
+           "sim=default"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["devices"] == len(os.sched_getaffinity(0)) and last["agree"] and last["ratio_compiled"] > 0
+    bad = subprocess.run(cmd[:2] + ["--workload", "nope"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--workload 'nope': not one of eval.workloads" in bad.stderr
+
+
 def test_bench_sim_continuous_reports_its_mode_and_occupancy():
     """`--batching continuous` (trace token lengths): the JSON line names the mode, and
     `--occupancy` prints how full the running sets and queues were."""
