@@ -1,7 +1,7 @@
 """Reproduce the paper's experiments under the evaluation protocol (SPEC) and regenerate the
 "Paper experiments" section of docs/results.md, docs/results.json and docs/figures/.
 
-    python scripts/reproduce.py --scale small     # 2-core CPU, under 45 minutes
+    python scripts/reproduce.py --scale small     # 2-core CPU, about 80 minutes
     python scripts/reproduce.py --scale full      # more seeds, requests and grid points (GPU)
     python scripts/reproduce.py --scale small --only request:poisson --out-dir /tmp/repro
     python scripts/reproduce.py --render          # rewrite the section from docs/results.json (no run)
