@@ -129,7 +129,7 @@ def make_evaluate(env: ServingEnv, router, n_decisions: int, window_s: float, n_
     def evaluate(keys, params, router_index=None):
         if many and router_index is None:
             keys = jnp.tile(keys, (len(router),) + (1,) * (keys.ndim - 1))
-        state = run(keys, params) if router_index is None else run(keys, params, router_index)
+        state = run(keys, params, router_index)
         metric = lambda o, p: run_metrics(o, p.quality, p.deadline, jnp.inf, env.cfg.n_gpus, window_s, n_windows,
                                           **metrics_kwargs(p))
         out = jax.vmap(metric, in_axes=(0, params_axis))(state.outcomes, params)
@@ -147,8 +147,8 @@ def evaluate_on_devices(env: ServingEnv, routers, n_decisions: int, window_s: fl
 
     Each device runs its share of the environments (padded with copies of the last to an equal
     share; the copies are dropped): on a CPU with one device per core (`use_host_devices`) the
-    comparison uses every core, where one program gets little from the second (the main job's
-    comparison on 2 cores: 140 -> 96 s). An environment's run does not depend on the others, so
+    comparison uses more of the cores than one program does (1.2x on 2 cores, compilation included:
+    scripts/bench_comparison.py, docs/benchmarks.md). An environment's run does not depend on the others, so
     the metrics are those of the one-device program (a percentile's interpolation may round
     differently in the last float bits: the main job's p99 latencies within 1e-5 relative).
 
