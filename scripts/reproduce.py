@@ -460,15 +460,39 @@ def _kept_note(doc) -> str:
                    f"`{p.get('command')}`." for m, p in kept.items())
 
 
-def learned_below_greedy(doc, mode: str, experiment: str, metric: str) -> list:
-    """The loads (``load_x`` of `doc`'s curve records) of `mode`'s `experiment` where the learned
-    router's mean `metric` is below greedy's by more than :data:`ROUNDING`."""
+def learned_below(doc, mode: str, experiment: str, metric: str, against: str = "greedy") -> list:
+    """``[(load, learned, baseline's value, baseline)]``, one per load (``load_x`` of `doc`'s curve
+    records) of `mode`'s `experiment` where the learned router's mean `metric` is below the
+    baseline's by more than :data:`ROUNDING`. `against`: ``greedy``, or ``best static`` (at each
+    load the static router whose mean is highest there: the envelope no fixed choice beats)."""
+    if against not in ("greedy", "best static"):
+        raise ValueError(f"against = {against!r}: choose greedy or best static")
     by = {}
     for r in doc["curves"]:
-        if (r.get("mode") == mode and r["experiment"] == experiment and r["metric"] == metric
-                and r["router"] in ("learned", "greedy")):
+        if r.get("mode") == mode and r["experiment"] == experiment and r["metric"] == metric:
             by.setdefault(float(r["load_x"]), {})[r["router"]] = float(r["mean"])
-    return sorted(x for x, v in by.items() if len(v) == 2 and v["learned"] < v["greedy"] - ROUNDING)
+    out = []
+    for x, v in sorted(by.items()):
+        base = {k: m for k, m in v.items() if (k == "greedy" if against == "greedy" else k.startswith("static:"))}
+        if "learned" in v and base:
+            name = max(base, key=base.get)
+            if v["learned"] < base[name] - ROUNDING:
+                out.append((x, v["learned"], base[name], name))
+    return out
+
+
+def _below_line(doc, mode, experiment, metric, against, what, fmt) -> str:
+    """One report line: where the learned router is below `against` (:func:`learned_below`), and
+    the largest gap."""
+    gaps = learned_below(doc, mode, experiment, metric, against)
+    head = (f"{what} where the learned router's mean {metric} is below "
+            + ("greedy's" if against == "greedy" else "the best static router's at that load")
+            + f" (by more than float rounding, {ROUNDING:g}): ")
+    if not gaps:
+        return head + "none."
+    x, lv, bv, name = max(gaps, key=lambda g: g[2] - g[1])
+    return (head + ", ".join(fmt(g[0]) for g in gaps)
+            + f" (largest gap {bv - lv:.2g} at {fmt(x)}: {name} {bv:.4f}, learned {lv:.4f}).")
 
 
 def report_section(doc) -> str:
@@ -534,9 +558,10 @@ def report_section(doc) -> str:
                         f"{thr_s[0]}, and the learned router {lx0:.2f}x, {lx0 / max(caps[best_static], 1e-9):.0%} of "
                         f"that); this is set by the profile's latency table, the deadlines and the placement "
                         f"`{m['placement']}` more than by the router, and it moves with the threshold.",
-                      "", f"Loads where the learned router's mean availability is below greedy's (by more than "
-                      f"float rounding, {ROUNDING:g}): " + (", ".join(f"{x:.3g}x" for x in learned_below_greedy(
-                          doc, name, "availability_vs_rate", "availability")) or "none") + ".",
+                      "", _below_line(doc, name, "availability_vs_rate", "availability", "greedy", "Loads",
+                                      lambda x: f"{x:.3g}x"),
+                      "", _below_line(doc, name, "availability_vs_rate", "performance", "best static", "Loads",
+                                      lambda x: f"{x:.3g}x"),
                       "", f"![availability and performance vs load](figures/poisson_{name}.png)", ""]
         if "bursty" in m:
             b = m["bursty"]
@@ -560,9 +585,9 @@ def report_section(doc) -> str:
                 ys = [tab[str(k)][key]["mean"] for k in ks]
                 lines.append(f"- Paper {PAPER[pname]:g}x ({what}): " + P_where(PAPER[pname], ks, ys) + ". "
                              + _why(ys, PAPER[pname], what))
-            lines += ["", f"Loads k where the learned router's mean performance is below greedy's (by more than "
-                      f"float rounding, {ROUNDING:g}): " + (", ".join(f"{k:g}" for k in learned_below_greedy(
-                          doc, name, "bursty", "performance")) or "none") + ".", "",
+            lines += ["", _below_line(doc, name, "bursty", "performance", "greedy", "Loads k", lambda k: f"{k:g}"),
+                      "", _below_line(doc, name, "bursty", "performance", "best static", "Loads k", lambda k: f"{k:g}"),
+                      "",
                       f"![bursty workloads](figures/bursty_{name}.png)", ""]
         if "autoscaler" in m:
             a = m["autoscaler"]

@@ -229,8 +229,27 @@ def test_below_greedy_counts_gaps_beyond_float_rounding_only():
                       rec("m", 4.0, "greedy", 0.50), rec("m", 4.0, "learned", 0.60),
                       rec("other", 1.0, "greedy", 0.9), rec("other", 1.0, "learned", 0.1),
                       rec("m", 1.0, "learned", 0.0, "performance")]}
-    assert reproduce.learned_below_greedy(doc, "m", "availability_vs_rate", "availability") == [2.0]
-    assert reproduce.learned_below_greedy(doc, "other", "availability_vs_rate", "availability") == [1.0]
+    below = lambda mode: [g[0] for g in reproduce.learned_below(doc, mode, "availability_vs_rate", "availability")]
+    assert below("m") == [2.0] and below("other") == [1.0]
+
+
+def test_below_best_static_takes_the_best_static_router_at_each_load():
+    """Against ``best static`` the baseline at each load is whichever static router is highest
+    there (greedy and random are not static); the line names the largest gap."""
+    def rec(x, router, mean):
+        return {"experiment": "bursty", "mode": "m", "load_x": x, "router": router, "metric": "performance",
+                "mean": mean}
+    doc = {"curves": [rec(1, "static:big", 0.7), rec(1, "static:small", 0.4), rec(1, "learned", 0.7),
+                      rec(2, "static:big", 0.3), rec(2, "static:small", 0.5), rec(2, "learned", 0.45),
+                      rec(2, "greedy", 0.9), rec(2, "random", 0.95),
+                      rec(3, "static:big", 0.1), rec(3, "static:small", 0.4), rec(3, "learned", 0.2)]}
+    gaps = reproduce.learned_below(doc, "m", "bursty", "performance", "best static")
+    assert [(g[0], g[3]) for g in gaps] == [(2.0, "static:small"), (3.0, "static:small")]
+    line = reproduce._below_line(doc, "m", "bursty", "performance", "best static", "Loads k", lambda k: f"{k:g}")
+    assert line.endswith("2, 3 (largest gap 0.2 at 3: static:small 0.4000, learned 0.2000).")
+    assert reproduce.learned_below(doc, "m", "bursty", "performance", "greedy") == [(2.0, 0.45, 0.9, "greedy")]
+    with pytest.raises(ValueError, match="against = 'random'"):
+        reproduce.learned_below(doc, "m", "bursty", "performance", "random")
 
 
 def test_render_rewrites_the_section_from_results_json_and_keeps_the_rest(tmp_path):
