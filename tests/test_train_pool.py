@@ -19,15 +19,19 @@ def _leaves(routers):
 
 
 def test_worker_trained_routers_equal_in_process_ones():
+    """Also: while the caller waits for the first set, it trains the set queued last itself (one
+    worker starts at most three: the one it runs and two in its queue), keyed as submitted."""
     seeds = [0, 1]
+    sets = {"es": ES, "dqn": DQN, "dqn bank 1": DQN + ["seed=1"], "dqn bank 2": DQN + ["seed=2"]}
     with TrainingPool(seeds, jobs=0) as here:
-        local = {name: here.get(o) for name, o in (("es", ES), ("dqn", DQN))}
+        local = {name: here.get(o) for name, o in sets.items()}
     # then the worker (after this process, so that it finds the measured capacity and the compiled
     # programs in the run's caches: a test of the numbers, not of training side by side)
     with TrainingPool(seeds, jobs=1) as pool:
-        pool.submit(ES, label="es")
-        pool.submit(DQN, label="dqn")
-        remote = {name: pool.get(o) for name, o in (("es", ES), ("dqn", DQN))}
+        for name, o in sets.items():
+            pool.submit(o, label=name)
+        remote = {name: pool.get(o) for name, o in sets.items()}
+        assert sets["dqn bank 2"] in pool.trained_here and ES not in pool.trained_here
     for name in local:
         (_, r_l), (s_r, r_r) = local[name], remote[name]
         assert len(r_l) == len(r_r) == len(seeds)

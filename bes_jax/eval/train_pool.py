@@ -3,7 +3,8 @@
 One training or one evaluation is one XLA program, and on a CPU XLA gets little from a second
 core for one program (docs/benchmarks.md). A study that trains many router sets (one per
 config variant) and evaluates many routers keeps every core busy by training in separate
-processes, each with its own JAX, while the calling process evaluates what is already trained.
+processes, each with its own JAX, while the calling process evaluates what is already trained
+(and, when it has nothing to evaluate, trains the queued sets no worker has started).
 
 A set trained in a worker is the same as one trained in the calling process: the same config,
 seeds and program, so the same numbers (tests/test_train_pool.py checks it bit for bit).
@@ -43,7 +44,9 @@ class TrainingPool:
 
     ``submit(overrides)`` queues a training (once per distinct override list); ``get(overrides)``
     returns ``(setup, TrainedRouters)``, waiting for the worker (or, with ``jobs=0``, training
-    in this process). Use as a context manager so the workers stop with the caller.
+    in this process). While it waits, the calling process trains the queued sets no worker has
+    started, so no core idles while sets are left. Use as a context manager so the workers stop
+    with the caller.
     """
 
     def __init__(self, seeds, jobs: int = 0):
@@ -54,6 +57,8 @@ class TrainingPool:
             raise ValueError("seeds = []: need at least one training seed")
         self.jobs = int(jobs)
         self._futures = {}
+        self._labels = {}
+        self._here = {}  # sets this process trained itself while it waited (`get`)
         self._ex = (ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
                     if self.jobs > 0 else None)
 
@@ -68,6 +73,11 @@ class TrainingPool:
             self._ex.shutdown(wait=True, cancel_futures=True)
             self._ex = None
 
+    @property
+    def trained_here(self) -> list:
+        """The override lists of the sets the calling process trained itself while it waited."""
+        return [list(k) for k in self._here]
+
     @staticmethod
     def _key(overrides) -> tuple:
         return tuple(str(o) for o in overrides)
@@ -76,8 +86,20 @@ class TrainingPool:
         """Queue the training of `overrides` (nothing if already queued, or with ``jobs=0``);
         the worker's progress lines start with `label`."""
         key = self._key(overrides)
-        if self._ex is not None and key not in self._futures:
+        if self._ex is not None and key not in self._futures and key not in self._here:
+            self._labels[key] = label
             self._futures[key] = self._ex.submit(train_params, list(key), self.seeds, label)
+
+    def _take_queued(self, first):
+        """A queued set no worker has started, taken back from the workers (`first` if it is
+        one, else the one queued last): its key, or None when every set has started."""
+        order = [first] + [k for k in reversed(list(self._futures)) if k != first]
+        for k in order:
+            f = self._futures.get(k)
+            if f is not None and f.cancel():
+                del self._futures[k]
+                return k
+        return None
 
     def get(self, overrides, name: str = "learned"):
         """``(setup, routers)`` for `overrides`: `setup_training`'s dict (built here, cheap) and
@@ -91,6 +113,15 @@ class TrainingPool:
         if self._ex is None:
             return train_routers(cfg, self.seeds, name)
         self.submit(key)
+        # rather than wait idle for a worker, this process trains queued sets no worker has
+        # started (this one first if it is queued; else the one queued last, which the workers
+        # would reach last): the same function and program as a worker's, so the same numbers
+        while key not in self._here and not self._futures[key].done():
+            taken = self._take_queued(key)
+            if taken is None:
+                break
+            label = self._labels.get(taken) or "set"
+            self._here[taken] = train_params(list(taken), self.seeds, f"{label} (here)")
         setup = setup_training(cfg)
-        params, obs_stats = self._futures[key].result()
+        params, obs_stats = self._here[key] if key in self._here else self._futures[key].result()
         return setup, routers_from_params(setup, params, obs_stats, name)
